@@ -218,3 +218,576 @@ def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backb
     model = build_model(payload["arch"], payload["num_classes"])
     model.load_state_dict(payload["state_dict"])
     return model
+
+
+def build_students(args, num_classes: int) -> list:
+    """One backbone per student from --arch (one name, or a comma list as long as --students)."""
+    return [build_model(arch, num_classes) for arch in args.archs]
+
+
+# ==================================================================================================
+# Data
+# ==================================================================================================
+# The whole dataset lives on the training device as uint8 (N, 3, H, W). Augmentation (random crop from the
+# 4-pixel zero-padded image, horizontal flip, drawn per sample) and normalisation are batched tensor ops
+# there: no DataLoader, no per-image Python in the training loop.
+
+class Data:
+    def __init__(self, train_x, train_y, test_x, test_y, num_classes, device, mean=None, std=None):
+        self.train_x, self.train_y = train_x.to(device), train_y.to(device)
+        self.test_x, self.test_y = test_x.to(device), test_y.to(device)
+        self.num_classes, self.device = num_classes, device
+        if mean is None:  # statistics of the training images themselves
+            x = self.train_x.float()
+            mean, std = x.mean(dim=(0, 2, 3)) / 255, x.std(dim=(0, 2, 3)) / 255
+        self.mean = 255 * torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = 255 * torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.holdout_x = self.holdout_y = None
+
+    def normalize(self, x):
+        return (x.float() - self.mean) / self.std
+
+    def hold_out(self, per_class: int):
+        """Move a class-balanced set of `per_class` images per class out of the training set (fixed choice)."""
+        if per_class < 1 or per_class * self.num_classes >= len(self.train_y):
+            raise UsageError(f"cannot hold out {per_class} images per class from {len(self.train_y)} training images")
+        idx = balanced_indices(self.train_y.cpu(), per_class, self.num_classes)
+        keep = torch.ones(len(self.train_y), dtype=torch.bool)
+        keep[idx] = False
+        keep, idx = keep.to(self.device), idx.to(self.device)
+        self.holdout_x, self.holdout_y = self.train_x[idx], self.train_y[idx]
+        self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
+        return self.holdout_x, self.holdout_y
+
+
+def augment(x, generator, pad=4):
+    """Per-sample random crop of the zero-padded batch and random horizontal flip; uint8 in, uint8 out."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1, 1), device=x.device, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1, 1), device=x.device, generator=generator)
+    rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    crops = padded[batch, chan, rows, cols]
+    flip = torch.rand(b, 1, 1, 1, device=x.device, generator=generator) < 0.5
+    return torch.where(flip, crops.flip(3), crops)
+
+
+def balanced_indices(y, per_class: int, num_classes: int, seed: int = 0):
+    """`per_class` indices of every class, drawn with a fixed seed (the same subset for every run)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    picked = []
+    for c in range(num_classes):
+        members = order[y[order] == c]
+        if len(members) < per_class:
+            raise UsageError(f"class {c} has only {len(members)} images, fewer than the {per_class} asked for")
+        picked.append(members[:per_class])
+    return torch.cat(picked).sort().values
+
+
+def synthetic(n_train=5000, n_test=1000, num_classes=10, size=32, seed=0):
+    """Learnable images from a seed: each class is a smooth random pattern, each image that pattern scaled
+    and drowned in pixel noise. The same images for every run (`--seed` changes the training only)."""
+    g = torch.Generator().manual_seed(seed)
+    protos = F.interpolate(torch.randn(num_classes, 3, 4, 4, generator=g), size=size, mode="bicubic")
+
+    def draw(n):
+        y = torch.arange(n) % num_classes
+        x = protos[y] * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g))
+        x = x + 0.6 * torch.randn(n, 3, size, size, generator=g)
+        return (128 + 50 * x).clamp(0, 255).to(torch.uint8), y
+
+    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
+    return xtr, ytr, xte, yte, num_classes
+
+
+def read_image_folder(root, workers, size=32):
+    """ImageFolder layout root/<class>/<image>; every image decoded to RGB size x size uint8."""
+    from concurrent.futures import ThreadPoolExecutor
+    from PIL import Image
+
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    files = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
+             for f in sorted(os.listdir(os.path.join(root, c)))]
+    if not files:
+        raise UsageError(f"{root} holds no images in class folders (expected {root}/<class>/<image>)")
+
+    def decode(path):
+        try:
+            img = Image.open(path).convert("RGB")
+        except Exception as e:
+            raise UsageError(f"cannot read image {path} ({e})") from None
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        x = np.stack(list(pool.map(decode, [f for f, _ in files], chunksize=256)))
+    y = np.array([c for _, c in files], dtype=np.int64)
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), classes
+
+
+def load_folder(data_dir, workers):
+    """DIR/train and DIR/test (or DIR/val), decoded once and cached as DIR/.okd-cache.pt (or under
+    ~/.cache/okd when DIR is read-only); the cache is rebuilt when the image count changes."""
+    test_name = next((n for n in ("test", "val") if os.path.isdir(os.path.join(data_dir, n))), None)
+    if not os.path.isdir(os.path.join(data_dir, "train")) or test_name is None:
+        raise UsageError(f"--data-dir {data_dir} must hold train/<class>/* and test/<class>/* (or val/)")
+    counts = [sum(len(os.listdir(e.path)) for e in os.scandir(os.path.join(data_dir, s)) if e.is_dir())
+              for s in ("train", test_name)]
+    key = os.path.abspath(data_dir)
+    caches = [os.path.join(data_dir, ".okd-cache.pt"),
+              os.path.join(os.path.expanduser("~/.cache/okd"), key.strip("/").replace("/", "_") + ".pt")]
+    for path in caches:
+        if os.path.exists(path):
+            try:
+                c = torch.load(path, weights_only=True)
+                if c["counts"] == counts:
+                    return c["train_x"], c["train_y"], c["test_x"], c["test_y"], len(c["classes"])
+            except Exception:
+                pass  # unreadable or stale cache: decode again
+    train_x, train_y, classes = read_image_folder(os.path.join(data_dir, "train"), workers)
+    test_x, test_y, test_classes = read_image_folder(os.path.join(data_dir, test_name), workers)
+    if test_classes != classes:
+        raise UsageError(f"{data_dir}: the train and {test_name} folders have different class folders")
+    blob = dict(counts=counts, classes=classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+    for path in caches:
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            atomic_save(blob, path)
+            break
+        except OSError:
+            continue
+    return train_x, train_y, test_x, test_y, len(classes)
+
+
+CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+
+
+def load_cifar(name, data_dir):
+    import socket
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    sets = []
+    for train in (True, False):
+        try:
+            ds = cls(data_dir, train=train, download=False)
+        except RuntimeError:
+            old = socket.getdefaulttimeout()
+            socket.setdefaulttimeout(20)
+            try:
+                ds = cls(data_dir, train=train, download=True)
+            except Exception as e:
+                raise UsageError(
+                    f"{name} is not in {data_dir} and could not be downloaded ({type(e).__name__}); put the "
+                    f"python version of {name} there, or pass --dataset folder --data-dir DIR with an "
+                    f"ImageFolder copy (DIR/train/<class>/*, DIR/test/<class>/*)") from None
+            finally:
+                socket.setdefaulttimeout(old)
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        sets += [x, torch.as_tensor(ds.targets, dtype=torch.int64)]
+    return (*sets, len(ds.classes))
+
+
+def load_data(args, device) -> Data:
+    mean = std = None
+    if args.dataset == "synthetic":
+        train_x, train_y, test_x, test_y, nc = synthetic()
+    elif args.dataset == "folder":
+        if not os.path.isdir(args.data_dir):
+            raise UsageError(f"--data-dir {args.data_dir} does not exist")
+        train_x, train_y, test_x, test_y, nc = load_folder(args.data_dir, args.workers)
+    else:
+        train_x, train_y, test_x, test_y, nc = load_cifar(args.dataset, args.data_dir)
+        mean, std = CIFAR_STATS[args.dataset]
+    for flag, n, y in (("--limit-train", args.limit_train, train_y), ("--limit-test", args.limit_test, test_y)):
+        if n:
+            if n < nc:
+                raise UsageError(f"{flag} {n} is below the number of classes ({nc}); a balanced subset needs one per class")
+            idx = balanced_indices(y, n // nc, nc)
+            if y is train_y:
+                train_x, train_y = train_x[idx], train_y[idx]
+            else:
+                test_x, test_y = test_x[idx], test_y[idx]
+    return Data(train_x, train_y, test_x, test_y, nc, device, mean, std)
+
+
+# ==================================================================================================
+# Checkpoints
+# ==================================================================================================
+# Written atomically (temporary file, then rename), plain data only, so `torch.load(weights_only=True)`
+# reads them: modules, optimizers, epoch, RNG states, best figures, args.
+
+def atomic_save(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt") from None
+
+
+# ==================================================================================================
+# The vanilla baseline: independent students, cross-entropy each
+# ==================================================================================================
+
+class Vanilla(nn.Module):
+    def __init__(self, students):
+        super().__init__()
+        self.students = nn.ModuleList(students)
+
+    def forward(self, views, y=None):
+        if not self.training:
+            logits = [s(views)[0] for s in self.students]
+            heads = {f"s{i}": z for i, z in enumerate(logits)}
+            heads["ens"] = torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+            return heads
+        parts = {f"ce_s{i}": F.cross_entropy(s(views[0])[0], y) for i, s in enumerate(self.students)}
+        return sum(parts.values()), parts
+
+    def export(self):
+        return {f"s{i}": backbone_payload(s) for i, s in enumerate(self.students)}
+
+
+# ==================================================================================================
+# Train / eval loop
+# ==================================================================================================
+
+def autocast(args):
+    return torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16)
+
+
+@torch.no_grad()
+def evaluate(module, data, args=None, batch_size=1000) -> dict:
+    """Top-1 (%) of every head on the test set. `module`'s eval forward may return a dict of heads, a
+    (logits, features) tuple (a plain backbone, head `top1`) or a logits tensor (head `top1`)."""
+    was_training = module.training
+    module.eval()
+    correct, n = {}, len(data.test_y)
+    for i in range(0, n, batch_size):
+        x = data.normalize(data.test_x[i:i + batch_size])
+        if args is not None and args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(args) if args is not None else torch.autocast("cpu", enabled=False):
+            out = module(x)
+        if not isinstance(out, dict):
+            out = {"top1": out[0] if isinstance(out, tuple) else out}
+        for head, logits in out.items():
+            hit = (logits.argmax(1) == data.test_y[i:i + batch_size]).sum()
+            correct[head] = correct.get(head, 0) + hit
+    module.train(was_training)
+    return {head: 100.0 * float(c) / n for head, c in correct.items()}
+
+
+def lr_factor(args, epoch):
+    if args.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+    return args.gamma ** sum(epoch >= m for m in args.milestone_epochs)
+
+
+def make_optimizers(method, args):
+    if hasattr(method, "param_groups"):
+        groups = method.param_groups(args)
+    else:
+        groups = [{"params": [p for p in method.parameters() if p.requires_grad]}]
+    sgd = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.wd)
+    optimizers = [sgd]
+    if hasattr(method, "extra_optimizer"):
+        in_sgd = [p for g in sgd.param_groups for p in g["params"]]
+        extra = method.extra_optimizer(args, in_sgd)
+        if extra is not None:
+            optimizers.append(extra)
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g.setdefault("base_lr", g["lr"])
+    return optimizers
+
+
+def format_eta(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def fit(method, data, args, out_dir, name="vanilla") -> dict:
+    """Train `method` on `data` for args.epochs (resuming from out_dir/last.pt with --resume), evaluating
+    every head every epoch; write metrics.jsonl, last.pt, best.pt and results.json into out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    device = data.device
+    method.to(device)
+    if args.channels_last:
+        method.to(memory_format=torch.channels_last)
+    optimizers = make_optimizers(method, args)
+    step_fn = torch.compile(method) if args.compile else method
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    num_views = getattr(method, "num_views", 1)
+    primary = getattr(method, "primary_head", None)
+    last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
+    start, best, best_epoch, elapsed, final = 0, {}, {}, 0.0, {}
+
+    if args.resume:
+        ckpt = load_checkpoint(last_path)
+        if ckpt.get("method") != name:
+            raise UsageError(f"{last_path} was written by '{ckpt.get('method')}', not '{name}'")
+        for key in ("arch", "students", "dataset", "limit_train"):
+            if ckpt["args"].get(key) != getattr(args, key):
+                raise UsageError(f"{last_path} was trained with --{key.replace('_', '-')} {ckpt['args'].get(key)}, "
+                                 f"but this run asks for {getattr(args, key)}")
+        try:
+            method.load_state_dict(ckpt["model"])
+            for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
+                opt.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise UsageError(f"{last_path} does not match this model ({str(e).splitlines()[0][:200]})") from None
+        start, best, best_epoch, elapsed = ckpt["epoch"], ckpt["best"], ckpt["best_epoch"], ckpt["elapsed"]
+        final = ckpt.get("final", {})
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        gen.set_state(ckpt["rng"]["gen"].to(gen.get_state().device))
+        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+        if start >= args.epochs:
+            raise UsageError(f"{last_path} already finished {start} epochs; raise --epochs to train further")
+        print(f"resumed {last_path} at epoch {start}")
+
+    n_train = len(data.train_y)
+    batch = min(args.batch_size, n_train)
+    steps = n_train // batch  # the last incomplete batch is dropped; every epoch reshuffles
+    metrics_file = open(os.path.join(out_dir, "metrics.jsonl"), "a" if args.resume else "w")
+    saved_epoch = start  # the epoch the last good checkpoint holds
+    for epoch in range(start, args.epochs):
+        factor = lr_factor(args, epoch)
+        for opt in optimizers:
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * factor
+        if hasattr(method, "set_epoch"):
+            method.set_epoch(epoch, args.epochs)
+        method.train()
+        sums = bad_step = bad_parts = names = None
+        t0 = time.perf_counter()
+        perm = torch.randperm(n_train, device=device, generator=gen)
+        for step in range(steps):
+            idx = perm[step * batch:(step + 1) * batch]
+            x, y = data.train_x[idx], data.train_y[idx]
+            views = [data.normalize(augment(x, gen)) for _ in range(num_views)]
+            if args.channels_last:
+                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+            with autocast(args):
+                loss, parts = step_fn(views, y)
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in optimizers:
+                opt.step()
+            # bookkeeping on the device: no host synchronisation inside the step
+            values = torch.stack([loss.detach().float()] + [p.detach().float() for p in parts.values()])
+            if sums is None:
+                names = ["loss"] + list(parts)
+                sums, bad_step = torch.zeros_like(values), torch.full((), -1, device=device)
+                bad_parts = torch.zeros_like(values, dtype=torch.bool)
+            finite = torch.isfinite(values)
+            first_bad = (bad_step < 0) & ~finite.all()
+            bad_step = torch.where(first_bad, step, bad_step)
+            bad_parts = torch.where(first_bad, ~finite, bad_parts)
+            sums += values
+            if (step + 1) % 50 == 0 or step + 1 == steps:
+                if int(bad_step) >= 0:
+                    bad = [n for n, b in zip(names, bad_parts.tolist()) if b]
+                    part = next((n for n in bad if n != "loss"), "loss")
+                    kept = (f"the last good checkpoint {last_path} (epoch {saved_epoch}) is untouched"
+                            if os.path.exists(last_path) else "no checkpoint had been written")
+                    raise UsageError(f"training stopped: the loss part '{part}' became non-finite at epoch "
+                                     f"{epoch + 1}, step {int(bad_step) + 1}; {kept}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time = time.perf_counter() - t0
+        elapsed += train_time
+        logged = {}
+        if hasattr(method, "epoch_end"):
+            logged = method.epoch_end(epoch, data) or {}
+        final = evaluate(method, data, args)
+        for head, acc in final.items():
+            if acc > best.get(head, -1.0):
+                best[head], best_epoch[head] = acc, epoch + 1
+        key = primary if primary in final else ("ens" if "ens" in final else next(iter(final)))
+        record = {"epoch": epoch + 1, "lr": args.lr * factor,
+                  **{n: float(v) / steps for n, v in zip(names, sums.tolist())}, **logged,
+                  **{f"top1_{h}": a for h, a in final.items()},
+                  "seconds": train_time, "images_per_s": steps * batch / train_time}
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        ckpt = {"method": name, "epoch": epoch + 1, "model": method.state_dict(),
+                "optimizers": [o.state_dict() for o in optimizers], "best": best, "best_epoch": best_epoch,
+                "final": final, "elapsed": elapsed, "args": plain_args(args),
+                "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state().cpu(),
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+        atomic_save(ckpt, last_path)
+        if best_epoch.get(key) == epoch + 1:
+            atomic_save(ckpt, best_path)
+        saved_epoch = epoch + 1
+        eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
+        heads = "  ".join(f"{h} {a:.2f}" for h, a in final.items())
+        print(f"epoch {epoch + 1}/{args.epochs}  lr {args.lr * factor:.4g}  loss {record['loss']:.4f}  "
+              f"top1 {heads}  |  {train_time:.1f}s  {record['images_per_s']:.0f} img/s  eta {format_eta(eta)}",
+              flush=True)
+    metrics_file.close()
+
+    results = {"method": name, "final": final, "best": best, "best_epoch": best_epoch, "epochs": args.epochs,
+               "train_seconds": elapsed, "images_per_s": args.epochs * steps * batch / elapsed if elapsed else None,
+               "params": {**{f"s{i}": count_params(s) for i, s in enumerate(getattr(method, "students", []))},
+                          "total": count_params(method)},
+               "device": device_name(device), "torch": torch.__version__, "torchvision": tv_version(),
+               "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": plain_args(args)}
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    if hasattr(method, "export"):
+        for export_name, payload in method.export().items():
+            atomic_save(payload, os.path.join(out_dir, f"{export_name}.pt"))
+    return results
+
+
+def plain_args(args):
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def tv_version():
+    try:
+        import torchvision
+        return torchvision.__version__
+    except Exception:
+        return None
+
+
+# ==================================================================================================
+# Flags, set-up and the entry point shared by every method script
+# ==================================================================================================
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one sentence, no usage dump
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def make_parser(doc=None):
+    p = Parser(description=(doc or "").split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = p.add_argument
+    a("--arch", default="resnet32", help="backbone of every student, or a comma list, one per student")
+    a("--students", type=int, default=2, help="number of students (networks trained together)")
+    a("--dataset", default="cifar100", choices=["cifar10", "cifar100", "folder", "synthetic"],
+      help="folder = ImageFolder layout DIR/train/<class>/*, DIR/test/<class>/*; synthetic needs no files")
+    a("--data-dir", default="./data", help="where the dataset is (downloaded to, for cifar10/100)")
+    a("--epochs", type=int, default=200, help="training epochs")
+    a("--batch-size", type=int, default=128, help="images per step (each student sees all of them)")
+    a("--lr", type=float, default=0.1, help="initial SGD learning rate")
+    a("--momentum", type=float, default=0.9, help="SGD momentum")
+    a("--nesterov", action=argparse.BooleanOptionalAction, default=True, help="Nesterov momentum")
+    a("--wd", type=float, default=5e-4, help="weight decay")
+    a("--schedule", default="multistep", choices=["multistep", "cosine"], help="learning-rate schedule")
+    a("--milestones", default="0.5,0.75",
+      help="multistep: epochs where lr *= gamma; values below 1 are fractions of --epochs")
+    a("--gamma", type=float, default=0.1, help="multistep decay factor")
+    a("--T", type=float, default=None, help="distillation temperature (each method sets its paper's default)")
+    a("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
+    a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    a("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on for CUDA)")
+    a("--compile", action="store_true", help="torch.compile the training step")
+    a("--workers", type=int, default=os.cpu_count() or 1, help="threads decoding a folder dataset (once)")
+    a("--out-dir", default=None, help="output folder (default runs/<method>_<arch>_<dataset>_seed<seed>)")
+    a("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    a("--limit-train", type=int, default=0, help="class-balanced subset of N training images (0: all)")
+    a("--limit-test", type=int, default=0, help="class-balanced subset of N test images (0: all)")
+    return p
+
+
+def check_args(args, name):
+    """Validate the shared flags and derive the fields the loop uses (archs, milestone_epochs, device...)."""
+    if args.students < 1:
+        raise UsageError(f"--students must be at least 1, got {args.students}")
+    archs = [a.strip() for a in args.arch.split(",")]
+    if len(archs) == 1:
+        archs = archs * args.students
+    if len(archs) != args.students:
+        raise UsageError(f"--arch lists {len(archs)} architectures but --students is {args.students}; "
+                         f"give one name, or one per student")
+    for arch in archs:
+        if arch not in ARCHS:
+            raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
+    args.archs = archs
+    for flag in ("epochs", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.batch_size < 2:
+        raise UsageError("--batch-size must be at least 2 (batch normalisation needs two samples)")
+    if args.lr <= 0 or args.wd < 0 or not 0 <= args.momentum < 1 or args.gamma <= 0:
+        raise UsageError("--lr and --gamma must be positive, --wd non-negative and --momentum in [0, 1)")
+    if args.T is not None and args.T <= 0:
+        raise UsageError(f"--T must be positive, got {args.T}")
+    if args.limit_train < 0 or args.limit_test < 0:
+        raise UsageError("--limit-train and --limit-test must be non-negative")
+    try:
+        ms = [float(m) for m in args.milestones.split(",") if m.strip()]
+    except ValueError:
+        raise UsageError(f"--milestones must be a comma list of numbers, got '{args.milestones}'") from None
+    args.milestone_epochs = [round(m * args.epochs) if m < 1 else int(m) for m in ms]
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device} was asked for but this machine has no CUDA device")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got '{args.device}'")
+    args.device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    args.bf16 = args.amp == "bf16" or (args.amp == "auto" and args.device_type == "cuda")
+    args.channels_last = args.device_type == "cuda"
+    if args.out_dir is None:
+        args.out_dir = os.path.join("runs", f"{name}_{args.arch.replace(',', '+')}_{args.dataset}_seed{args.seed}")
+    if not args.resume and any(os.path.exists(os.path.join(args.out_dir, f)) for f in ("last.pt", "results.json")):
+        raise UsageError(f"{args.out_dir} already holds a run; pass --resume to continue it, or another --out-dir")
+    return args
+
+
+def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
+    """Parse the shared flags and the method's own, load data, build the method, train, save. Errors a user
+    can cause end in one sentence and exit status 2."""
+    parser = make_parser(doc or __doc__)
+    if add_arguments is not None:
+        add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        args = check_args(args, name)
+        torch.manual_seed(args.seed)
+        device = torch.device(args.device)
+        data = load_data(args, device)
+        method = build(args, data) if build is not None else Vanilla(build_students(args, data.num_classes))
+        os.makedirs(args.out_dir, exist_ok=True)
+        if not args.resume:
+            with open(os.path.join(args.out_dir, "args.json"), "w") as f:
+                json.dump(plain_args(args), f, indent=2)
+        print(f"{name}: {args.arch} x{args.students} on {args.dataset} ({len(data.train_y)} train / "
+              f"{len(data.test_y)} test images, {data.num_classes} classes), {device_name(device)}, "
+              f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}", flush=True)
+        results = fit(method, data, args, args.out_dir, name)
+    except UsageError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted; continue with --resume --out-dir {args.out_dir}")
+    heads = "  ".join(f"{h} {a:.2f}" for h, a in results["final"].items())
+    print(f"done in {format_eta(results['train_seconds'])}: final top-1 {heads}  (results in {args.out_dir})")
+    return results
+
+
+if __name__ == "__main__":
+    main()
