@@ -754,6 +754,8 @@ def check_args(args, name):
     args.channels_last = args.device_type == "cuda"
     if args.out_dir is None:
         args.out_dir = os.path.join("runs", f"{name}_{args.arch.replace(',', '+')}_{args.dataset}_seed{args.seed}")
+    if args.resume and not os.path.isfile(os.path.join(args.out_dir, "last.pt")):
+        raise UsageError(f"--resume: {os.path.join(args.out_dir, 'last.pt')} does not exist")
     if not args.resume and any(os.path.exists(os.path.join(args.out_dir, f)) for f in ("last.pt", "results.json")):
         raise UsageError(f"{args.out_dir} already holds a run; pass --resume to continue it, or another --out-dir")
     return args
