@@ -518,6 +518,49 @@ def format_eta(seconds):
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
+class NonFinite(Exception):
+    def __init__(self, part, step):
+        super().__init__(f"{part} at step {step}")
+        self.part, self.step = part, step
+
+
+def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, check_every=50):
+    """`steps` optimisation steps over a fresh permutation of the training set. Returns the loss parts'
+    names and their sums (a device tensor). Non-finite losses are recorded on the device and checked every
+    `check_every` steps, so the step itself never waits for the host."""
+    device = data.device
+    sums = bad_step = bad_parts = names = None
+    perm = torch.randperm(len(data.train_y), device=device, generator=gen)
+    for step in range(steps):
+        idx = perm[step * batch:(step + 1) * batch]
+        x, y = data.train_x[idx], data.train_y[idx]
+        views = [data.normalize(augment(x, gen)) for _ in range(num_views)]
+        if args.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        with autocast(args):
+            loss, parts = step_fn(views, y)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        values = torch.stack([loss.detach().float()] + [p.detach().float() for p in parts.values()])
+        if sums is None:
+            names = ["loss"] + list(parts)
+            sums, bad_step = torch.zeros_like(values), torch.full((), -1, device=device)
+            bad_parts = torch.zeros_like(values, dtype=torch.bool)
+        finite = torch.isfinite(values)
+        first_bad = (bad_step < 0) & ~finite.all()
+        bad_step = torch.where(first_bad, step, bad_step)
+        bad_parts = torch.where(first_bad, ~finite, bad_parts)
+        sums += values
+        if (step + 1) % check_every == 0 or step + 1 == steps:
+            if int(bad_step) >= 0:
+                bad = [n for n, b in zip(names, bad_parts.tolist()) if b]
+                raise NonFinite(next((n for n in bad if n != "loss"), "loss"), int(bad_step) + 1)
+    return names, sums
+
+
 def fit(method, data, args, out_dir, name="vanilla") -> dict:
     """Train `method` on `data` for args.epochs (resuming from out_dir/last.pt with --resume), evaluating
     every head every epoch; write metrics.jsonl, last.pt, best.pt and results.json into out_dir."""
@@ -561,7 +604,13 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
     n_train = len(data.train_y)
     batch = min(args.batch_size, n_train)
     steps = n_train // batch  # the last incomplete batch is dropped; every epoch reshuffles
-    metrics_file = open(os.path.join(out_dir, "metrics.jsonl"), "a" if args.resume else "w")
+    metrics_path = os.path.join(out_dir, "metrics.jsonl")
+    kept_lines = []
+    if args.resume and os.path.exists(metrics_path):  # drop lines of epochs the checkpoint does not hold
+        with open(metrics_path) as f:
+            kept_lines = [line for line in f if line.strip() and json.loads(line)["epoch"] <= start]
+    metrics_file = open(metrics_path, "w")
+    metrics_file.writelines(kept_lines)
     saved_epoch = start  # the epoch the last good checkpoint holds
     for epoch in range(start, args.epochs):
         factor = lr_factor(args, epoch)
@@ -571,41 +620,14 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
         if hasattr(method, "set_epoch"):
             method.set_epoch(epoch, args.epochs)
         method.train()
-        sums = bad_step = bad_parts = names = None
         t0 = time.perf_counter()
-        perm = torch.randperm(n_train, device=device, generator=gen)
-        for step in range(steps):
-            idx = perm[step * batch:(step + 1) * batch]
-            x, y = data.train_x[idx], data.train_y[idx]
-            views = [data.normalize(augment(x, gen)) for _ in range(num_views)]
-            if args.channels_last:
-                views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-            with autocast(args):
-                loss, parts = step_fn(views, y)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            # bookkeeping on the device: no host synchronisation inside the step
-            values = torch.stack([loss.detach().float()] + [p.detach().float() for p in parts.values()])
-            if sums is None:
-                names = ["loss"] + list(parts)
-                sums, bad_step = torch.zeros_like(values), torch.full((), -1, device=device)
-                bad_parts = torch.zeros_like(values, dtype=torch.bool)
-            finite = torch.isfinite(values)
-            first_bad = (bad_step < 0) & ~finite.all()
-            bad_step = torch.where(first_bad, step, bad_step)
-            bad_parts = torch.where(first_bad, ~finite, bad_parts)
-            sums += values
-            if (step + 1) % 50 == 0 or step + 1 == steps:
-                if int(bad_step) >= 0:
-                    bad = [n for n, b in zip(names, bad_parts.tolist()) if b]
-                    part = next((n for n in bad if n != "loss"), "loss")
-                    kept = (f"the last good checkpoint {last_path} (epoch {saved_epoch}) is untouched"
-                            if os.path.exists(last_path) else "no checkpoint had been written")
-                    raise UsageError(f"training stopped: the loss part '{part}' became non-finite at epoch "
-                                     f"{epoch + 1}, step {int(bad_step) + 1}; {kept}")
+        try:
+            names, sums = train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps)
+        except NonFinite as e:
+            kept = (f"the last good checkpoint {last_path} (epoch {saved_epoch}) is untouched"
+                    if os.path.exists(last_path) else "no checkpoint had been written")
+            raise UsageError(f"training stopped: the loss part '{e.part}' became non-finite at epoch "
+                             f"{epoch + 1}, step {e.step}; {kept}") from None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time = time.perf_counter() - t0
@@ -643,7 +665,8 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
     results = {"method": name, "final": final, "best": best, "best_epoch": best_epoch, "epochs": args.epochs,
                "train_seconds": elapsed, "images_per_s": args.epochs * steps * batch / elapsed if elapsed else None,
                "params": {**{f"s{i}": count_params(s) for i, s in enumerate(getattr(method, "students", []))},
-                          "total": count_params(method)},
+                          "total": count_params(method),
+                          "trainable": sum(p.numel() for p in method.parameters() if p.requires_grad)},
                "device": device_name(device), "torch": torch.__version__, "torchvision": tv_version(),
                "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": plain_args(args)}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -742,7 +765,8 @@ def check_args(args, name):
         ms = [float(m) for m in args.milestones.split(",") if m.strip()]
     except ValueError:
         raise UsageError(f"--milestones must be a comma list of numbers, got '{args.milestones}'") from None
-    args.milestone_epochs = [round(m * args.epochs) if m < 1 else int(m) for m in ms]
+    epochs = [round(m * args.epochs) if m < 1 else int(m) for m in ms]
+    args.milestone_epochs = [e for e in epochs if e >= 1]  # a fraction of a very short run may round to 0
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -783,9 +807,11 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
               f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}", flush=True)
         results = fit(method, data, args, args.out_dir, name)
     except UsageError as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt:
-        sys.exit(f"interrupted; continue with --resume --out-dir {args.out_dir}")
+        print(f"interrupted; continue with --resume --out-dir {args.out_dir}", file=sys.stderr)
+        sys.exit(130)
     heads = "  ".join(f"{h} {a:.2f}" for h, a in results["final"].items())
     print(f"done in {format_eta(results['train_seconds'])}: final top-1 {heads}  (results in {args.out_dir})")
     return results

@@ -236,13 +236,14 @@ class Exploding(common.Vanilla):
         return out
 
 
-def test_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tmp_path):
+def test_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     def build(args, data):
         return Exploding(common.build_students(args, data.num_classes))
 
     with pytest.raises(SystemExit) as stop:
         common.main("exploding", None, build, TINY + ["--epochs", "3", "--out-dir", str(tmp_path)])
-    message = str(stop.value.code)
+    assert stop.value.code == 2
+    message = capsys.readouterr().err
     assert "'ce_s1' became non-finite at epoch 2, step 1" in message and "(epoch 1) is untouched" in message
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1

@@ -1,0 +1,335 @@
+"""FFSD: Feature Fusion and Self-Distillation for online knowledge distillation.
+
+Li, Lin, Wang, Wu, Tian, Shao, Ji, "Distilling a Powerful Student Model via Online Knowledge Distillation",
+IEEE TNNLS 2022 (arXiv 2103.14473). Official code: https://github.com/SJLeo/FFSD
+
+    python ffsd.py --arch resnet32 --students 3                  # leader + 2 common students (the default)
+    python ffsd.py --arch resnet32 --students 3 --epochs 300 --batch-size 128 --wd 1e-4   # the paper's recipe
+    python ffsd.py --dataset synthetic --epochs 2 --arch resnet20 --students 3            # CPU demo
+
+Idea. The students are split into a *leader* (student 0, the only network deployed) and N-1 *common*
+students s1..s(N-1) of the same architecture. The common students learn from each other (DML) and are pushed
+apart: each one's attention map is shifted away from its predecessor's strongest regions (a one-way
+diversity chain). A fusion module fuses their last feature maps into one map and a fused classifier; the
+leader learns from that classifier's logits and from the fused map, both at its last layer and, through a
+small *self-distillation* (SD) module that learns to turn a last-layer map back into the shallower stage
+outputs, at its shallower layers too. The same SD trick carries the diversity target down the common
+students. After training only the leader is kept (OUT/leader.pt, a plain backbone).
+
+Loss (one backward; att(F) = mean_c F^2 flattened, Eq. 7; d(a, b) = mean((a/|a| - b/|b|)^2);
+kd(z_s, z_t) = T^2 KL(softmax(z_t/T) || softmax(z_s/T)), teacher detached; F_l^k = stage l output of
+student k, F3 the last; w(.) = warm-up ramp):
+  common student k:  CE(z_k, y) + 1/(N-2) sum_{j common, j!=k} kd(z_k, z_j)                    Eq. 2-3
+                     + [k >= 2] w(lambda_div) * ( mean((att~(F3_k) - y')^2)                       Eq. 8-9
+                                                + sum_l d(att(F_l^k), att(SD_k(F3'_{k-1}))) )     Eq. 11
+       where y = att~(F3_{k-1}) (normalised, detached), n = |att(F3_{k-1})|, thr = the floor(HW/3)-th
+       smallest value of y, y' = (n/2 - y) sign(y - thr) + n/2 (`diversity_target`), and the SD input is
+       F3'_{k-1} = F3_{k-1} + (y' - y) n / C broadcast over channels (`shifted_features`).
+  fused classifier:  CE(z_f, y) + kd(z_f, mean_k z_k)                                             Eq. 4
+       with (z_f, H_f) = fusion_module(concat_k F3_k.detach()); H_f = the fused map.
+  leader:            CE(z_L, y) + lambda_kl kd(z_L, z_f)                                          Eq. 14
+                     + w(lambda_fusion) * ( d(att(F3_L), att(H_f)) + d(att(adapter(F3_L)), att(concat F3)) Eq. 5
+                                          + sum_l d(att(F_l^L), att(SD_L(H_f))) )                 Eq. 13
+  SD module of o in {leader, s2, ...}: w(lambda_sd) * sum_l [ d(G_l, F_l^o) + d(att(G_l), att(F_l^o)) ],
+       G = SD_o(F3_o.detach()), targets detached                                                  Eq. 10
+  Flags: --lambda-div 1e-5, --lambda-fusion 10, --lambda-sd 1000, --lambda-kl 1, --T 2, --warmup 5.
+  w(lambda) = lambda * exp(-5 (1 - e/W)^2) for epochs e = 1..W (W = --warmup), lambda afterwards.
+
+Gradient flow. The fusion module sees the common students' maps detached, so the fused classifier never
+trains them; every cross-network target (peers' logits, z_f, H_f, the predecessor's map) is detached. The SD
+modules are applied in eval mode under no_grad (targets only) and trained by Eq. 10 alone, on detached
+inputs and targets, with their own Adam (--sd-lr 1e-3, --sd-wd 1e-4, the same lr schedule as SGD). Hence
+one joint backward gives each parameter exactly the gradient of the official code's sequential updates.
+
+Recipe (CIFAR-100): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 /10 at 150 and 225, wd 1e-4 (fusion
+module 1e-5, --fusion-wd), T = 2, 2 common students: `--students 3 --epochs 300 --batch-size 128 --wd 1e-4`
+(the default --milestones 0.5,0.75 gives 150 and 225).
+
+Heads: `leader`; `s1`..`s{N-1}` the common students (s_k = students[k], so s0 would be the leader);
+`ens` = log mean softmax of the common students only, the leader excluded: it is the ensemble the paper
+reports ("Ens", Table I) and the fused classifier distils from, so the leader can be compared with it;
+`fused` = the fused classifier. best.pt follows the `leader` head (primary_head).
+
+Decisions where the paper is silent or the official code departs from it (we follow the code):
+- Eq. 5: the paper writes feature-map distances; the code compares normalised attention maps, for both the
+  fused-map term and the adapter (DW3x3-BN-ReLU-PW1x1 C->(N-1)C-BN-ReLU) term. Attention maps here.
+- The SD modules are applied with BatchNorm in eval mode (running statistics) and their outputs detached;
+  they are trained after the networks' update on that step's (detached) features, in train mode.
+- The SD target loss of the leader is weighted by lambda_fusion, that of a common student by lambda_div.
+- The first common student (s1) has no diversity term and no SD module; s_k (k >= 2) diversifies from s_(k-1).
+- Warm-up counts epochs from 1 as the official loop does (start_epoch = 1): the first epoch trains at
+  exp(-3.2) = 0.04 of each lambda, epoch W and later at full weight; the KL terms are not warmed. --warmup 0
+  turns it off. The SD training loss (lambda_sd) is warmed too, as in the code.
+- lambda_kl (= 1) is listed by the paper without naming its term and absent from the code; Eq. 14 has two
+  weights, so it weights the leader's kd to the fused classifier.
+- SD blocks: ConvTranspose2d(k3, stride s, p1, output_padding s-1, no bias)-BN-ReLU from each stage to the
+  one before, s = the ratio of their sizes (2 for the CIFAR nets: 64x8x8 -> 32x16x16 -> 16x32x32); the
+  code assumes halving channels, we read the channels off the backbone. The threshold index is
+  max(floor(HW/3), 1) so 1-2 pixel maps work. kd_fused distils from the mean of the common students'
+  logits, as in the code. The paper's SD optimizer uses the students' weight decay (1e-4): --sd-wd.
+- The official code runs each network's optimizer in turn; all cross terms being detached, one joint
+  backward is equivalent. With --students 2 there is one common student: no DML, no diversity.
+- Common students, the adapter and the leader share one SGD (--wd); the adapter is training-only.
+
+Results: (filled in by scripts/compare.py runs)
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ==================================================================================================
+# Modules
+# ==================================================================================================
+
+def dw_pw(cin, cout):
+    """Depthwise 3x3 -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU (FFL's fusion block)."""
+    return nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+def he_init(module):
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return module
+
+
+class FusionModule(nn.Module):
+    """FFL's fusion module on `num_inputs` concatenated C-channel maps -> (fused logits, fused map C x H x W)."""
+
+    def __init__(self, channels, num_inputs, num_classes):
+        super().__init__()
+        self.fuse = he_init(dw_pw(channels * num_inputs, channels))
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+    def forward(self, x):
+        fused_map = self.fuse(x)
+        return self.classifier(fused_map), fused_map
+
+
+class SelfDistillation(nn.Module):
+    """Rebuild the shallower stage outputs from the last one: a ConvTranspose2d-BN-ReLU block per stage step.
+    channels/sizes: the backbone's stage outputs, shallow to deep. forward(F_last) -> maps shallow to deep."""
+
+    def __init__(self, channels, sizes):
+        super().__init__()
+        blocks = []
+        for l in reversed(range(len(channels) - 1)):
+            s = sizes[l] // sizes[l + 1]
+            blocks.append(nn.Sequential(
+                nn.ConvTranspose2d(channels[l + 1], channels[l], 3, s, 1, output_padding=s - 1, bias=False),
+                nn.BatchNorm2d(channels[l]), nn.ReLU()))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        outs = []
+        for block in self.blocks:
+            x = block(x)
+            outs.append(x)
+        return outs[::-1]
+
+
+# ==================================================================================================
+# Losses (small and pure; float32)
+# ==================================================================================================
+
+def kd(z_s, z_t, T):
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batchmean, teacher detached."""
+    return T * T * F.kl_div(F.log_softmax(z_s.float() / T, 1), F.softmax(z_t.detach().float() / T, 1),
+                            reduction="batchmean")
+
+
+def attention(f):
+    """Eq. 7: mean over channels of the squared activations, flattened to (B, HW)."""
+    return f.float().pow(2).mean(1).flatten(1)
+
+
+def norm_mse(a, b):
+    """mean((a/|a| - b/|b|)^2) with each sample flattened: the attention / feature distance of Eq. 5, 10, 11."""
+    return (F.normalize(a.float().flatten(1), dim=1) - F.normalize(b.float().flatten(1), dim=1)).pow(2).mean()
+
+
+def diversity_target(att_prev):
+    """Eq. 8: y' = (n/2 - y) sign(y - thr) + n/2, y = att_prev normalised, n = |att_prev|, thr = the
+    floor(HW/3)-th smallest y. Regions above thr (task-relevant) get n - y, weak regions keep y."""
+    att_prev = att_prev.float().flatten(1)
+    n = att_prev.norm(dim=1, keepdim=True)
+    y = F.normalize(att_prev, dim=1)
+    thr = y.kthvalue(max(y.shape[1] // 3, 1), dim=1, keepdim=True).values
+    return (n / 2 - y) * torch.sign(y - thr) + n / 2
+
+
+def diversity_loss(att_k, att_prev):
+    """Eq. 9: mean((att_k/|att_k| - y')^2) against the predecessor's shifted (detached) attention."""
+    return (F.normalize(att_k.float().flatten(1), dim=1) - diversity_target(att_prev.detach())).pow(2).mean()
+
+
+def shifted_features(f_prev):
+    """The diversity target as a feature map (SD input): F + (y' - y) n / C, broadcast over channels."""
+    b, c, h, w = f_prev.shape
+    att = attention(f_prev)
+    n, y = att.norm(dim=1, keepdim=True), F.normalize(att, dim=1)
+    return f_prev.float() + ((diversity_target(att) - y) * n / c).view(b, 1, h, w)
+
+
+@torch.no_grad()
+def sd_targets(sd_module, x):
+    """Apply an SD module as a fixed teacher: BN in eval mode, no gradient (official code)."""
+    was_training = sd_module.training
+    sd_module.eval()
+    outs = sd_module(x)
+    sd_module.train(was_training)
+    return outs
+
+
+def attention_transfer(feats, targets):
+    """Eq. 11 / 13: sum over the shallower stages of d(att(F_l), att(target_l))."""
+    return sum(norm_mse(attention(f), attention(t)) for f, t in zip(feats, targets))
+
+
+def sd_reconstruction(rebuilt, feats):
+    """Eq. 10 (without lambda_sd): raw-feature and attention distances to the network's own detached maps."""
+    return sum(norm_mse(g, f.detach()) + norm_mse(attention(g), attention(f.detach())) for g, f in zip(rebuilt, feats))
+
+
+# ==================================================================================================
+# The method
+# ==================================================================================================
+
+class FFSD(nn.Module):
+    primary_head = "leader"
+
+    def __init__(self, students, num_classes, image_size=32, T=2.0, lambda_div=1e-5, lambda_fusion=10.0,
+                 lambda_sd=1000.0, lambda_kl=1.0, warmup=5):
+        super().__init__()
+        if len(students) < 2:
+            raise ValueError("FFSD needs a leader and at least one common student")
+        self.students = nn.ModuleList(students)  # students[0] = leader, students[1:] = common students
+        self.T, self.lambda_kl, self.warmup = T, lambda_kl, warmup
+        self.lambdas = dict(div=lambda_div, fusion=lambda_fusion, sd=lambda_sd)
+        leader, num_common = students[0], len(students) - 1
+        was_training = leader.training
+        with torch.no_grad():  # read the stage shapes off the backbone
+            leader.eval()
+            probe = next(leader.parameters())
+            _, feats = leader(torch.zeros(1, 3, image_size, image_size, device=probe.device, dtype=probe.dtype))
+        leader.train(was_training)
+        channels, sizes = [f.shape[1] for f in feats], [f.shape[2] for f in feats]
+        c = channels[-1]
+        self.fusion_module = FusionModule(c, num_common, num_classes)
+        self.adapter = he_init(dw_pw(c, c * num_common))  # Eq. 5: leader F3 -> the students' concatenated F3
+        # one SD module for the leader and for each diversified common student s2, s3, ...
+        self.sd_modules = nn.ModuleDict({name: SelfDistillation(channels, sizes)
+                                         for name in ["leader"] + [f"s{k}" for k in range(2, len(students))]})
+        with torch.no_grad():
+            rebuilt = sd_targets(self.sd_modules["leader"], feats[-1])
+        if [r.shape for r in rebuilt] != [f.shape for f in feats[:-1]]:
+            raise ValueError(f"FFSD's self-distillation module cannot rebuild the stage outputs of "
+                             f"{getattr(leader, 'arch', 'this backbone')} (stage sizes {sizes})")
+        self.set_epoch(0, 1)
+
+    def set_epoch(self, epoch, epochs):
+        e = epoch + 1  # the official loop counts epochs from 1
+        ramp = math.exp(-5 * (1 - min(e, self.warmup) / self.warmup) ** 2) if self.warmup > 0 else 1.0
+        self.w = {k: v * ramp for k, v in self.lambdas.items()}
+
+    def forward(self, views, y=None):
+        x = views[0] if self.training else views
+        logits, feats = zip(*[s(x) for s in self.students])
+        n = len(self.students)
+        common_f3 = torch.cat([f[-1].detach() for f in feats[1:]], 1)  # detached: fusion never trains them
+        z_f, fused_map = self.fusion_module(common_f3)
+        if not self.training:
+            heads = {"leader": logits[0], **{f"s{k}": logits[k] for k in range(1, n)}}
+            heads["ens"] = torch.stack([z.float().softmax(1) for z in logits[1:]]).mean(0).log()
+            heads["fused"] = z_f
+            return heads
+
+        parts, T, w = {}, self.T, self.w
+        # common students: CE + DML among themselves (Eq. 2-3), diversity chain (Eq. 9, 11)
+        for k in range(1, n):
+            parts[f"ce_s{k}"] = F.cross_entropy(logits[k], y)
+            if n > 2:
+                parts[f"dml_s{k}"] = sum(kd(logits[k], logits[j], T) for j in range(1, n) if j != k) / (n - 2)
+            if k >= 2:
+                prev = feats[k - 1][-1].detach()
+                parts[f"div_s{k}"] = w["div"] * diversity_loss(attention(feats[k][-1]), attention(prev))
+                targets = sd_targets(self.sd_modules[f"s{k}"], shifted_features(prev))
+                parts[f"sdt_s{k}"] = w["div"] * attention_transfer(feats[k][:-1], targets)
+        # fused classifier (Eq. 4)
+        parts["ce_fused"] = F.cross_entropy(z_f, y)
+        parts["kd_fused"] = kd(z_f, torch.stack(logits[1:]).mean(0), T)
+        # leader (Eq. 5, 13, 14)
+        fused_map = fused_map.detach()
+        parts["ce_leader"] = F.cross_entropy(logits[0], y)
+        parts["kd_leader"] = self.lambda_kl * kd(logits[0], z_f, T)
+        parts["att_leader"] = w["fusion"] * norm_mse(attention(feats[0][-1]), attention(fused_map))
+        parts["adapt_leader"] = w["fusion"] * norm_mse(attention(self.adapter(feats[0][-1])), attention(common_f3))
+        targets = sd_targets(self.sd_modules["leader"], fused_map)
+        parts["sdt_leader"] = w["fusion"] * attention_transfer(feats[0][:-1], targets)
+        # SD modules learn to rebuild their own network's shallower maps (Eq. 10); nothing else trains them
+        for name in self.sd_modules:
+            k = 0 if name == "leader" else int(name[1:])
+            rebuilt = self.sd_modules[name](feats[k][-1].detach())
+            parts[f"sd_{name}"] = w["sd"] * sd_reconstruction(rebuilt, feats[k][:-1])
+        return sum(parts.values()), parts
+
+    def param_groups(self, args):
+        own = {id(p) for p in self.sd_modules.parameters()} | {id(p) for p in self.fusion_module.parameters()}
+        return [dict(params=[p for p in self.parameters() if id(p) not in own]),
+                dict(params=list(self.fusion_module.parameters()), weight_decay=args.fusion_wd)]
+
+    def extra_optimizer(self, args, params_in_sgd):
+        return torch.optim.Adam(self.sd_modules.parameters(), lr=args.sd_lr, weight_decay=args.sd_wd)
+
+    def export(self):
+        import common
+        return {"leader": common.backbone_payload(self.students[0])}
+
+
+# ==================================================================================================
+# Flags and entry point
+# ==================================================================================================
+
+def add_arguments(parser):
+    parser.set_defaults(T=2.0, students=3)  # the paper: a leader and two common students
+    a = parser.add_argument
+    a("--lambda-div", type=float, default=1e-5, help="lambda_div: diversity loss and its SD transfer (Eq. 9, 11)")
+    a("--lambda-fusion", type=float, default=10.0, help="lambda_fusion: leader's fused-map terms (Eq. 5, 13)")
+    a("--lambda-sd", type=float, default=1000.0, help="lambda_sd: SD module reconstruction loss (Eq. 10)")
+    a("--lambda-kl", type=float, default=1.0, help="lambda_kl: leader's kd to the fused classifier (Eq. 14)")
+    a("--warmup", type=int, default=5, help="epochs of exp(-5(1-e/W)^2) ramp on lambda_div/fusion/sd (0: off)")
+    a("--sd-lr", type=float, default=1e-3, help="Adam learning rate of the SD modules")
+    a("--sd-wd", type=float, default=1e-4, help="Adam weight decay of the SD modules")
+    a("--fusion-wd", type=float, default=1e-5, help="weight decay of the fusion module")
+
+
+def build(args, data):
+    import common
+    if args.students < 2:
+        raise common.UsageError(f"FFSD needs --students 2 or more (a leader and common students), got {args.students}")
+    if len(set(args.archs)) > 1:
+        raise common.UsageError(f"FFSD trains one architecture for the leader and every common student, "
+                                f"got --arch {args.arch}")
+    for flag in ("lambda_div", "lambda_fusion", "lambda_sd", "lambda_kl", "sd_wd", "fusion_wd"):
+        if getattr(args, flag) < 0:
+            raise common.UsageError(f"--{flag.replace('_', '-')} must be non-negative")
+    if args.warmup < 0 or args.sd_lr <= 0:
+        raise common.UsageError("--warmup must be non-negative and --sd-lr positive")
+    try:
+        return FFSD(common.build_students(args, data.num_classes), data.num_classes, data.train_x.shape[-1],
+                    args.T, args.lambda_div, args.lambda_fusion, args.lambda_sd, args.lambda_kl, args.warmup)
+    except ValueError as e:
+        raise common.UsageError(str(e)) from None
+
+
+def main(argv=None):
+    import common
+    return common.main("ffsd", add_arguments, build, argv, __doc__)
+
+
+if __name__ == "__main__":
+    main()

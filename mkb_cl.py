@@ -1,0 +1,290 @@
+"""MKB-CL: collaborative learning with a mutual knowledge base.
+
+Paper: J. Wang, W. Wang, W. Gao, "Beyond Knowledge Distillation: Collaborative Learning for Bidirectional
+Model Assistance", IEEE Access 6, 2018, doi:10.1109/ACCESS.2018.2854918 (shared/papers/mkb_cl_*).
+The authors released no code.
+
+    python mkb_cl.py --arch resnet32,wrn_16_2                            # CIFAR-100, one MKB after stage 1
+    python mkb_cl.py --arch resnet32 --students 3 --mkb-at 1,2           # three networks, two MKBs
+    python mkb_cl.py --dataset synthetic --arch resnet20 --epochs 2      # CPU demo
+
+Idea. Two or more networks see the same batch. Between two of their stages sits a mutual knowledge base
+(MKB). Each network owns one half of it: an encoder that brings the network's feature map X to a size
+shared by all networks, a space transfer that maps it into a mutual space (the embedding), and a decoder
+that maps the embedding M back to X's shape and routes it into the next stage. In the mutual space the
+embeddings are pulled together (metric learning) and each one is classified by its own linear classifier
+(verification), which keeps the space semantic. Each network keeps its half at test time, so a deployed
+network is its backbone plus its half, runnable alone (`load_network`). Training is simultaneous with
+siamese input, the paper's best setting (Fig. 4): one forward of every network, one backward.
+
+Loss for network i (Eq. 1-2, 6), summed over the networks and, with several MKBs, over the MKBs:
+    L_i   = CE(z_i, y) + alpha * (L_metric_i + L_verification_i)             alpha: --alpha (0.2)
+    L_metric_i       = 1 - cos(e_i, mean_{j != i} e_j)                         (Eq. 4 line 1, Eq. 6)
+    L_verification_i = CE(W_i e_i + b_i, y)                                    a linear layer per half
+    routed feature H = (1 + elu(M_i)) + X_i    (Eq. 3, --route sum)  or  (1 + elu(M_i)) * X_i  (--route mul)
+
+Architecture of one half (Table 1), for a stage output X of shape C x h x w and the mutual size u:
+    encoder         3x3 conv, 64 ch (--mkb-width), stride h/u, BN-ReLU
+    space transfer  3x3 conv 64 ch BN-ReLU, 3x3 conv embed_dim/u^2 ch BN, flatten -> e (--embed-dim 1024)
+    decoder         transposed 3x3 conv, stride h/u, back to C x h x w, BN -> M
+Heads: s0, s1, ... (each network with its half), ens (log of the mean softmax). Exports: net0.pt, net1.pt...
+
+Paper recipe (CIFAR, Sec. IV-A): SGD momentum 0.9, weight decay 1e-4, batch 128, 200 epochs, lr 0.1 divided
+by 10 when the error plateaus, alpha 0.2, no augmentation on CIFAR-100 (crop only on CIFAR-10); the loop
+always crops and flips. Closest flags:
+    --no-nesterov --wd 1e-4 --batch-size 128 --epochs 200 --milestones 100,150 --alpha 0.2
+
+Decisions where the paper is silent or unclear:
+- Position. `--mkb-at i` puts an MKB on the output of `backbone.stages[i]` (common's 0-based index); its
+  routed output feeds stages[i+1] (or the classifier after the last stage). The paper's best position
+  (Table 5) is conv2_x of Table 1, the second of three stages: ResNet-32's 32 x 16 x 16 output, which is
+  `--mkb-at 1` (the default). Table 5 also tries conv1_x and conv3_x (`--mkb-at 0`, `2`; on CIFAR-100 the
+  first network of that table does better at conv3_x); Fig. 6 uses several MKBs (`--mkb-at 1,2`). The index
+  must exist in every network.
+- Mutual size u = the smallest stage output among the networks at that position; each encoder's stride is
+  its own size / u (Table 1: ResNet-32's encoder has stride 2 to meet SmallNet's 8 x 8). Sizes that are not
+  integer multiples of u are refused. Strides above 2 widen the 3x3 kernels to stride + 1 (no skipped pixel).
+- Embedding. The paper flattens the space transfer's output into a 1,024-d embedding, while Table 1 lists
+  64 channels at 8 x 8 (4,096 values). We keep the flatten literal and no fully connected layer: the second
+  space-transfer conv has embed_dim / u^2 channels (4 for u = 16), so the half stays small (about 60 K
+  parameters for ResNet-32 at stage 1) and the embedding is exactly what the decoder decodes ("three branches
+  using the same value", Fig. 2). --embed-dim must be a multiple of u^2.
+- BN after every convolution (Sec. IV-A); no ReLU on the embedding (a cosine target must be able to change
+  sign) and none on M (elu follows).
+- Route. Eq. 3 defines its ⊕ as element-wise sum (the default); `--route mul` is the residual-attention
+  reading (1 + elu(M)) * X that Sec. III-B cites.
+- Metric. The paper found a dot-product distance best; we use 1 - cosine similarity (a bounded dot
+  product). For K > 2 the distance is to the mean of the others' embeddings (Eq. 6, better than Eq. 5 in
+  Fig. 7). The others' side is detached: Eq. 1 is each network's own objective, and Eq. 6 treats the others
+  as one teacher; for K = 2 the sum of the two detached terms has exactly the gradient of one shared
+  D(e_1, e_2). `--no-metric-detach` lets each term pull the others too.
+- The verification classifiers are training-only and are not exported (the half's forward does not use them).
+- Not implemented: iterative training and the different-input (Wasserstein) metric of Eq. 4, both worse in
+  Fig. 4. `--alpha 0` is the paper's "MKB (w/o CL)" ablation (halves trained without metric/verification).
+- MKB-CL has no temperature; --T is refused.
+
+Results: (filled in by scripts/compare.py runs)
+"""
+import argparse
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ==================================================================================================
+# Modules: one network's MKB half, and a backbone with its halves spliced in
+# ==================================================================================================
+
+def conv_bn(cin, cout, kernel=3, stride=1, relu=True):
+    layers = [nn.Conv2d(cin, cout, kernel, stride, 1, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class MKBHalf(nn.Module):
+    """One network's half of an MKB (Fig. 2): X (C x h x w) -> (H routed into the next stage, embedding e)."""
+
+    def __init__(self, channels, size, unified, embed_dim=1024, width=64, route="sum"):
+        super().__init__()
+        stride = tuple(s // u for s, u in zip(size, unified))
+        kernel = tuple(max(3, r + 1) for r in stride)  # 3x3 as in Table 1; wider only when the stride exceeds 2
+        code_channels = embed_dim // (unified[0] * unified[1])
+        self.config = dict(channels=channels, size=list(size), unified=list(unified), embed_dim=embed_dim,
+                           width=width, route=route)  # plain data: enough to rebuild the half
+        self.route = route
+        self.encoder = conv_bn(channels, width, kernel, stride)
+        self.space_transfer = nn.Sequential(conv_bn(width, width), conv_bn(width, code_channels, relu=False))
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(code_channels, channels, kernel, stride, 1,
+                               output_padding=tuple(r + 2 - k for r, k in zip(stride, kernel)), bias=False),
+            nn.BatchNorm2d(channels))
+
+    def forward(self, x):
+        code = self.space_transfer(self.encoder(x))     # the embedding, still shaped as a map
+        gate = 1 + F.elu(self.decoder(code))            # 1 + sigma(M), sigma = elu
+        routed = gate + x if self.route == "sum" else gate * x   # Eq. 3
+        return routed, code.flatten(1)
+
+
+class MKBNetwork(nn.Module):
+    """A backbone with its MKB halves after the stages in `halves` ({stage index: MKBHalf}): the deployed
+    model. forward(x) -> logits; forward(x, with_embeddings=True) -> (logits, [embedding per MKB])."""
+
+    def __init__(self, backbone, halves):
+        super().__init__()
+        self.backbone = backbone
+        self.halves = nn.ModuleDict({str(i): h for i, h in sorted(halves.items())})
+
+    def forward(self, x, with_embeddings=False):
+        embeddings = []
+        for i, stage in enumerate(self.backbone.stages):
+            x = stage(x)
+            if str(i) in self.halves:
+                x, e = self.halves[str(i)](x)
+                embeddings.append(e)
+        logits = self.backbone.classifier(x)
+        return (logits, embeddings) if with_embeddings else logits
+
+
+@torch.no_grad()
+def stage_shapes(backbone, input_size):
+    """(C, h, w) of every stage output for one input image of `input_size`."""
+    was_training = backbone.training
+    backbone.eval()  # eval: the dry run leaves the BN statistics alone
+    x = torch.zeros(1, 3, *input_size, device=next(backbone.parameters()).device)
+    shapes = [tuple(f.shape[1:]) for f in backbone(x)[1]]
+    backbone.train(was_training)
+    return shapes
+
+
+def mkb_configs(shapes, archs, mkb_at, embed_dim, width, route):
+    """{stage: [half config per network]} for per-network stage shapes; ValueError on a size mismatch."""
+    configs = {}
+    for i in mkb_at:
+        for arch, s in zip(archs, shapes):
+            if not 0 <= i < len(s):
+                raise ValueError(f"--mkb-at {i} is not a stage of {arch} (its stages are 0 to {len(s) - 1})")
+        sizes = [s[i][1:] for s in shapes]
+        unified = tuple(min(hw[d] for hw in sizes) for d in (0, 1))
+        if any(hw[d] % unified[d] for hw in sizes for d in (0, 1)):
+            listed = ", ".join(f"{a} {h}x{w}" for a, (h, w) in zip(archs, sizes))
+            raise ValueError(f"at --mkb-at {i} the stage outputs ({listed}) cannot reach one size with integer "
+                             f"encoder strides: every size must be a multiple of the smallest")
+        if embed_dim % (unified[0] * unified[1]):
+            raise ValueError(f"--embed-dim {embed_dim} is not a multiple of the {unified[0]}x{unified[1]} "
+                             f"mutual map at --mkb-at {i} (the embedding is that map flattened)")
+        configs[i] = [dict(channels=s[i][0], size=list(s[i][1:]), unified=list(unified), embed_dim=embed_dim,
+                           width=width, route=route) for s in shapes]
+    return configs
+
+
+# ==================================================================================================
+# Losses
+# ==================================================================================================
+
+def metric_loss(e, target):
+    """D(e, target) = 1 - cosine similarity, batch mean, float32 (Eq. 4, first line)."""
+    return (1 - F.cosine_similarity(e.float(), target.float(), dim=1)).mean()
+
+
+def metric_losses(embeddings, detach=True):
+    """Eq. 6 for every network: D(e_i, mean of the others' embeddings), the others detached unless told."""
+    total = torch.stack([e.float() for e in embeddings]).sum(0)
+    others_total = total.detach() if detach else total
+    k = len(embeddings)
+    losses = []
+    for e in embeddings:
+        own = e.float().detach() if detach else e.float()
+        losses.append(metric_loss(e, (others_total - own) / (k - 1)))
+    return losses
+
+
+# ==================================================================================================
+# The method
+# ==================================================================================================
+
+class MKBCL(nn.Module):
+    num_views = 1
+
+    def __init__(self, students, num_classes, mkb_at=(1,), embed_dim=1024, width=64, route="sum", alpha=0.2,
+                 metric_detach=True, input_size=(32, 32)):
+        super().__init__()
+        if len(students) < 2:
+            raise ValueError("MKB-CL needs at least two networks (--students 2 or more)")
+        if route not in ("sum", "mul"):
+            raise ValueError(f"--route must be sum or mul, got '{route}'")
+        self.mkb_at, self.alpha, self.metric_detach = sorted(set(mkb_at)), alpha, metric_detach
+        shapes = [stage_shapes(s, input_size) for s in students]
+        configs = mkb_configs(shapes, [s.arch for s in students], self.mkb_at, embed_dim, width, route)
+        self.students = nn.ModuleList(
+            MKBNetwork(s, {i: MKBHalf(**configs[i][k]) for i in self.mkb_at}) for k, s in enumerate(students))
+        # verification classifiers (training only): one per network per MKB
+        self.verifiers = nn.ModuleList(
+            nn.ModuleList(nn.Linear(embed_dim, num_classes) for _ in self.mkb_at) for _ in students)
+
+    def forward(self, views, y=None):
+        if not self.training:
+            logits = [net(views) for net in self.students]
+            heads = {f"s{i}": z for i, z in enumerate(logits)}
+            heads["ens"] = torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+            return heads
+        outputs = [net(views[0], with_embeddings=True) for net in self.students]
+        metric = [0.0] * len(outputs)
+        for m in range(len(self.mkb_at)):  # L_metric per MKB, Eq. 6
+            for i, d in enumerate(metric_losses([emb[m] for _, emb in outputs], self.metric_detach)):
+                metric[i] = metric[i] + d
+        parts = {}
+        for i, (logits, embeddings) in enumerate(outputs):
+            parts[f"ce_s{i}"] = F.cross_entropy(logits.float(), y)
+            parts[f"metric_s{i}"] = metric[i]
+            parts[f"verif_s{i}"] = sum(F.cross_entropy(v(e).float(), y)  # L_verification
+                                       for v, e in zip(self.verifiers[i], embeddings))
+        total = sum(parts[f"ce_s{i}"] + self.alpha * (parts[f"metric_s{i}"] + parts[f"verif_s{i}"])  # Eq. 1-2
+                    for i in range(len(outputs)))
+        return total, parts
+
+    def export(self):
+        return {f"net{i}": network_payload(net) for i, net in enumerate(self.students)}
+
+
+def network_payload(net):
+    """A deployable network (backbone + its MKB halves) as plain data; `load_network` rebuilds it."""
+    return {"kind": "mkb_network", "arch": net.backbone.arch, "num_classes": net.backbone.num_classes,
+            "mkb": {i: dict(h.config) for i, h in net.halves.items()},
+            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+
+
+def load_network(path):
+    """Rebuild a network saved by MKB-CL (net0.pt, ...) as a standalone module: eval forward -> logits."""
+    import common
+    payload = common.load_checkpoint(path)
+    if payload.get("kind") != "mkb_network":
+        raise common.UsageError(f"{path} is not a network saved by MKB-CL (it has no 'kind: mkb_network' entry)")
+    backbone = common.build_model(payload["arch"], payload["num_classes"])
+    net = MKBNetwork(backbone, {int(i): MKBHalf(**cfg) for i, cfg in payload["mkb"].items()})
+    net.load_state_dict(payload["state_dict"])
+    return net
+
+
+# ==================================================================================================
+# Flags and entry point
+# ==================================================================================================
+
+def add_arguments(parser):
+    a = parser.add_argument
+    a("--mkb-at", default="1", help="stage indices (0-based, comma list) whose outputs get an MKB; 1 = conv2_x")
+    a("--embed-dim", type=int, default=1024, help="size of the embedding in the mutual space")
+    a("--mkb-width", type=int, default=64, help="channels of the encoder and the first space-transfer conv")
+    a("--route", default="sum", choices=["sum", "mul"], help="Eq. 3: H = (1 + elu(M)) + X, or * X")
+    a("--alpha", type=float, default=0.2, help="weight of L_metric + L_verification (Eq. 1)")
+    a("--metric-detach", action=argparse.BooleanOptionalAction, default=True,
+      help="detach the others' embeddings in L_metric (Eq. 6)")
+
+
+def build(args, data):
+    import common
+    if args.T is not None:
+        raise common.UsageError("MKB-CL has no temperature; drop --T")
+    try:
+        mkb_at = [int(i) for i in args.mkb_at.split(",") if i.strip()]
+    except ValueError:
+        raise common.UsageError(f"--mkb-at must be a comma list of stage indices, got '{args.mkb_at}'") from None
+    if not mkb_at:
+        raise common.UsageError("--mkb-at needs at least one stage index")
+    if args.embed_dim < 1 or args.mkb_width < 1 or args.alpha < 0:
+        raise common.UsageError("--embed-dim and --mkb-width must be positive and --alpha non-negative")
+    students = common.build_students(args, data.num_classes)
+    try:
+        return MKBCL(students, data.num_classes, mkb_at, args.embed_dim, args.mkb_width, args.route, args.alpha,
+                     args.metric_detach, tuple(data.train_x.shape[-2:]))
+    except ValueError as e:
+        raise common.UsageError(str(e)) from None
+
+
+def main(argv=None):
+    import common
+    return common.main("mkb_cl", add_arguments, build, argv, __doc__)
+
+
+if __name__ == "__main__":
+    main()
