@@ -1,0 +1,250 @@
+"""KDCL: Online Knowledge Distillation via Collaborative Learning.
+
+Paper: Qiushan Guo, Xinjiang Wang, Yichao Wu, Zhipeng Yu, Ding Liang, Xiaolin Hu, Ping Luo, "Online Knowledge
+Distillation via Collaborative Learning", CVPR 2020. The paper links no official code; this file follows the paper alone.
+
+Idea. Like DML, m students of any architectures train together from scratch, but instead of copying each
+other they all distil from one soft target built on the fly by *ensembling* their outputs with the help of
+the label: the best student per sample (Naive), the best convex combination of logits (Linear), the
+element-wise most confident logits (MinLogit), or a weighted average of probabilities whose weights minimise
+the ensemble's error on a held-out set (General). With invariant collaborative learning (ICL) every student
+sees its own random augmentation of the same images, so the shared target also fuses several views.
+
+Loss (Eq. 1-2), teacher z_t built from the students' detached logits (a constant):
+
+    L = sum_i CE(z_i, y) + lambda * kd(z_i, z_t, T)                                  --lam, --T
+    kd(z_s, z_t, T) = T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch
+    Naive    (Eq. 4)     z_t = z_k,  k = argmin_i CE(z_i, y)                          --ensemble naive
+    Linear   (Eq. 5)     z_t = sum_i a_i z_i,  a = argmin_{a in simplex} CE(sum_i a_i z_i, y)   linear
+    MinLogit (Eq. 6-7)   z_t = min_i (z_i - z_i^y)   element-wise over the students   minlogit
+    General  (Eq. 8-11)  p_t = sum_i w_i softmax(z_i/T),  w = C^-1 1 / (1^T C^-1 1),  general (default)
+                         C_ij = mean_{x in hold-out} (f_i(x) - 1)(f_j(x) - 1),  f_i = student i's p(true class)
+    ICL: student i's logits z_i come from its own augmented view (--icl, default) or all from one (--no-icl).
+
+Paper recipe (CIFAR-100, ResNet-32 + WRN-16-2): 200 epochs, batch 128, SGD momentum 0.9, lr 0.1 x0.1 at
+epochs 100 and 150, wd 5e-4, crop (pad 4) + flip, T = 2, lambda = 1, General holds out 50 images per class;
+accuracy = median of 5 runs. Reproduce (Nesterov is not mentioned by the paper, hence --no-nesterov):
+
+    python kdcl.py --arch resnet32,wrn_16_2 --students 2 --epochs 200 --milestones 100,150 --no-nesterov
+
+Decisions where the paper is silent:
+- Naive picks the best student per sample (Eq. 4 could also be read per batch).
+- Linear: one weight vector a per batch (Eq. 5's CE over the batch), solved at T = 1 and softened at T
+  afterwards. Solver: 30 steps of projected gradient on the simplex, each step trying 16 step sizes at once
+  and keeping the best (never worse than the current point): fixed work, no host synchronisation; tested to
+  reach the optimum within 1e-3 in CE against a brute-force simplex grid. (With --compile the 30 steps are
+  unrolled: a one-off compile of about half a minute.)
+- General: f_i is measured at T = 1 with the students in eval mode on the clean hold-out images, after every
+  epoch (w starts at 1/m, as in the paper); the soft target averages the students' distributions at T.
+  Eq. 11 only enforces sum(w) = 1, but the paper also asks w_i in [0, 1] (and negative weights could make the
+  averaged "distribution" negative). So: Eq. 11 is used whenever it is non-negative; otherwise the exact
+  minimiser of Eq. 9 on the simplex is taken (Eq. 11 on the best subset of students). A ridge of 1e-6 x
+  mean(diag C) guards a singular C (identical students get equal weights). The held-out images are removed
+  from training for --ensemble general only; --holdout-per-class sets their number.
+- Defaults --ensemble general --icl: the paper's best CIFAR setting (Table 7: 74.3 / 75.5).
+- The kd_s<i> parts logged include the factor lambda (the parts sum to the loss).
+
+Heads logged every epoch: s0, s1, ... (each student), ens (log of the mean of the students' softmax); with
+General the weights w0, w1, ... are logged after every epoch. Every student is exported as OUT/s<i>.pt.
+
+Results: (filled in by scripts/compare.py runs)
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# --------------------------------------------------------------------------------------------------
+# Loss
+# --------------------------------------------------------------------------------------------------
+
+def kd_to_distribution(z_s, log_p_t, T):
+    """T^2 * KL(p_t || softmax(z_s/T)), batchmean (Eq. 1); the teacher given as log-probabilities at T."""
+    log_q = F.log_softmax(z_s.float() / T, dim=1)
+    return T * T * F.kl_div(log_q, log_p_t.detach().float(), log_target=True, reduction="batchmean")
+
+
+def kd(z_s, z_t, T):
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batchmean, teacher logits detached."""
+    return kd_to_distribution(z_s, F.log_softmax(z_t.detach().float() / T, dim=1), T)
+
+
+# --------------------------------------------------------------------------------------------------
+# Teachers: logits (K, B, C) of the K students, labels y (B,)
+# --------------------------------------------------------------------------------------------------
+
+def naive(logits, y):
+    """Eq. 4, per sample: the logits of the student with the smallest cross-entropy. -> (B, C)"""
+    K, B, C = logits.shape
+    ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(K), reduction="none").view(K, B)
+    best = ce.argmin(0)  # first student on ties
+    return logits.gather(0, best.view(1, B, 1).expand(1, B, C)).squeeze(0)
+
+
+def project_simplex(v):
+    """Euclidean projection of each row of v (M, K) onto the probability simplex (sort-based)."""
+    u = v.sort(dim=1, descending=True).values
+    css = u.cumsum(1) - 1
+    k = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+    rho = (u - css / k > 0).sum(1, keepdim=True)  # the positive part is a prefix of the sorted row
+    return (v - css.gather(1, rho - 1) / rho).clamp_min(0)
+
+
+def linear_weights(logits, y, steps=30):
+    """Eq. 5: a on the simplex minimising CE(sum_i a_i z_i, y) over the batch. -> (K,)"""
+    K, B, C = logits.shape
+    z = logits.float()
+    z_y = z.gather(2, y.view(1, B, 1).expand(K, B, 1)).squeeze(2)  # (K, B)
+    onehot = F.one_hot(y, C).float()
+    etas = 2.0 ** torch.arange(-12, 4, device=z.device, dtype=z.dtype)  # step sizes tried at once
+
+    def batch_ce(a):  # (M, K) candidate weights -> (M,) mean CE; CE is linear-in-a minus logsumexp
+        s = torch.einsum("mk,kbc->mbc", a, z)
+        return (s.logsumexp(2) - a @ z_y).mean(1)
+
+    a = torch.full((K,), 1.0 / K, device=z.device, dtype=z.dtype)
+    for _ in range(steps):
+        p = torch.einsum("k,kbc->bc", a, z).softmax(1)
+        g = torch.einsum("kbc,bc->k", z, p - onehot) / B  # dCE/da
+        g = g - g.mean()
+        cand = project_simplex(a - etas[:, None] * g / g.abs().max().clamp_min(1e-12))
+        cand = torch.cat([a[None], cand])  # keeping the current point makes every step a descent
+        a = cand[batch_ce(cand).argmin()]
+    return a
+
+
+def linear(logits, y):
+    """Eq. 5: the best convex combination of the students' logits. -> (B, C)"""
+    return torch.einsum("k,kbc->bc", linear_weights(logits, y), logits.float())
+
+
+def min_logit(logits, y):
+    """Eq. 6-7: shift each student's logits so the target-class logit is 0, element-wise min. -> (B, C)"""
+    K, B, C = logits.shape
+    shifted = logits - logits.gather(2, y.view(1, B, 1).expand(K, B, 1))  # Eq. 6: z - z^c
+    return shifted.min(0).values  # Eq. 7
+
+
+def general_weights(p_true, ridge=1e-6):
+    """Eq. 8-11: p_true (K, N) = each student's probability of the true class on the hold-out set -> w (K,).
+    Eq. 11 when it is non-negative, else the minimiser of w^T C w on the simplex (Eq. 11 on the best support)."""
+    e = p_true.double() - 1  # Eq. 8: f_i(x) - t, t = 1
+    K, N = e.shape
+    C = e @ e.T / N  # Eq. 10
+    C = C + (ridge * C.diagonal().mean() + 1e-12) * torch.eye(K, dtype=C.dtype, device=C.device)
+    best, best_err = None, math.inf
+    supports = [list(range(K))] + [[i for i in range(K) if m >> i & 1] for m in range(2 ** K - 2, 0, -1)]
+    for S in supports:
+        v = torch.linalg.solve(C[S][:, S], torch.ones(len(S), dtype=C.dtype, device=C.device))
+        w = torch.zeros(K, dtype=C.dtype, device=C.device)
+        w[S] = v / v.sum()  # Eq. 11
+        if bool((w >= 0).all()):
+            err = float(w @ C @ w)  # Eq. 9
+            if err < best_err:
+                best, best_err = w, err
+            if len(S) == K:  # the unconstrained optimum is feasible: it is the answer
+                break
+    return best.float()
+
+
+def general(logits, w, T):
+    """The General soft target: log(sum_i w_i softmax(z_i/T)), as log-probabilities. -> (B, C)"""
+    log_p = F.log_softmax(logits.float() / T, dim=2)
+    return torch.logsumexp(log_p + w.float().log().view(-1, 1, 1), dim=0)
+
+
+LOGIT_TEACHERS = {"naive": naive, "linear": linear, "minlogit": min_logit}
+
+
+# --------------------------------------------------------------------------------------------------
+# Method
+# --------------------------------------------------------------------------------------------------
+
+class KDCL(nn.Module):
+    num_views = 1
+
+    def __init__(self, students, ensemble="general", icl=True, T=2.0, lam=1.0):
+        super().__init__()
+        self.students = nn.ModuleList(students)
+        self.ensemble, self.icl, self.T, self.lam = ensemble, icl, T, lam
+        self.num_views = len(students) if icl else 1  # ICL: one augmented view per student
+        K = len(students)
+        self.register_buffer("w", torch.full((K,), 1.0 / K))  # General's weights, checkpointed with the model
+
+    def teacher_log_probs(self, z, y):
+        if self.ensemble == "general":
+            return general(z, self.w, self.T)
+        return F.log_softmax(LOGIT_TEACHERS[self.ensemble](z, y) / self.T, dim=1)
+
+    def forward(self, views, y=None):
+        if not self.training:
+            logits = [s(views)[0] for s in self.students]
+            heads = {f"s{i}": z for i, z in enumerate(logits)}
+            heads["ens"] = torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+            return heads
+        logits = [s(views[i if self.icl else 0])[0] for i, s in enumerate(self.students)]
+        # the soft target is a constant (Eq. 3), computed in float32 even under bf16 autocast
+        with torch.no_grad(), torch.autocast(views[0].device.type, enabled=False):
+            log_p_t = self.teacher_log_probs(torch.stack([z.float() for z in logits]), y)
+        parts = {}
+        for i, z in enumerate(logits):  # Eq. 2
+            parts[f"ce_s{i}"] = F.cross_entropy(z.float(), y)
+            parts[f"kd_s{i}"] = self.lam * kd_to_distribution(z, log_p_t, self.T)
+        return sum(parts.values()), parts
+
+    @torch.no_grad()
+    def epoch_end(self, epoch, data, batch_size=1000):
+        """General: re-estimate w (Eq. 8-11) on the held-out images; returns {"w0": ..., ...} to log."""
+        if self.ensemble != "general":
+            return {}
+        was_training = self.training
+        self.eval()
+        p_true = []
+        for i in range(0, len(data.holdout_y), batch_size):
+            x, y = data.normalize(data.holdout_x[i:i + batch_size]), data.holdout_y[i:i + batch_size]
+            p_true.append(torch.stack([s(x)[0].float().softmax(1).gather(1, y[:, None]).squeeze(1)
+                                       for s in self.students]))
+        self.w.copy_(general_weights(torch.cat(p_true, dim=1).cpu()).to(self.w))
+        self.train(was_training)
+        return {f"w{i}": float(v) for i, v in enumerate(self.w)}
+
+    def export(self):
+        import common
+        return {f"s{i}": common.backbone_payload(s) for i, s in enumerate(self.students)}
+
+
+def add_arguments(parser):
+    import argparse
+    parser.set_defaults(T=2.0)  # the paper's CIFAR temperature
+    parser.add_argument("--ensemble", default="general", choices=["naive", "linear", "minlogit", "general"],
+                        help="how the soft target is built from the students (Eq. 4, 5, 7, 11)")
+    parser.add_argument("--icl", action=argparse.BooleanOptionalAction, default=True,
+                        help="invariant collaborative learning: each student gets its own augmented view")
+    parser.add_argument("--lam", type=float, default=1.0, help="lambda, the weight of the kd term (Eq. 2)")
+    parser.add_argument("--holdout-per-class", type=int, default=50,
+                        help="General only: training images per class held out to estimate the weights w")
+
+
+def build(args, data):
+    import common
+    if args.students < 2:
+        raise common.UsageError(f"KDCL needs at least two students to ensemble, got --students {args.students}")
+    if args.lam < 0:
+        raise common.UsageError(f"--lam must be non-negative, got {args.lam}")
+    if args.ensemble == "general":
+        if args.holdout_per_class < 1:
+            raise common.UsageError("--ensemble general needs --holdout-per-class of at least 1 "
+                                    "to estimate its weights")
+        data.hold_out(args.holdout_per_class)  # these images are never trained on
+    return KDCL(common.build_students(args, data.num_classes), args.ensemble, args.icl, args.T, args.lam)
+
+
+def main(argv=None):
+    import common
+    return common.main("kdcl", add_arguments, build, argv, __doc__)
+
+
+if __name__ == "__main__":
+    main()
