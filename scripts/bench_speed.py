@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -128,24 +127,34 @@ def measure_method(name, opts, data, tmp):
             "peak_mem_mib": peak, "params": common.count_params(method)}
 
 
-def measure_bare(opts, data, students=2):
-    """The students alone: CE, forward, backward, SGD step, on batches made once on the device."""
+def plain_students(opts, data, students):
+    """The students alone, on the device, with SGD and a step that is cross-entropy, backward, update."""
     _, args = method_args("vanilla", opts, students, "unused")
     torch.manual_seed(0)
     nets = torch.nn.ModuleList(common.build_students(args, data.num_classes)).to(data.device)
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     nets.to(memory_format=memory_format)
     opt = torch.optim.SGD(nets.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+
+    def step(x, y):
+        with common.autocast(args):
+            loss = sum(F.cross_entropy(net(x)[0], y) for net in nets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step, memory_format
+
+
+def measure_bare(opts, data, students=2):
+    """The students alone: CE, forward, backward, SGD step, on batches made once on the device."""
+    step, memory_format = plain_students(opts, data, students)
     x = data.normalize(data.train_x[:opts.batch_size]).contiguous(memory_format=memory_format)
     y = data.train_y[:opts.batch_size]
 
     def run(steps):
         for _ in range(steps):
-            with common.autocast(args):
-                loss = sum(F.cross_entropy(net(x)[0], y) for net in nets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            step(x, y)
 
     run(opts.warmup)
     seconds, peak = best_round(lambda: run(opts.steps), data.device, opts.rounds)
@@ -194,12 +203,7 @@ def measure_conventional(opts, data, tmp, students=2):
     loader = torch.utils.data.DataLoader(dataset, batch_size=opts.batch_size, shuffle=True, drop_last=True,
                                          num_workers=opts.workers, pin_memory=device.type == "cuda",
                                          persistent_workers=opts.workers > 0)
-    _, args = method_args("vanilla", opts, students, "unused")
-    torch.manual_seed(0)
-    nets = torch.nn.ModuleList(common.build_students(args, data.num_classes)).to(device)
-    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
-    nets.to(memory_format=memory_format)
-    opt = torch.optim.SGD(nets.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    step, memory_format = plain_students(opts, data, students)
     batches = iter(())
 
     def run(steps):
@@ -210,13 +214,8 @@ def measure_conventional(opts, data, tmp, students=2):
             except StopIteration:
                 batches = iter(loader)
                 x, y = next(batches)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            y = y.to(device, non_blocking=True)
-            with common.autocast(args):
-                loss = sum(F.cross_entropy(net(x)[0], y) for net in nets)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            step(x.to(device, non_blocking=True).contiguous(memory_format=memory_format),
+                 y.to(device, non_blocking=True))
 
     run(opts.warmup)
     seconds, peak = best_round(lambda: run(opts.steps), device, opts.rounds)

@@ -35,6 +35,7 @@ def parse():
     p.add_argument("--extra", action="append", default=[], metavar="METHOD=FLAGS",
                    help="flags for one method only, e.g. ffsd=--students=3 (repeatable)")
     opts, common_flags = p.parse_known_args()
+    opts.out_dir = os.path.abspath(opts.out_dir)
     opts.methods = [m.strip() for m in opts.methods.split(",") if m.strip()]
     unknown = [m for m in opts.methods if m not in METHODS]
     if unknown:
@@ -80,7 +81,7 @@ def run_one(opts, common_flags, method, seed):
     os.makedirs(out, exist_ok=True)
     print(f"{method} seed {seed}: {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
     with open(os.path.join(out, "log.txt"), "a") as log:
-        status = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+        status = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if status != 0:
         with open(os.path.join(out, "log.txt")) as f:
             tail = f.read().strip().splitlines()[-1:]
