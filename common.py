@@ -12,6 +12,7 @@ The method protocol (duck-typed, so a method file needs nothing from here for it
     method.forward(x)         evaluation: returns {head_name: logits}, e.g. s0, s1, ens, fused, leader
     optional:
     method.num_views          how many independently augmented views a step gets (default 1)
+    method.primary_head       the head whose best epoch is saved as best.pt (default `ens`)
     method.param_groups(args) SGD parameter groups, e.g. a fusion module with its own weight decay
                               (default: every trainable parameter with --wd)
     method.extra_optimizer(args, params_in_sgd)  a second optimizer over other parameters (FFSD's Adam);

@@ -1,24 +1,40 @@
-"""Tests: backbones, data, the loop, checkpoints, bad input, and every method end to end on tiny budgets.
+"""Tests: backbones, data, the loop, checkpoints, bad input, every method (its loss against the paper's
+equations, its gradients, its flags, end to end on tiny budgets) and the two scripts.
 
-Run: python -m pytest -q test_methods.py      (about N minutes on 2 CPU cores)
+Run: python -m pytest -q test_methods.py      (about 3 minutes on 2 CPU cores)
 """
+import copy
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
 import tarfile
+from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import common  # noqa: E402
+import dml  # noqa: E402
+import fefr  # noqa: E402
+import ffcl  # noqa: E402
+import ffl  # noqa: E402
+import ffsd  # noqa: E402
+import kdcl  # noqa: E402
+import mkb_cl  # noqa: E402
 
 SHARED_TAR = os.path.join(HERE, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 # the smallest run that exercises everything: 2 x resnet20, 256 synthetic images, one epoch
 TINY = ["--dataset", "synthetic", "--limit-train", "256", "--limit-test", "128", "--epochs", "1",
         "--batch-size", "64", "--arch", "resnet20", "--device", "cpu"]
+# smaller still, for runs that only check that a flag trains (the later flag wins): two steps, 64 test images
+SMOKE = TINY + ["--limit-train", "128", "--limit-test", "64"]
 
 
 def vanilla(argv):
@@ -26,10 +42,12 @@ def vanilla(argv):
 
 
 def run_main(main, argv, out_dir):
-    """Run a script's main() in-process and return its results.json."""
-    main(argv + ["--out-dir", str(out_dir)])
+    """Run a script's main() in-process and return its results.json (which must be what main returned)."""
+    returned = main(argv + ["--out-dir", str(out_dir)])
     with open(os.path.join(out_dir, "results.json")) as f:
-        return json.load(f)
+        saved = json.load(f)
+    assert returned["final"] == saved["final"]
+    return saved
 
 
 def run_cli(script, *argv):
@@ -39,6 +57,34 @@ def run_cli(script, *argv):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def usage_error(capsys, run):
+    """Call a main() that must stop on a user's mistake: exit status 2, one `error: ...` line on stderr
+    (returned)."""
+    with pytest.raises(SystemExit) as stop:
+        run()
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def method_args(module, argv, tmp_path):
+    """A method script's flags, parsed and checked as its main() does (output folder under tmp_path)."""
+    parser = common.make_parser()
+    module.add_arguments(parser)
+    args = parser.parse_args(argv + ["--out-dir", str(tmp_path / "run"), "--device", "cpu"])
+    return common.check_args(args, module.__name__)
+
+
+def fake_data(num_classes=10, n=8, size=32):
+    """What a method's build() reads from the data: the number of classes and the image size."""
+    return SimpleNamespace(num_classes=num_classes, train_x=torch.zeros(n, 3, size, size, dtype=torch.uint8))
+
+
+def build_method(module, argv, tmp_path, num_classes=10):
+    return module.build(method_args(module, argv, tmp_path), fake_data(num_classes))
+
+
 def read_metrics(out_dir):
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
@@ -46,6 +92,14 @@ def read_metrics(out_dir):
 
 def without_timing(records):
     return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in records]
+
+
+def check_heads(results, heads=("s0", "s1", "ens")):
+    """Every head in results.json's final and best, as a top-1 percentage."""
+    for key in ("final", "best"):
+        assert set(heads) <= set(results[key]), results[key]
+        assert all(0 <= results[key][h] <= 100 for h in heads)
+    return results
 
 
 # ================================================================================================
@@ -113,8 +167,8 @@ def test_balanced_subsets_and_hold_out():
 
 def test_synthetic_data_is_learnable(tmp_path):
     results = run_main(vanilla, ["--dataset", "synthetic", "--limit-train", "1000", "--limit-test", "500",
-                                     "--epochs", "2", "--batch-size", "50", "--arch", "resnet20", "--students", "1",
-                                     "--device", "cpu"], tmp_path)
+                                 "--epochs", "2", "--batch-size", "50", "--arch", "resnet20", "--students", "1",
+                                 "--device", "cpu"], tmp_path)
     assert results["final"]["s0"] > 50  # chance is 10 %
 
 
@@ -142,7 +196,7 @@ def cifar10_subset(tmp_path_factory):
 
 def test_folder_dataset_on_real_cifar10_trains_and_caches(cifar10_subset, tmp_path):
     results = run_main(vanilla, ["--dataset", "folder", "--data-dir", str(cifar10_subset), "--epochs", "1",
-                                     "--batch-size", "50", "--arch", "resnet20", "--device", "cpu"], tmp_path / "a")
+                                 "--batch-size", "50", "--arch", "resnet20", "--device", "cpu"], tmp_path / "a")
     assert set(results["final"]) == {"s0", "s1", "ens"}
     assert os.path.exists(cifar10_subset / ".okd-cache.pt")
     first = common.load_folder(str(cifar10_subset), 1)
@@ -154,10 +208,10 @@ def test_folder_dataset_on_real_cifar10_trains_and_caches(cifar10_subset, tmp_pa
 # ================================================================================================
 
 def test_seed_makes_runs_identical_and_resume_continues_exactly(tmp_path):
-    argv = TINY + ["--epochs", "2", "--milestones", "1"]
+    argv = SMOKE + ["--epochs", "2", "--milestones", "1"]
     run_main(vanilla, argv, tmp_path / "a")
     run_main(vanilla, argv, tmp_path / "b")
-    run_main(vanilla, TINY + ["--milestones", "1"], tmp_path / "c")   # 1 epoch ...
+    run_main(vanilla, SMOKE + ["--milestones", "1"], tmp_path / "c")  # 1 epoch ...
     run_main(vanilla, argv + ["--resume"], tmp_path / "c")            # ... + resume to 2
     a, b, c = (without_timing(read_metrics(tmp_path / d)) for d in "abc")
     assert len(a) == 2 and a == b == c
@@ -237,14 +291,996 @@ class Exploding(common.Vanilla):
 
 
 def test_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    def build(args, data):
+    def build_exploding(args, data):
         return Exploding(common.build_students(args, data.num_classes))
 
-    with pytest.raises(SystemExit) as stop:
-        common.main("exploding", None, build, TINY + ["--epochs", "3", "--out-dir", str(tmp_path)])
-    assert stop.value.code == 2
-    message = capsys.readouterr().err
+    message = usage_error(capsys, lambda: common.main("exploding", None, build_exploding,
+                                                      SMOKE + ["--epochs", "3", "--out-dir", str(tmp_path)]))
     assert "'ce_s1' became non-finite at epoch 2, step 1" in message and "(epoch 1) is untouched" in message
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+# ================================================================================================
+# DML
+# ================================================================================================
+# loop-based references (plain Python maths) and a stand-in student, shared with the KDCL tests
+
+def ce_loop(z, y):
+    """-log softmax(z)[y] for one sample, with plain Python math (float64)."""
+    z = [float(v) for v in z]
+    m = max(z)
+    return m + math.log(sum(math.exp(v - m) for v in z)) - z[y]
+
+
+def softmax_loop(z, T=1.0):
+    z = [float(v) / T for v in z]
+    m = max(z)
+    e = [math.exp(v - m) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def random_logits(K, B, C, seed, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(K, B, C, generator=g) * scale, torch.randint(0, C, (B,), generator=g)
+
+
+class TinyStudent(nn.Module):
+    """A stand-in backbone: remembers its last input, returns (logits, [features])."""
+
+    def __init__(self, num_classes=5, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(3 * 4 * 4, num_classes)
+        self.last_input = None
+
+    def forward(self, x):
+        self.last_input = x
+        return self.fc(x.flatten(1)), [x]
+
+
+def tiny_batch(seed=0, B=8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, 4, 4, generator=g), torch.randint(0, 5, (B,), generator=g)
+
+
+def grads_of(module):
+    return [p.grad for p in module.parameters()]
+
+
+def check_kd_gradient_stays_with_student(method, views, y):
+    loss, parts = method(views, y)
+    parts["kd_s0"].backward()
+    assert any(g is not None and g.abs().sum() > 0 for g in grads_of(method.students[0]))
+    for peer in method.students[1:]:  # the peers (the teacher side) receive nothing
+        assert all(g is None or g.abs().sum() == 0 for g in grads_of(peer))
+
+
+def test_kd_matches_definition():
+    z_s, _ = random_logits(1, 6, 5, seed=1)
+    z_t, _ = random_logits(1, 6, 5, seed=2)
+    z_s, z_t, T = z_s[0], z_t[0], 3.0
+    ref = 0.0
+    for b in range(6):
+        p, q = softmax_loop(z_t[b], T), softmax_loop(z_s[b], T)
+        ref += T * T * sum(pc * math.log(pc / qc) for pc, qc in zip(p, q)) / 6
+    assert kdcl.kd(z_s, z_t, T).item() == pytest.approx(ref, rel=1e-5)
+    assert dml.kd(z_s, z_t, T).item() == pytest.approx(ref, rel=1e-5)
+    log_p = torch.log_softmax(z_t / T, 1)
+    assert kdcl.kd_to_distribution(z_s, log_p, T).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_dml_mutual_kd_matches_formula_and_is_zero_for_identical_students():
+    z, _ = random_logits(3, 8, 5, seed=3)
+    logits = list(z)
+    terms = dml.mutual_kd(logits, T=1.0)
+    for k in range(3):
+        ref = 0.0
+        for j in range(3):
+            if j != k:
+                for b in range(8):
+                    p, q = softmax_loop(z[j, b]), softmax_loop(z[k, b])
+                    ref += sum(pc * math.log(pc / qc) for pc, qc in zip(p, q)) / 8 / 2  # 1/(K-1), K=3
+        assert terms[k].item() == pytest.approx(ref, rel=1e-5)
+        assert terms[k].item() > 1e-3
+    same = dml.mutual_kd([z[0], z[0].clone(), z[0].clone()], T=1.0)
+    assert all(abs(t.item()) < 1e-6 for t in same)
+
+
+def test_dml_method_loss_zero_for_identical_students_positive_otherwise():
+    x, y = tiny_batch()
+    a = TinyStudent(seed=0)
+    method = dml.DML([a, copy.deepcopy(a)], T=1.0).train()
+    loss, parts = method([x], y)
+    assert parts["kd_s0"].item() == pytest.approx(0, abs=1e-7) and parts["kd_s1"].item() == pytest.approx(0, abs=1e-7)
+    assert loss.item() == pytest.approx((parts["ce_s0"] + parts["ce_s1"]).item(), rel=1e-6)
+    method = dml.DML([TinyStudent(seed=0), TinyStudent(seed=1)], T=1.0).train()
+    _, parts = method([x], y)
+    assert parts["kd_s0"].item() > 1e-4 and parts["kd_s1"].item() > 1e-4
+
+
+def test_dml_gradients_do_not_reach_the_peer():
+    x, y = tiny_batch()
+    method = dml.DML([TinyStudent(seed=0), TinyStudent(seed=1), TinyStudent(seed=2)]).train()
+    check_kd_gradient_stays_with_student(method, [x], y)
+
+
+def test_dml_end_to_end_three_mixed_students(tmp_path):
+    results = run_main(dml.main, TINY + ["--arch", "resnet20,wrn_16_2,resnet20", "--students", "3"], tmp_path)
+    check_heads(results, ("s0", "s1", "s2", "ens"))
+    assert all((tmp_path / f"s{k}.pt").exists() for k in range(3))
+    assert common.load_backbone(str(tmp_path / "s1.pt")).arch == "wrn_16_2"
+    record = read_metrics(tmp_path)[-1]
+    assert {"ce_s0", "kd_s0", "ce_s2", "kd_s2"} <= set(record) and record["kd_s0"] > 0
+    assert json.load(open(tmp_path / "args.json"))["T"] == 1.0
+
+
+def test_dml_one_student_is_a_usage_error(tmp_path, capsys):
+    message = usage_error(capsys, lambda: dml.main(TINY + ["--students", "1", "--out-dir", str(tmp_path)]))
+    assert "at least two students" in message
+    # as a user runs it: one sentence, no traceback, non-zero status
+    status, output = run_cli("dml.py", *TINY, "--students", "1", "--out-dir", str(tmp_path / "cli"))
+    output = output.strip()
+    assert status != 0 and "at least two students" in output
+    assert "Traceback" not in output and len(output.splitlines()) == 1
+    args = SimpleNamespace(students=1, archs=["resnet20"], T=1.0)
+    with pytest.raises(common.UsageError):
+        dml.build(args, None)
+
+
+# ================================================================================================
+# KDCL
+# ================================================================================================
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_min_logit_matches_eq_6_7(K):
+    z, y = random_logits(K, 16, 7, seed=K)
+    z = z.round()  # small integers: many exact ties between students
+    z[1, :4] = z[0, :4]  # identical students on some samples
+    out = kdcl.min_logit(z, y)
+    for b in range(16):
+        for j in range(7):
+            ref = min(float(z[i, b, j] - z[i, b, y[b]]) for i in range(K))  # Eq. 6, then Eq. 7
+            assert out[b, j].item() == pytest.approx(ref, abs=1e-6)
+        assert out[b, y[b]].item() == 0.0  # the target logit is 0 after the shift
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_naive_matches_eq_4_per_sample(K):
+    z, y = random_logits(K, 32, 6, seed=10 + K)
+    z[1, :5] = z[0, :5]  # exact ties: identical logits
+    z[K - 1, 5:10] = z[0, 5:10] + 2.5  # CE ties with different logits (a constant shift)
+    out = kdcl.naive(z, y)
+    picked_different = 0
+    for b in range(32):
+        ces = [ce_loop(z[i, b], y[b]) for i in range(K)]
+        best = min(ces)
+        winners = [i for i in range(K) if ces[i] <= best + 1e-5]
+        assert any(torch.equal(out[b], z[i, b]) for i in winners), b
+        if len(winners) == 1:
+            assert torch.equal(out[b], z[winners[0], b])
+            picked_different += winners[0] != 0
+    assert picked_different > 0  # the test would notice "always student 0"
+
+
+def brute_force_linear(z, y, steps):
+    """min over a simplex grid with `steps` divisions of CE(sum_i a_i z_i, y) (Eq. 5), in float64."""
+    K = z.shape[0]
+    z = z.double()
+    grid = torch.tensor([c for c in itertools.product(range(steps + 1), repeat=K - 1) if sum(c) <= steps],
+                        dtype=torch.float64) / steps
+    alphas = torch.cat([grid, 1 - grid.sum(1, keepdim=True)], 1)
+    best = math.inf
+    for chunk in alphas.split(4096):
+        s = torch.einsum("mk,kbc->mbc", chunk, z)
+        ce = (s.logsumexp(2) - s.gather(2, y.view(1, -1, 1).expand(len(chunk), -1, 1)).squeeze(2)).mean(1)
+        best = min(best, ce.min().item())
+    return best
+
+
+def linear_problems(K):
+    # random students of different scales, correlated students, and students good on disjoint samples
+    # (an interior optimum)
+    yield random_logits(K, 64, 10, seed=100 + K, scale=1.0)
+    yield random_logits(K, 64, 10, seed=200 + K, scale=8.0)
+    z, y = random_logits(K, 64, 10, seed=300 + K)
+    z = 0.9 * z[:1] + 0.1 * z  # highly correlated students
+    yield z, y
+    z, y = random_logits(K, 64, 10, seed=400 + K, scale=2.0)
+    for k in range(K):
+        rows = torch.arange(64)[torch.arange(64) % K == k]
+        z[k, rows, y[rows]] += 4.0
+    yield z, y
+
+
+@pytest.mark.parametrize("K,steps", [(2, 10000), (3, 300)])
+def test_linear_reaches_brute_force_optimum(K, steps):
+    for z, y in linear_problems(K):
+        a = kdcl.linear_weights(z, y)
+        assert a.min() >= 0 and a.sum().item() == pytest.approx(1, abs=1e-5)
+        z_t = kdcl.linear(z, y)
+        ours = sum(ce_loop(z_t[b], y[b]) for b in range(len(y))) / len(y)
+        ref = brute_force_linear(z, y, steps)
+        assert ours <= ref + 1e-3, (ours, ref)
+        # the teacher is exactly sum_i a_i z_i (Eq. 5)
+        assert torch.allclose(z_t, sum(a[i] * z[i] for i in range(K)), atol=1e-5)
+
+
+def test_linear_interior_optimum_is_not_a_vertex():
+    z, y = list(linear_problems(2))[-1]
+    a = kdcl.linear_weights(z, y)
+    assert 0.05 < a[0].item() < 0.95  # each student is best on half the samples: a true mixture
+
+
+def general_weights_loop(p):
+    """Eq. 8-11 with explicit loops and an explicit inverse."""
+    K, N = len(p), len(p[0])
+    C = [[sum((p[i][k] - 1) * (p[j][k] - 1) for k in range(N)) / N for j in range(K)] for i in range(K)]
+    Cinv = torch.linalg.inv(torch.tensor(C, dtype=torch.float64)).tolist()
+    total = sum(Cinv[i][j] for i in range(K) for j in range(K))
+    return [sum(Cinv[k][j] for j in range(K)) / total for k in range(K)]
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_general_weights_match_eq_11(K):
+    g = torch.Generator().manual_seed(K)
+    # students of different quality, errors partly independent: Eq. 11's optimum lies inside the simplex
+    p = torch.rand(K, 200, generator=g) ** torch.tensor([0.25, 0.35, 0.3][:K]).view(K, 1)
+    ref = general_weights_loop(p.double().tolist())
+    assert min(ref) > 0
+    w = kdcl.general_weights(p)
+    assert w.tolist() == pytest.approx(ref, abs=1e-4)
+    assert w.sum().item() == pytest.approx(1, abs=1e-6)
+    assert w[0] > w[1]  # the student with the smaller error gets the larger weight
+
+
+def test_general_weights_stay_on_the_simplex():
+    # student 1 is student 0 slightly worse: Eq. 11 alone gives student 1 a negative weight
+    g = torch.Generator().manual_seed(0)
+    p0 = torch.rand(300, generator=g) * 0.5 + 0.5
+    p = torch.stack([p0, p0 * 0.97, torch.rand(300, generator=g)])
+    assert min(general_weights_loop(p.double().tolist())) < 0
+    w = kdcl.general_weights(p)
+    assert w.min() >= 0 and w.sum().item() == pytest.approx(1, abs=1e-6)
+    e = p.double() - 1
+    C = e @ e.T / e.shape[1]
+    ours = (w.double() @ C @ w.double()).item()
+    n = 200
+    grid = torch.tensor([(i, j) for i in range(n + 1) for j in range(n + 1 - i)], dtype=torch.float64) / n
+    W = torch.cat([grid, 1 - grid.sum(1, keepdim=True)], 1)
+    brute = torch.einsum("mi,ij,mj->m", W, C, W).min().item()
+    assert ours <= brute + 1e-9  # Eq. 9's minimum on the simplex
+
+
+@pytest.mark.parametrize("p", [torch.full((1, 50), 0.7), torch.ones(1, 50), torch.rand(1, 50)])
+def test_general_weights_survive_singular_covariance(p):
+    w = kdcl.general_weights(p.repeat(3, 1))  # identical students: C has rank <= 1
+    assert torch.isfinite(w).all()
+    assert w.tolist() == pytest.approx([1 / 3] * 3, abs=1e-6)
+
+
+@pytest.mark.parametrize("K", [2, 3])
+def test_general_teacher_is_weighted_average_of_distributions(K):
+    z, y = random_logits(K, 8, 5, seed=7)
+    w = torch.softmax(torch.randn(K), 0)
+    w_zero = w.clone()
+    w_zero[0] = 0.0
+    w_zero /= w_zero.sum()
+    for weights in (w, w_zero):
+        log_p = kdcl.general(z, weights, T=2.0)
+        for b in range(8):
+            probs = [softmax_loop(z[i, b], T=2.0) for i in range(K)]
+            ref = [sum(weights[i].item() * probs[i][c] for i in range(K)) for c in range(5)]
+            assert log_p[b].exp().tolist() == pytest.approx(ref, abs=1e-6)
+
+
+@pytest.mark.parametrize("ensemble", ["naive", "linear", "minlogit", "general"])
+def test_kdcl_gradients_do_not_reach_the_teacher(ensemble):
+    x, y = tiny_batch()
+    students = [TinyStudent(seed=0), TinyStudent(seed=1), TinyStudent(seed=2)]
+    method = kdcl.KDCL(students, ensemble=ensemble, icl=True, T=2.0, lam=1.0).train()
+    views = [x, x + 0.1, x - 0.1]
+    check_kd_gradient_stays_with_student(method, views, y)
+
+
+def test_kdcl_icl_feeds_each_student_its_own_view():
+    x, y = tiny_batch()
+    views = [x, x + 1, x + 2]
+    method = kdcl.KDCL([TinyStudent(seed=i) for i in range(3)], icl=True).train()
+    assert method.num_views == 3
+    method(views, y)
+    for i, s in enumerate(method.students):
+        assert s.last_input is views[i]
+    method = kdcl.KDCL([TinyStudent(seed=i) for i in range(3)], icl=False).train()
+    assert method.num_views == 1
+    method(views[:1], y)
+    assert all(s.last_input is views[0] for s in method.students)
+
+
+def test_kdcl_kd_uses_the_chosen_teacher():
+    x, y = tiny_batch()
+    students = [TinyStudent(seed=0), TinyStudent(seed=1)]
+    method = kdcl.KDCL(students, ensemble="minlogit", icl=False, T=2.0, lam=0.5).train()
+    _, parts = method([x], y)
+    z = torch.stack([s(x)[0] for s in students]).detach()
+    ref = 0.5 * kdcl.kd(z[1], kdcl.min_logit(z, y), 2.0)
+    assert parts["kd_s1"].item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("ensemble", ["naive", "linear", "minlogit", "general"])
+@pytest.mark.parametrize("icl", ["--icl", "--no-icl"])
+def test_kdcl_end_to_end(tmp_path, ensemble, icl):
+    results = run_main(kdcl.main, SMOKE + ["--students", "2", "--ensemble", ensemble, icl,
+                                           "--holdout-per-class", "5"], tmp_path)
+    check_heads(results)
+    assert results["args"]["T"] == 2.0 and results["args"]["icl"] == (icl == "--icl")
+    record = read_metrics(tmp_path)[-1]
+    if ensemble == "general":
+        assert record["w0"] >= 0 and record["w1"] >= 0
+        assert record["w0"] + record["w1"] == pytest.approx(1, abs=1e-5)
+        ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+        assert ckpt["model"]["w"].tolist() == pytest.approx([record["w0"], record["w1"]], abs=1e-6)
+    else:
+        assert "w0" not in record
+
+
+def test_kdcl_general_holds_out_images_and_updates_weights(tmp_path):
+    args = method_args(kdcl, ["--dataset", "synthetic", "--limit-train", "256", "--arch", "resnet20",
+                              "--holdout-per-class", "5"], tmp_path)
+    data = common.load_data(args, torch.device("cpu"))
+    n = len(data.train_y)
+    method = kdcl.build(args, data)
+    assert len(data.train_y) == n - 5 * data.num_classes and len(data.holdout_y) == 5 * data.num_classes
+    assert method.w.tolist() == pytest.approx([0.5, 0.5])
+    logged = method.epoch_end(0, data)
+    assert set(logged) == {"w0", "w1"} and sum(logged.values()) == pytest.approx(1, abs=1e-6)
+    assert method.training  # epoch_end gives the training mode back
+    assert "w" in method.state_dict()
+
+
+def test_kdcl_rejects_bad_flags(tmp_path, capsys):
+    def error_for(*flags, out):
+        return usage_error(capsys, lambda: kdcl.main(TINY + [*flags, "--out-dir", str(tmp_path / out)]))
+    assert "at least two students" in error_for("--students", "1", out="a")
+    assert "--lam" in error_for("--lam", "-1", out="b")
+    assert "hold out" in error_for(out="c")  # the default 50 per class cannot come out of 25 per class
+
+
+# ================================================================================================
+# FFL / FFCL / FEFR: feature fusion
+# ================================================================================================
+
+FUSION_ARCHS = ["resnet32", "wrn_16_2", "resnet32,wrn_16_2"]
+
+
+def save_backbones(tmp_path, archs, num_classes=10):
+    paths = []
+    for i, arch in enumerate(archs):
+        path = tmp_path / f"pre{i}_{arch}.pt"
+        torch.save(common.backbone_payload(common.build_model(arch, num_classes)), path)
+        paths.append(str(path))
+    return ",".join(paths)
+
+
+def test_fusion_module_params_2x64_channels_100_classes():
+    module = ffl.FusionModule([64, 64], 100)
+    assert common.count_params(module) == 16228
+    assert module(([torch.randn(2, 64, 8, 8)] * 2)).shape == (2, 100)
+
+
+def test_ffl_fusion_module_for_resnet32_pair_is_16k(tmp_path):
+    method = build_method(ffl, ["--arch", "resnet32"], tmp_path, num_classes=100)
+    assert common.count_params(method.fusion_module) == 16228
+
+
+def test_fusion_module_pools_mixed_sizes_to_the_smallest():
+    module = ffl.FusionModule([64, 128], 10)
+    seen = []
+    module.depthwise.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    module([torch.randn(2, 64, 8, 8), torch.randn(2, 128, 4, 4)])
+    assert seen == [(2, 192, 4, 4)]
+    assert module.fc.in_features == 96  # pointwise conv maps the channel sum to its mean
+
+
+def test_ffl_kd_and_ramp_up():
+    z = torch.randn(4, 10)
+    assert ffl.kd(z, z, 3.0).abs() < 1e-6
+    zs, zt = torch.randn(4, 10, requires_grad=True), torch.randn(4, 10, requires_grad=True)
+    ref = 9 * (F.softmax(zt / 3, 1) * (F.log_softmax(zt / 3, 1) - F.log_softmax(zs / 3, 1))).sum(1).mean()
+    loss = ffl.kd(zs, zt, 3.0)
+    assert torch.allclose(loss, ref, atol=1e-6)
+    loss.backward()
+    assert zt.grad is None and zs.grad is not None  # teacher detached
+    assert ffl.ramp_up(0, 80) == pytest.approx(math.exp(-5))
+    assert ffl.ramp_up(40, 80) == pytest.approx(math.exp(-5 * 0.25))
+    assert ffl.ramp_up(80, 80) == ffl.ramp_up(200, 80) == 1.0
+    assert ffl.ramp_up(0, 0) == 1.0
+
+
+def test_reconstruction_averages_each_group_with_the_next_cyclically():
+    x = torch.arange(4.0).repeat_interleave(3).view(1, 12, 1, 1).expand(2, 12, 2, 2)
+    out = fefr.Reconstruction(4)(x)
+    assert out.shape == x.shape
+    assert out[0, ::3, 0, 0].tolist() == [0.5, 1.5, 2.5, 1.5]
+
+
+@pytest.mark.parametrize("arch,channels", [("resnet32", 96), ("wrn_16_2", 192)])
+def test_fefr_refiner_shapes(arch, channels):
+    net = common.build_model(arch, 10)
+    shapes = ffl.feature_shapes([net], (3, 32, 32))[0]
+    _, features = net(torch.randn(2, 3, 32, 32))
+    refiner = fefr.Refiner(shapes)
+    assert refiner.early(*features[-3:]).shape == (2, channels, 8, 8)
+    assert refiner.reconstruction(torch.randn(2, channels, 8, 8)).shape == (2, channels, 8, 8)
+    assert refiner.attention(torch.randn(2, channels, 8, 8)).shape == (2, channels, 8, 8)
+    assert refiner(features).shape == (2, channels, 8, 8)
+    assert fefr.Refiner(shapes, early_fusion=False)(features).shape == features[-1].shape
+
+
+def test_dual_attention_is_cbam():
+    att = fefr.DualAttention(64)
+    assert att.mlp[0].out_features == 4  # reduction 16
+    assert att.spatial[0].kernel_size == (7, 7)
+
+
+def fusion_method_argvs(tmp_path, arch):
+    k = len(arch.split(","))
+    pretrained = save_backbones(tmp_path, arch.split(",") if k > 1 else [arch, arch])
+    return {"ffl": (ffl, ["--arch", arch]),
+            "ffcl": (ffcl, ["--arch", arch, "--pretrained", pretrained]),
+            "fefr": (fefr, ["--arch", arch])}
+
+
+@pytest.mark.parametrize("arch", FUSION_ARCHS)
+@pytest.mark.parametrize("name", ["ffl", "ffcl", "fefr"])
+def test_shapes_through_every_fusion_method(tmp_path, arch, name):
+    module, argv = fusion_method_argvs(tmp_path, arch)[name]
+    method = build_method(module, argv, tmp_path)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    method.eval()
+    with torch.no_grad():
+        heads = method(x)
+    assert set(heads) == {"s0", "s1", "ens", "fused"}
+    assert all(z.shape == (4, 10) for z in heads.values())
+    method.train()
+    loss, parts = method([x], y)
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    assert all(p.dim() == 0 for p in parts.values())
+    assert {"ce_s0", "ce_s1", "ce_fused", "kd_fused"} <= set(parts)
+    loss.backward()
+    assert all(p.grad is not None for p in method.fusion_module.parameters())
+
+
+def fused_grads_reach(method):
+    """Backward the fused classifier's CE alone: which students receive a gradient."""
+    method.train()
+    _, fused = method.heads(torch.randn(4, 3, 32, 32))
+    F.cross_entropy(fused, torch.randint(0, 10, (4,))).backward()
+    return [any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters()) for s in method.students]
+
+
+@pytest.mark.parametrize("module", [ffl, fefr])
+def test_fused_classifier_gradient_reaches_students_by_default(tmp_path, module):
+    assert fused_grads_reach(build_method(module, ["--arch", "resnet20"], tmp_path)) == [True, True]
+
+
+@pytest.mark.parametrize("module", [ffl, fefr])
+def test_detach_fusion_input_stops_the_fused_gradient(tmp_path, module):
+    method = build_method(module, ["--arch", "resnet20", "--detach-fusion-input"], tmp_path)
+    assert fused_grads_reach(method) == [False, False]
+    if module is fefr:  # the refiners still learn
+        assert all(p.grad is not None for p in method.refiners.parameters())
+
+
+def test_ffcl_without_feature_knowledge_the_fused_probe_never_reaches_peers(tmp_path):
+    method = build_method(ffcl, ["--arch", "resnet20", "--no-feature", "--no-regularization"], tmp_path)
+    assert fused_grads_reach(method) == [False, False]
+    method_fk = build_method(ffcl, ["--arch", "resnet20", "--no-regularization"], tmp_path)
+    assert fused_grads_reach(method_fk) == [True, True]
+
+
+def test_ffl_set_epoch_ramps_the_kd_weight(tmp_path):
+    method = build_method(ffl, ["--arch", "resnet20", "--rampup", "10"], tmp_path)
+    method.set_epoch(5, 20)
+    assert method.kd_weight == pytest.approx(math.exp(-5 * 0.25))
+    method.set_epoch(12, 20)
+    assert method.kd_weight == 1.0
+
+
+def test_fusion_branch_gets_its_own_weight_decay(tmp_path):
+    args = method_args(fefr, ["--arch", "resnet20", "--fusion-wd", "1e-5", "--wd", "1e-4"], tmp_path)
+    method = fefr.build(args, fake_data())
+    sgd = common.make_optimizers(method, args)[0]
+    students, fusion = sgd.param_groups
+    assert students["weight_decay"] == 1e-4 and fusion["weight_decay"] == 1e-5
+    fusion_ids = {id(p) for p in fusion["params"]}
+    assert all(id(p) in fusion_ids for p in method.refiners.parameters())
+    assert all(id(p) in fusion_ids for p in method.fusion_module.parameters())
+    assert len(students["params"]) + len(fusion["params"]) == len(list(method.parameters()))
+
+
+def test_ffcl_pretrained_copies_are_frozen_and_stay_in_eval(tmp_path):
+    args = method_args(ffcl, ["--arch", "resnet20", "--pretrained", save_backbones(tmp_path, ["resnet20"] * 2)],
+                       tmp_path)
+    method = ffcl.build(args, fake_data())
+    method.train()
+    assert method.training and method.students[0].training
+    assert not any(m.training for m in method.teachers.modules())
+    assert not any(p.requires_grad for p in method.teachers.parameters())
+    sgd = common.make_optimizers(method, args)[0]
+    in_sgd = {id(p) for g in sgd.param_groups for p in g["params"]}
+    assert not any(id(p) in in_sgd for p in method.teachers.parameters())
+    before = copy.deepcopy(method.teachers.state_dict())  # includes BN running statistics
+    student_before = copy.deepcopy(method.students[0].state_dict())
+    loss, parts = method([torch.randn(8, 3, 32, 32)], torch.randint(0, 10, (8,)))
+    loss.backward()
+    sgd.step()
+    after = method.teachers.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(student_before[k], v) for k, v in method.students[0].state_dict().items())
+    assert set(method.export()) == {"s0", "s1"}
+
+
+def test_ffcl_teacher_logits_come_from_the_loaded_files(tmp_path):
+    pretrained = save_backbones(tmp_path, ["resnet20", "resnet20"])
+    method = build_method(ffcl, ["--arch", "resnet20", "--pretrained", pretrained], tmp_path)
+    ref = common.load_backbone(pretrained.split(",")[1]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(method.teachers(x)[1], ref(x)[0])
+
+
+@pytest.mark.parametrize("flags,kinds", [
+    ([], {"fk", "rk", "nrk"}),                                          # A
+    (["--no-response"], {"fk", "nrk"}),                                 # B
+    (["--no-feature"], {"rk", "nrk"}),                                  # C
+    (["--no-regularization"], {"fk", "rk"}),                            # D
+    (["--no-feature", "--no-regularization"], {"rk"}),                  # E
+    (["--no-response", "--no-regularization"], {"fk"}),                 # F
+    (["--no-feature", "--no-response"], {"nrk"}),                       # G
+])
+def test_ffcl_table5_cases_have_exactly_their_loss_terms(tmp_path, flags, kinds):
+    if "--no-regularization" not in flags:
+        flags = flags + ["--pretrained", save_backbones(tmp_path, ["resnet20"] * 2)]
+    method = build_method(ffcl, ["--arch", "resnet20"] + flags, tmp_path)
+    _, parts = method([torch.randn(4, 3, 32, 32)], torch.randint(0, 10, (4,)))
+    found = {k.rsplit("_", 1)[0] for k in parts if k.endswith(("_s0", "_s1"))} - {"ce"}
+    assert found == kinds
+    assert (method.teachers is None) == ("nrk" not in kinds)
+
+
+def test_ffcl_response_knowledge_averages_over_the_other_peers():
+    logits = [torch.randn(4, 10) for _ in range(3)]
+    terms = ffcl.response_kd(logits, 1.0)
+    assert torch.allclose(terms[0], (ffl.kd(logits[0], logits[1], 1) + ffl.kd(logits[0], logits[2], 1)) / 2)
+
+
+def test_ffcl_pretrained_with_wrong_architecture_is_a_usage_error(tmp_path, capsys):
+    wrong = save_backbones(tmp_path, ["resnet20", "resnet32"])
+    with pytest.raises(common.UsageError, match="resnet32"):
+        build_method(ffcl, ["--arch", "resnet20", "--pretrained", wrong], tmp_path)
+    message = usage_error(capsys, lambda: ffcl.main(TINY + ["--out-dir", str(tmp_path / "e2e"),
+                                                            "--pretrained", wrong]))
+    assert "holds a resnet32" in message
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--pretrained", "PRE1"], "--students is 2"),                           # one file for two peers
+    ([], "needs pre-trained peers"),                                          # regularization, no source
+    (["--no-regularization", "--pretrain-epochs", "1"], "no pre-trained"),   # pre-training that is unused
+    (["--pretrained", "PRE2", "--pretrain-epochs", "1"], "not both"),
+    (["--no-feature", "--no-response", "--no-regularization"], "switched off"),
+    (["--pretrained", "PRE10"], "classes"),                                   # trained for 100 classes
+])
+def test_ffcl_bad_flag_combinations(tmp_path, argv, match):
+    subs = {"PRE1": save_backbones(tmp_path, ["resnet20"]), "PRE2": save_backbones(tmp_path, ["resnet20"] * 2)}
+    subs["PRE10"] = ",".join(str(tmp_path / f"c{i}.pt") for i in range(2))
+    for i in range(2):
+        torch.save(common.backbone_payload(common.build_model("resnet20", 100)), tmp_path / f"c{i}.pt")
+    argv = [subs.get(a, a) for a in argv]
+    with pytest.raises(common.UsageError, match=match):
+        build_method(ffcl, ["--arch", "resnet20"] + argv, tmp_path)
+
+
+def test_fefr_groups_must_divide_channels(tmp_path):
+    with pytest.raises(common.UsageError, match="divisible"):
+        build_method(fefr, ["--arch", "resnet20", "--groups", "5"], tmp_path)
+
+
+def test_ffl_and_fefr_refuse_a_single_student(tmp_path):
+    for module in (ffl, fefr):
+        with pytest.raises(common.UsageError, match="at least 2"):
+            build_method(module, ["--arch", "resnet20", "--students", "1"], tmp_path)
+
+
+def fusion_run(module, out, argv, *flags):
+    """Train a fusion method end to end: every head, both students exported."""
+    results = run_main(module.main, argv + list(flags), out)
+    assert {"s0", "s1", "ens", "fused"} <= set(results["final"])
+    assert all(0 <= v <= 100 for v in results["final"].values())
+    assert (out / "s0.pt").exists() and (out / "s1.pt").exists()
+    return results
+
+
+@pytest.mark.parametrize("flags", [[], ["--detach-fusion-input"]])
+def test_ffl_end_to_end(tmp_path, flags):
+    fusion_run(ffl, tmp_path / "out", TINY if not flags else SMOKE, *flags)
+
+
+@pytest.mark.parametrize("flags", [[], ["--no-early-fusion"], ["--no-reconstruction"], ["--no-attention"]])
+def test_fefr_end_to_end(tmp_path, flags):
+    fusion_run(fefr, tmp_path / "out", TINY if not flags else SMOKE, *flags)
+
+
+@pytest.fixture(scope="module")
+def pretrained_by_ffcl(tmp_path_factory):
+    """Case A with in-script pre-training; its OUT/pretrain/s*.pt are reused by the other cases."""
+    out = tmp_path_factory.mktemp("ffcl_a") / "out"
+    fusion_run(ffcl, out, TINY, "--pretrain-epochs", "1")
+    assert (out / "pretrain" / "results.json").exists()
+    saved = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert any(k.startswith("teachers.") for k in saved)  # kept for --resume
+    return ",".join(str(out / "pretrain" / f"s{i}.pt") for i in range(2))
+
+
+@pytest.mark.parametrize("flags", [["--no-response"], ["--no-feature"], ["--no-regularization"],
+                                   ["--no-feature", "--no-response"]])
+def test_ffcl_end_to_end(tmp_path, pretrained_by_ffcl, flags):
+    if "--no-regularization" not in flags:
+        flags = flags + ["--pretrained", pretrained_by_ffcl]
+    results = fusion_run(ffcl, tmp_path / "out", SMOKE, *flags)
+    assert results["method"] == "ffcl"
+
+
+# ================================================================================================
+# FFSD
+# ================================================================================================
+
+def ffsd_method(arch="resnet20", students=3, num_classes=10):
+    torch.manual_seed(0)
+    return ffsd.FFSD([common.build_model(arch, num_classes) for _ in range(students)], num_classes)
+
+
+def test_ffsd_diversity_target_matches_formula_above_and_below_threshold():
+    att = torch.tensor([[4., 9., 1., 7., 2., 8., 3., 6., 5.],       # thr index floor(9/3)=3 -> 3rd smallest = 3
+                        [0.625, 0.125, 1.125, 0.375, 0.875, 0.25, 1.0, 0.5, 0.75]])  # 3rd smallest = 0.375
+    target = ffsd.diversity_target(att.view(2, 3, 3))
+    for b, thr_raw in ((0, 3.0), (1, 0.375)):
+        n = math.sqrt(sum(v * v for v in att[b].tolist()))
+        for i, v in enumerate(att[b].tolist()):
+            y = v / n
+            if v > thr_raw:      # task-relevant region: attention moved to n - y
+                expected = n - y
+            elif v < thr_raw:    # weak region: kept as it is
+                expected = y
+            else:                       # the threshold itself: sign 0 -> n/2
+                expected = n / 2
+            assert target[b, i].item() == pytest.approx(expected, rel=1e-5), (b, i, v)
+    # (B,1,H,W) input gives the same thing; loss is mean((x/|x| - y')^2)
+    assert torch.allclose(ffsd.diversity_target(att.view(2, 1, 3, 3)), target)
+    x = torch.rand(2, 9)
+    expected_loss = ((x / x.norm(dim=1, keepdim=True)) - target).pow(2).mean()
+    assert torch.allclose(ffsd.diversity_loss(x, att), expected_loss)
+
+
+def test_ffsd_shifted_features_carry_the_target_attention_shift():
+    f = torch.rand(2, 4, 3, 3)
+    shifted = ffsd.shifted_features(f)
+    att = ffsd.attention(f)
+    n, y = att.norm(dim=1, keepdim=True), att / att.norm(dim=1, keepdim=True)
+    delta = (ffsd.diversity_target(att) - y) * n / 4
+    assert torch.allclose(shifted - f, delta.view(2, 1, 3, 3).expand(2, 4, 3, 3), atol=1e-6)
+
+
+def test_ffsd_warmup_ramp():
+    m = ffsd_method(students=2)
+    m.set_epoch(0, 10)  # epoch 1 of the official count
+    assert m.w["fusion"] == pytest.approx(10 * math.exp(-5 * 0.8 ** 2))
+    assert m.w["div"] == pytest.approx(1e-5 * math.exp(-5 * 0.8 ** 2))
+    m.set_epoch(4, 10)
+    assert m.w == {"div": 1e-5, "fusion": 10.0, "sd": 1000.0}
+    m.set_epoch(9, 10)
+    assert m.w["sd"] == 1000.0
+
+
+@pytest.mark.parametrize("arch,students", [("resnet32", 3), ("wrn_16_2", 3), ("resnet20", 4)])
+def test_ffsd_shapes_through_sd_adapter_fusion(arch, students):
+    m = ffsd_method(arch, students).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = [s(x)[1] for s in m.students]
+        c, h, w = feats[0][-1].shape[1:]
+        assert sorted(m.sd_modules) == sorted(["leader"] + [f"s{k}" for k in range(2, students)])
+        for name, sd in m.sd_modules.items():
+            rebuilt = sd(feats[0][-1])
+            assert [r.shape for r in rebuilt] == [f.shape for f in feats[0][:-1]]
+        cat = torch.cat([f[-1] for f in feats[1:]], 1)
+        assert cat.shape == (2, c * (students - 1), h, w)
+        assert m.adapter(feats[0][-1]).shape == cat.shape
+        z_f, fused_map = m.fusion_module(cat)
+        assert z_f.shape == (2, 10) and fused_map.shape == (2, c, h, w)
+        heads = m(x)
+    assert set(heads) == {"leader", "ens", "fused"} | {f"s{k}" for k in range(1, students)}
+    assert all(v.shape == (2, 10) for v in heads.values())
+    probs = torch.stack([heads[f"s{k}"].softmax(1) for k in range(1, students)]).mean(0)
+    assert torch.allclose(heads["ens"].exp(), probs, atol=1e-6)  # leader not in the ensemble
+
+
+def grad_owners(m, loss):
+    """Backward `loss` alone; return the names of the sub-modules that received a non-zero gradient."""
+    m.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=True)
+    owners = {"leader": m.students[0], "fusion": m.fusion_module, "adapter": m.adapter,
+              **{f"s{k}": m.students[k] for k in range(1, len(m.students))},
+              **{f"sd_{n}": sd for n, sd in m.sd_modules.items()}}
+    return {name for name, mod in owners.items()
+            if any(p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters())}
+
+
+def test_ffsd_detach_points():
+    m = ffsd_method(students=4).train()
+    m.set_epoch(10, 20)  # full weights
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    total, parts = m([x], y)
+    assert torch.allclose(total, sum(parts.values()))
+    assert set(parts) == {"ce_s1", "dml_s1", "ce_s2", "dml_s2", "div_s2", "sdt_s2", "ce_s3", "dml_s3", "div_s3",
+                          "sdt_s3", "ce_fused", "kd_fused", "ce_leader", "kd_leader", "att_leader", "adapt_leader",
+                          "sdt_leader", "sd_leader", "sd_s2", "sd_s3"}
+    # the fused classifier trains the fusion module only, never the common students
+    assert grad_owners(m, parts["ce_fused"] + parts["kd_fused"]) == {"fusion"}
+    # the SD modules learn from their own reconstruction loss only, and it trains nothing else
+    assert grad_owners(m, parts["sd_leader"]) == {"sd_leader"}
+    assert grad_owners(m, parts["sd_s2"] + parts["sd_s3"]) == {"sd_s2", "sd_s3"}
+    others = sum(v for k, v in parts.items() if not k.startswith("sd_"))
+    assert not any(n.startswith("sd_") for n in grad_owners(m, others))
+    # leader terms stay in the leader (+ its adapter); student terms stay in that student
+    leader_terms = sum(v for k, v in parts.items() if k.endswith("_leader") and k != "sd_leader")
+    assert grad_owners(m, leader_terms) == {"leader", "adapter"}
+    assert grad_owners(m, parts["div_s2"] + parts["sdt_s2"]) == {"s2"}
+    assert grad_owners(m, parts["dml_s3"] + parts["ce_s3"]) == {"s3"}
+    # the whole loss reaches everything, each optimizer gets its own parameters
+    assert grad_owners(m, total) == {"leader", "fusion", "adapter", "s1", "s2", "s3", "sd_leader", "sd_s2", "sd_s3"}
+    args = SimpleNamespace(fusion_wd=1e-5, sd_lr=1e-3, sd_wd=1e-4)
+    groups = m.param_groups(args)
+    adam = m.extra_optimizer(args, [])
+    sgd_ids = {id(p) for g in groups for p in g["params"]}
+    adam_ids = {id(p) for g in adam.param_groups for p in g["params"]}
+    assert not sgd_ids & adam_ids and sgd_ids | adam_ids == {id(p) for p in m.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in m.fusion_module.parameters()}
+    assert groups[1]["weight_decay"] == 1e-5
+    assert adam.defaults["lr"] == 1e-3 and adam.defaults["weight_decay"] == 1e-4
+
+
+def test_ffsd_sd_application_leaves_batchnorm_statistics_alone():
+    m = ffsd_method(students=3).train()
+    before = {n: sd.blocks[0][1].running_mean.clone() for n, sd in m.sd_modules.items()}
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
+    m([x], y)
+    # one train-mode forward each (the reconstruction), the eval-mode target pass updates nothing, and the
+    # module is back in train mode afterwards
+    assert all(sd.training for sd in m.sd_modules.values())
+    assert all(not torch.equal(before[n], sd.blocks[0][1].running_mean) for n, sd in m.sd_modules.items())
+    assert all(sd.blocks[0][1].num_batches_tracked.item() == 1 for sd in m.sd_modules.values())
+
+
+@pytest.mark.parametrize("students", [2, 3, 4])
+def test_ffsd_end_to_end(tmp_path, students):
+    # run_main also checks that main() returns what results.json holds
+    saved = run_main(ffsd.main, (TINY if students == 3 else SMOKE) + ["--students", str(students)], tmp_path)
+    heads = {"leader", "ens", "fused"} | {f"s{k}" for k in range(1, students)}
+    assert set(saved["final"]) == heads
+    assert all(0 <= v <= 100 for v in saved["final"].values())
+    record = read_metrics(tmp_path)[-1]
+    assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
+    assert ("dml_s1" in record) == (students > 2) and ("div_s2" in record) == (students > 2)
+    assert (tmp_path / "leader.pt").exists()
+    if students == 3:
+        # the deployed leader reloads into a plain backbone and reproduces the run's `leader` head exactly
+        model = common.load_backbone(str(tmp_path / "leader.pt"), arch="resnet20", num_classes=10)
+        args = SimpleNamespace(**json.loads((tmp_path / "args.json").read_text()))
+        data = common.load_data(args, torch.device("cpu"))
+        assert common.evaluate(model, data)["top1"] == saved["final"]["leader"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--students", "1"], "--students 2 or more"),
+    (["--students", "2", "--arch", "resnet20,resnet32"], "one architecture"),
+    (["--students", "3", "--lambda-div", "-1"], "--lambda-div must be non-negative"),
+])
+def test_ffsd_usage_errors(tmp_path, capsys, extra, message):
+    assert message in usage_error(capsys, lambda: ffsd.main(TINY + extra + ["--out-dir", str(tmp_path)]))
+
+
+# ================================================================================================
+# MKB-CL
+# ================================================================================================
+
+def mkb_method(archs, num_classes=10, **kw):
+    torch.manual_seed(0)
+    return mkb_cl.MKBCL([common.build_model(a, num_classes) for a in archs], num_classes, **kw)
+
+
+def test_mkb_shapes_resnet32_wrn_16_2():
+    m = mkb_method(["resnet32", "wrn_16_2"], num_classes=100)
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
+    for net, channels in zip(m.students, (32, 64)):  # the default MKB reads stage 1: 32 (64) x 16 x 16
+        cfg = net.halves["1"].config
+        assert (cfg["channels"], cfg["size"], cfg["unified"]) == (channels, [16, 16], [16, 16])
+        logits, embeddings = net(x, with_embeddings=True)
+        assert logits.shape == (4, 100) and [e.shape for e in embeddings] == [(4, 1024)]
+    loss, parts = m([x], y)
+    assert set(parts) == {f"{p}_s{i}" for p in ("ce", "metric", "verif") for i in (0, 1)}
+    assert loss.dim() == 0 and torch.isfinite(loss)
+    m.eval()
+    heads = m(x)
+    assert set(heads) == {"s0", "s1", "ens"} and all(z.shape == (4, 100) for z in heads.values())
+    assert torch.allclose(heads["ens"].exp().sum(1), torch.ones(4), atol=1e-5)
+
+
+def test_mkb_three_networks_mixed_sizes():
+    # 16x16 input keeps it cheap: stage 1 is 8x8 (resnet20, wrn_16_2) and 4x4 (shufflenetv2)
+    m = mkb_method(["resnet20", "shufflenetv2", "wrn_16_2"], mkb_at=[0, 1], input_size=(16, 16))
+    strides = [tuple(net.halves["1"].encoder[0].stride) for net in m.students]
+    assert strides == [(2, 2), (1, 1), (2, 2)]
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    for net in m.students:
+        assert [e.shape for e in net(x, with_embeddings=True)[1]] == [(4, 1024), (4, 1024)]
+    loss, parts = m([x], y)
+    assert len(parts) == 9
+    loss.backward()
+    for net in m.students:  # every half of both MKBs receives gradient
+        for half in net.halves.values():
+            assert half.encoder[0].weight.grad.abs().sum() > 0
+    m.eval()
+    assert set(m(x)) == {"s0", "s1", "s2", "ens"}
+
+
+@pytest.mark.parametrize("route", ["sum", "mul"])
+@pytest.mark.parametrize("channels,size,unified", [(32, (16, 16), (16, 16)), (32, (16, 16), (8, 8)),
+                                                   (16, (32, 32), (8, 8)), (64, (8, 8), (4, 4))])
+def test_mkb_routed_feature_has_stage_shape(route, channels, size, unified):
+    half = mkb_cl.MKBHalf(channels, size, unified, embed_dim=1024, route=route)
+    x = torch.randn(3, channels, *size)
+    routed, e = half(x)
+    assert routed.shape == x.shape and e.shape == (3, 1024)
+    gate = 1 + F.elu(half.decoder(half.space_transfer(half.encoder(x))))  # Eq. 3
+    assert torch.allclose(routed, gate + x if route == "sum" else gate * x, atol=1e-6)
+    assert (gate > 0).all()
+
+
+def test_mkb_metric_loss():
+    e = torch.randn(8, 1024)
+    assert mkb_cl.metric_loss(e, e).abs() < 1e-6
+    assert mkb_cl.metric_loss(e, 3 * e).abs() < 1e-6     # cosine: scale does not count
+    assert mkb_cl.metric_loss(e, torch.randn(8, 1024)) > 0.5
+    assert torch.allclose(mkb_cl.metric_loss(e, -e), torch.tensor(2.0))
+    # K = 3, Eq. 6: distance to the mean of the other two; zero when all three agree
+    es = [torch.randn(8, 16, requires_grad=True) for _ in range(3)]
+    losses = mkb_cl.metric_losses(es)
+    assert torch.allclose(losses[0], mkb_cl.metric_loss(es[0], (es[1] + es[2]) / 2))
+    assert all(d.abs() < 1e-6 for d in mkb_cl.metric_losses([es[0]] * 3))
+
+
+def test_mkb_metric_detach():
+    a, b = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
+    ga, gb = torch.autograd.grad(mkb_cl.metric_losses([a, b])[0], [a, b], allow_unused=True)
+    assert ga.abs().sum() > 0 and (gb is None or gb.abs().sum() == 0)
+    ga, gb = torch.autograd.grad(mkb_cl.metric_losses([a, b], detach=False)[0], [a, b])
+    assert gb.abs().sum() > 0
+
+
+def test_mkb_verification_head_trains():
+    m = mkb_method(["resnet20", "resnet20"], embed_dim=256, input_size=(8, 8))  # small images: fast
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(32) % 4
+    x = torch.randn(4, 3, 8, 8, generator=g)[y] + 0.3 * torch.randn(32, 3, 8, 8, generator=g)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    history = []
+    for _ in range(8):
+        loss, parts = m([x], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append([parts["verif_s0"].item(), parts["verif_s1"].item()])
+    assert history[-1][0] < 0.7 * history[0][0] and history[-1][1] < 0.7 * history[0][1]
+
+
+def test_mkb_end_to_end_sum_route_and_standalone_networks(tmp_path):
+    results = run_main(mkb_cl.main, TINY, tmp_path)
+    assert set(results["final"]) == {"s0", "s1", "ens"}
+    data = common.load_data(SimpleNamespace(dataset="synthetic", limit_train=256, limit_test=128),
+                            torch.device("cpu"))
+    for i in (0, 1):
+        payload = torch.load(tmp_path / f"net{i}.pt", weights_only=True)  # plain data
+        assert payload["kind"] == "mkb_network" and payload["mkb"]["1"]["route"] == "sum"
+        assert not any("verifier" in k for k in payload["state_dict"])
+        net = mkb_cl.load_network(str(tmp_path / f"net{i}.pt"))
+        assert set(net.halves) == {"1"}
+        assert common.evaluate(net, data)["top1"] == results["final"][f"s{i}"]
+
+
+def test_mkb_end_to_end_mul_route_two_mkbs(tmp_path):
+    results = run_main(mkb_cl.main, SMOKE + ["--route", "mul", "--mkb-at", "1,2"], tmp_path)
+    assert set(results["final"]) == {"s0", "s1", "ens"}
+    record = read_metrics(tmp_path)[-1]
+    assert record["metric_s0"] > 0 and record["verif_s1"] > 0
+    net = mkb_cl.load_network(str(tmp_path / "net1.pt"))
+    assert net.backbone.arch == "resnet20" and set(net.halves) == {"1", "2"}
+    assert all(h.route == "mul" for h in net.halves.values())
+
+
+def test_mkb_impossible_sizes_raise_usage_error(tmp_path):
+    # input 20x20 at stage 2: resnet20 gives 5x5, shufflenetv2 3x3 -> no integer stride
+    args = method_args(mkb_cl, ["--arch", "resnet20,shufflenetv2", "--mkb-at", "2"], tmp_path)
+    with pytest.raises(common.UsageError, match="integer encoder strides"):
+        mkb_cl.build(args, fake_data(n=2, size=20))
+
+
+@pytest.mark.parametrize("flags,message", [(["--mkb-at", "3"], "not a stage of resnet20"),
+                                           (["--mkb-at", "1,x"], "comma list"),
+                                           (["--embed-dim", "1000"], "not a multiple"),
+                                           (["--students", "1"], "at least two"),
+                                           (["--T", "3"], "no temperature")])
+def test_mkb_bad_flags_raise_usage_error(tmp_path, flags, message):
+    args = method_args(mkb_cl, TINY + flags, tmp_path)
+    with pytest.raises(common.UsageError, match=message):
+        mkb_cl.build(args, fake_data(n=2))
+
+
+def test_mkb_bad_flag_exits_with_one_sentence(tmp_path, capsys):
+    message = usage_error(capsys, lambda: mkb_cl.main(TINY + ["--mkb-at", "3", "--out-dir", str(tmp_path)]))
+    assert message.startswith("error: --mkb-at 3 is not a stage of resnet20")
+
+
+def test_mkb_load_network_rejects_other_files(tmp_path):
+    path = str(tmp_path / "backbone.pt")
+    torch.save(common.backbone_payload(common.build_model("resnet20", 10)), path)
+    with pytest.raises(common.UsageError, match="not a network saved by MKB-CL"):
+        mkb_cl.load_network(path)
+
+
+# ================================================================================================
+# Scripts
+# ================================================================================================
+
+BENCH_KEYS = ["bare_compute", "conventional", "vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
+
+
+def bench_quick(out, *argv):
+    status, output = run_cli(os.path.join("scripts", "bench_speed.py"), "--quick", "--out", str(out), *argv)
+    assert status == 0, output[-2000:]
+    return json.loads(out.read_text()), output
+
+
+def test_bench_speed_quick_measures_every_method_and_the_loop_keeps_up_with_bare_compute(tmp_path):
+    bench, output = bench_quick(tmp_path / "all.json")
+    for key in BENCH_KEYS:
+        assert bench[key]["images_per_s"] > 0, key
+    # a loose regression guard: the on-device loop costs little beyond the networks' own compute. A quick
+    # round is a few steps, so a busy machine can fake a slowdown: only a second measurement that agrees
+    # fails the test.
+    ratios = [bench["vanilla"]["images_per_s"] / bench["bare_compute"]["images_per_s"]]
+    if ratios[0] < 0.80:
+        again, output = bench_quick(tmp_path / "vanilla.json", "--methods", "vanilla")
+        ratios.append(again["vanilla"]["images_per_s"] / again["bare_compute"]["images_per_s"])
+    assert max(ratios) >= 0.80, (ratios, output[-2000:])
+
+
+def test_compare_writes_a_table_and_reuses_finished_runs(tmp_path):
+    out = tmp_path / "compare"
+    argv = ["--methods", "vanilla,dml", "--seeds", "0", "--out-dir", str(out), "--dataset", "synthetic",
+            "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "64",
+            "--arch", "resnet20", "--device", "cpu"]
+    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv)
+    assert status == 0, output[-2000:]
+    rows = [line for line in (out / "table.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| method ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["vanilla", "dml"]
+    finished = {m: out / m / "seed0" / "results.json" for m in ("vanilla", "dml")}
+    mtimes = {m: path.stat().st_mtime_ns for m, path in finished.items()}
+    # a second identical call trains nothing: both runs are re-used as they are
+    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv)
+    assert status == 0, output[-2000:]
+    assert output.count("finished earlier, re-using") == 2, output
+    assert {m: path.stat().st_mtime_ns for m, path in finished.items()} == mtimes
+    assert (out / "table.md").exists()

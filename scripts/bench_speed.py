@@ -34,6 +34,12 @@ METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
 STUDENTS = {"ffsd": 3}  # the leader and two common students; every other method trains two
 
 
+def die(message):
+    """A usage error: one sentence on stderr, exit status 2 (as the method scripts do)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="resnet20, batch 64, few steps: for CI and checking")
@@ -228,7 +234,7 @@ def main():
     methods = [m.strip() for m in opts.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        die(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     device = torch.device(opts.device)
     classes = 10 if opts.quick else 100
     n = max(opts.batch_size * max(opts.steps, opts.warmup) + 2 * classes, 1000)

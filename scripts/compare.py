@@ -27,6 +27,12 @@ METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
 STUDENT_HEADS = ("s", "leader")  # heads that are one deployable network
 
 
+def die(message):
+    """A usage error: one sentence on stderr, exit status 2 (as the method scripts do)."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def parse():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", default=",".join(METHODS), help="comma list of scripts")
@@ -39,19 +45,19 @@ def parse():
     opts.methods = [m.strip() for m in opts.methods.split(",") if m.strip()]
     unknown = [m for m in opts.methods if m not in METHODS]
     if unknown:
-        sys.exit(f"error: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        die(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
     try:
         opts.seeds = [int(s) for s in opts.seeds.split(",") if s.strip()]
     except ValueError:
-        sys.exit(f"error: --seeds must be a comma list of integers, got '{opts.seeds}'")
+        die(f"--seeds must be a comma list of integers, got '{opts.seeds}'")
     for flag in ("--seed", "--out-dir", "--resume"):
         if any(f == flag or f.startswith(flag + "=") for f in common_flags):
-            sys.exit(f"error: {flag} is set by compare.py itself (use --seeds / --out-dir)")
+            die(f"{flag} is set by compare.py itself (use --seeds / --out-dir)")
     extras = {}
     for item in opts.extra:
         method, _, flags = item.partition("=")
         if method not in METHODS or not flags:
-            sys.exit(f"error: --extra takes METHOD=FLAGS with METHOD one of {', '.join(METHODS)}, got '{item}'")
+            die(f"--extra takes METHOD=FLAGS with METHOD one of {', '.join(METHODS)}, got '{item}'")
         extras.setdefault(method, []).extend(shlex.split(flags))
     opts.extras = extras
     if "ffcl" in opts.methods and not any(f.startswith(("--pretrain", "--no-regularization"))
@@ -179,7 +185,7 @@ def main():
     plot_path = plot(opts, summary) if summary else None
     print("\n" + text + (f"\nplot: {plot_path}" if plot_path else ""))
     if failed:
-        sys.exit(f"error: {len(failed)} run(s) failed: {', '.join(f'{m} seed {s}' for m, s in failed)} (see their log.txt)")
+        die(f"{len(failed)} run(s) failed: {', '.join(f'{m} seed {s}' for m, s in failed)} (see their log.txt)")
 
 
 if __name__ == "__main__":
