@@ -256,6 +256,19 @@ def test_bad_input_ends_in_one_sentence(tmp_path, argv, expected):
     assert "Traceback" not in output and len(output.strip().splitlines()) == 1
 
 
+def test_offline_cifar_without_a_local_copy_says_what_to_pass(tmp_path, capsys, monkeypatch):
+    import urllib.error
+    import torchvision
+
+    def no_network(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", no_network)
+    err = usage_error(capsys, lambda: vanilla(["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                                               "--epochs", "1", "--device", "cpu", "--out-dir", str(tmp_path / "run")]))
+    assert "cifar10 is not in" in err and "--dataset folder --data-dir DIR" in err
+
+
 def test_checkpoint_faults_keep_what_was_saved(tmp_path):
     out = tmp_path / "run"
     run_main(vanilla, TINY, out)
