@@ -53,6 +53,8 @@ DML does not beat vanilla in this short schedule; it loses most of all. At initi
 random peer pulls a student's classifier as hard as the labels do (1.15x the cross-entropy gradient on the
 first batch, measured), so for the first epochs the students partly learn each other's random functions.
 The paper's 200-epoch recipe is where its gains (68.99 -> about 71 on CIFAR-100, resnet32) are reported.
+At 20 epochs (seed 0, same data) the gap remains: DML s0 50.05 / s1 51.15 against vanilla 62.85 / 63.35;
+DML's training cross-entropy trails vanilla's by about four epochs, then falls at the same rate (README).
 """
 import torch
 import torch.nn as nn
