@@ -237,9 +237,15 @@ class Data:
         self.train_x, self.train_y = train_x.to(device), train_y.to(device)
         self.test_x, self.test_y = test_x.to(device), test_y.to(device)
         self.num_classes, self.device = num_classes, device
-        if mean is None:  # statistics of the training images themselves
-            x = self.train_x.float()
-            mean, std = x.mean(dim=(0, 2, 3)) / 255, x.std(dim=(0, 2, 3)) / 255
+        if mean is None:  # statistics of the training images themselves, in chunks (no float copy of it all)
+            total = torch.zeros(2, 3, dtype=torch.float64, device=device)
+            for chunk in self.train_x.split(10000):
+                x = chunk.double().transpose(0, 1).flatten(1)
+                total += torch.stack([x.sum(1), x.pow(2).sum(1)])
+            n = self.train_x.numel() / 3
+            mean = total[0] / n
+            std = (total[1] / n - mean ** 2).clamp_min(0).sqrt() * math.sqrt(n / (n - 1))
+            mean, std = mean / 255, std / 255
         self.mean = 255 * torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = 255 * torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.holdout_x = self.holdout_y = None
