@@ -474,12 +474,14 @@ def autocast(args):
 
 
 @torch.no_grad()
-def evaluate(module, data, args=None, batch_size=1000) -> dict:
+def evaluate(module, data, args=None, batch_size=1000, with_top_share=False):
     """Top-1 (%) of every head on the test set. `module`'s eval forward may return a dict of heads, a
-    (logits, features) tuple (a plain backbone, head `top1`) or a logits tensor (head `top1`)."""
+    (logits, features) tuple (a plain backbone, head `top1`) or a logits tensor (head `top1`).
+    with_top_share: also return, per head, the share of test images given its most common prediction
+    (the collapse signal: 1/C for a balanced test set predicted perfectly, 1.0 for a constant network)."""
     was_training = module.training
     module.eval()
-    correct, n = {}, len(data.test_y)
+    correct, counts, n = {}, {}, len(data.test_y)
     for i in range(0, n, batch_size):
         x = data.normalize(data.test_x[i:i + batch_size])
         if args is not None and args.channels_last:
@@ -489,16 +491,40 @@ def evaluate(module, data, args=None, batch_size=1000) -> dict:
         if not isinstance(out, dict):
             out = {"top1": out[0] if isinstance(out, tuple) else out}
         for head, logits in out.items():
-            hit = (logits.argmax(1) == data.test_y[i:i + batch_size]).sum()
-            correct[head] = correct.get(head, 0) + hit
+            pred = logits.argmax(1)
+            correct[head] = correct.get(head, 0) + (pred == data.test_y[i:i + batch_size]).sum()
+            counts[head] = counts.get(head, 0) + torch.bincount(pred, minlength=logits.shape[1])
     module.train(was_training)
-    return {head: 100.0 * float(c) / n for head, c in correct.items()}
+    top1 = {head: 100.0 * float(c) / n for head, c in correct.items()}
+    if not with_top_share:
+        return top1
+    return top1, {head: float(c.max()) / n for head, c in counts.items()}
 
 
-def lr_factor(args, epoch):
+def collapsed_heads(top_share, num_classes):
+    """Heads whose most common prediction takes at least halfway from a balanced share (1/C) to all of the
+    test images: their predictions no longer depend on the input (the collapse students that teach each
+    other fall into at full learning rate from the first step)."""
+    return [head for head, share in top_share.items() if share >= (1 + 1 / num_classes) / 2]
+
+
+def lr_factor(args, epoch, step=0, steps=1):
+    """The learning rate at `step` of `epoch` (both from 0) as a fraction of --lr: the epoch's schedule value
+    times a linear warm-up, per step, over the first --lr-warmup epochs (step g of W gets (g + 1) / W)."""
     if args.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
-    return args.gamma ** sum(epoch >= m for m in args.milestone_epochs)
+        factor = 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+    else:
+        factor = args.gamma ** sum(epoch >= m for m in args.milestone_epochs)
+    warmup_steps = args.lr_warmup * steps
+    done = epoch * steps + step + 1
+    return factor * done / warmup_steps if done < warmup_steps else factor
+
+
+def set_lr(optimizers, factor):
+    """Every parameter group of every optimizer (SGD and a method's extra one) at its base lr x factor."""
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
 
 
 def make_optimizers(method, args):
@@ -530,14 +556,17 @@ class NonFinite(Exception):
         self.part, self.step = part, step
 
 
-def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, check_every=50):
+def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, epoch, check_every=50):
     """`steps` optimisation steps over a fresh permutation of the training set. Returns the loss parts'
     names and their sums (a device tensor). Non-finite losses are recorded on the device and checked every
     `check_every` steps, so the step itself never waits for the host."""
     device = data.device
     sums = bad_step = bad_parts = names = None
+    warming = epoch < args.lr_warmup  # the lr changes every step of this epoch
     perm = torch.randperm(len(data.train_y), device=device, generator=gen)
     for step in range(steps):
+        if warming:
+            set_lr(optimizers, lr_factor(args, epoch, step, steps))
         idx = perm[step * batch:(step + 1) * batch]
         x, y = data.train_x[idx], data.train_y[idx]
         views = [data.normalize(augment(x, gen)) for _ in range(num_views)]
@@ -581,7 +610,7 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
     num_views = getattr(method, "num_views", 1)
     primary = getattr(method, "primary_head", None)
     last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
-    start, best, best_epoch, elapsed, final = 0, {}, {}, 0.0, {}
+    start, best, best_epoch, elapsed, final, collapsed = 0, {}, {}, 0.0, {}, {}
 
     if args.resume:
         ckpt = load_checkpoint(last_path)
@@ -598,7 +627,7 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
         except (RuntimeError, ValueError, KeyError) as e:
             raise UsageError(f"{last_path} does not match this model ({str(e).splitlines()[0][:200]})") from None
         start, best, best_epoch, elapsed = ckpt["epoch"], ckpt["best"], ckpt["best_epoch"], ckpt["elapsed"]
-        final = ckpt.get("final", {})
+        final, collapsed = ckpt.get("final", {}), ckpt.get("collapsed", {})
         torch.set_rng_state(ckpt["rng"]["torch"])
         gen.set_state(ckpt["rng"]["gen"].to(gen.get_state().device))
         if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
@@ -619,16 +648,13 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
     metrics_file.writelines(kept_lines)
     saved_epoch = start  # the epoch the last good checkpoint holds
     for epoch in range(start, args.epochs):
-        factor = lr_factor(args, epoch)
-        for opt in optimizers:
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * factor
+        set_lr(optimizers, lr_factor(args, epoch, 0, steps))
         if hasattr(method, "set_epoch"):
             method.set_epoch(epoch, args.epochs)
         method.train()
         t0 = time.perf_counter()
         try:
-            names, sums = train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps)
+            names, sums = train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, epoch)
         except NonFinite as e:
             kept = (f"the last good checkpoint {last_path} (epoch {saved_epoch}) is untouched"
                     if os.path.exists(last_path) else "no checkpoint had been written")
@@ -641,20 +667,30 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
         logged = {}
         if hasattr(method, "epoch_end"):
             logged = method.epoch_end(epoch, data) or {}
-        final = evaluate(method, data, args)
+        final, top_share = evaluate(method, data, args, with_top_share=True)
         for head, acc in final.items():
             if acc > best.get(head, -1.0):
                 best[head], best_epoch[head] = acc, epoch + 1
+        warmed_up = epoch >= args.lr_warmup  # checked from the first epoch after the warm-up: before it, a
+        # network that has barely started often predicts one class for most images without having collapsed
+        for head in collapsed_heads(top_share, data.num_classes) if warmed_up else []:
+            if head not in collapsed:
+                collapsed[head] = epoch + 1
+                print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of the "
+                      f"test images: its predictions no longer depend on the input (a collapse); try a longer "
+                      f"--lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
         key = primary if primary in final else ("ens" if "ens" in final else next(iter(final)))
-        record = {"epoch": epoch + 1, "lr": args.lr * factor,
+        lr = args.lr * lr_factor(args, epoch, steps - 1, steps)  # where the epoch ended
+        record = {"epoch": epoch + 1, "lr": lr,
                   **{n: float(v) / steps for n, v in zip(names, sums.tolist())}, **logged,
                   **{f"top1_{h}": a for h, a in final.items()},
+                  **{f"top_share_{h}": v for h, v in top_share.items()},
                   "seconds": train_time, "images_per_s": steps * batch / train_time}
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
         ckpt = {"method": name, "epoch": epoch + 1, "model": method.state_dict(),
                 "optimizers": [o.state_dict() for o in optimizers], "best": best, "best_epoch": best_epoch,
-                "final": final, "elapsed": elapsed, "args": plain_args(args),
+                "final": final, "collapsed": collapsed, "elapsed": elapsed, "args": plain_args(args),
                 "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state().cpu(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
         atomic_save(ckpt, last_path)
@@ -663,12 +699,13 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
         saved_epoch = epoch + 1
         eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
         heads = "  ".join(f"{h} {a:.2f}" for h, a in final.items())
-        print(f"epoch {epoch + 1}/{args.epochs}  lr {args.lr * factor:.4g}  loss {record['loss']:.4f}  "
+        print(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  loss {record['loss']:.4f}  "
               f"top1 {heads}  |  {train_time:.1f}s  {record['images_per_s']:.0f} img/s  eta {format_eta(eta)}",
               flush=True)
     metrics_file.close()
 
     results = {"method": name, "final": final, "best": best, "best_epoch": best_epoch, "epochs": args.epochs,
+               "collapsed": collapsed,
                "train_seconds": elapsed, "images_per_s": args.epochs * steps * batch / elapsed if elapsed else None,
                "params": {**{f"s{i}": count_params(s) for i, s in enumerate(getattr(method, "students", []))},
                           "total": count_params(method),
@@ -729,6 +766,8 @@ def make_parser(doc=None):
     a("--milestones", default="0.5,0.75",
       help="multistep: epochs where lr *= gamma; values below 1 are fractions of --epochs")
     a("--gamma", type=float, default=0.1, help="multistep decay factor")
+    a("--lr-warmup", type=float, default=5.0,
+      help="epochs (fractions allowed) of linear per-step lr warm-up from 0, for every optimizer; 0: none")
     a("--T", type=float, default=None, help="distillation temperature (each method sets its paper's default)")
     a("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -763,6 +802,8 @@ def check_args(args, name):
         raise UsageError("--batch-size must be at least 2 (batch normalisation needs two samples)")
     if args.lr <= 0 or args.wd < 0 or not 0 <= args.momentum < 1 or args.gamma <= 0:
         raise UsageError("--lr and --gamma must be positive, --wd non-negative and --momentum in [0, 1)")
+    if not args.lr_warmup >= 0:
+        raise UsageError(f"--lr-warmup must be a non-negative number of epochs, got {args.lr_warmup}")
     if args.T is not None and args.T <= 0:
         raise UsageError(f"--T must be positive, got {args.T}")
     if args.limit_train < 0 or args.limit_test < 0:

@@ -1,18 +1,23 @@
 """Run several methods with identical settings over several seeds and write one table.
 
     python scripts/compare.py --methods vanilla,dml,kdcl,ffl,ffcl,fefr,ffsd,mkb_cl --arch resnet20 \
-        --students 2 --dataset folder --data-dir DIR --epochs 15 --seeds 0,1 --out-dir runs/compare
+        --students 2 --dataset folder --data-dir DIR --epochs 15 --seeds 0,1,2 --jobs 2 \
+        --out-dir runs/compare --results results/my_comparison
+    python scripts/compare.py --render results/my_comparison      # the table again, from the summaries alone
 
 Every other flag is passed unchanged to every script (common flags such as --limit-train or --lr).
 Per-method extras: `--extra ffsd=--students=3 --extra "kdcl=--ensemble naive"`.
 Each run goes to OUT/<method>/seed<S>; a run with a results.json is re-used, one with only a last.pt is
-resumed, so an interrupted comparison continues where it stopped. FFCL's regularization knowledge needs
-pre-trained peers: unless its extras say otherwise it takes the vanilla run of the same seed (the paper's
-baselines are its pre-training), so vanilla is run first.
+resumed, so an interrupted comparison continues where it stopped. `--jobs N` runs N at once, each on
+cores/N threads unless OMP_NUM_THREADS says otherwise. FFCL's regularization knowledge needs pre-trained peers: unless its extras say otherwise
+it takes the vanilla run of the same seed (the paper's baselines are its pre-training), so that run comes
+first.
 
 Writes OUT/table.md (one row per method: mean ± std over seeds of every head's final and best top-1, the
-best student's gain over vanilla, parameters, images/s), OUT/summary.json, and OUT/accuracy.png (test
-accuracy per epoch per method) when matplotlib is installed.
+best student and its gain over vanilla's, paired by seed), OUT/summary.json, and OUT/accuracy.png (test
+accuracy per epoch) when matplotlib is installed. With --results DIR it also writes each finished run's
+summary (results.json plus the per-epoch test curve, a few KB, no weights) as DIR/<method>/seed<S>.json
+and the table as DIR/table.md, so the table can be checked and re-rendered (--render DIR) without the runs.
 """
 import argparse
 import json
@@ -21,10 +26,12 @@ import shlex
 import statistics
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
 STUDENT_HEADS = ("s", "leader")  # heads that are one deployable network
+CURVE_KEYS = ("epoch", "lr", "loss")  # kept per epoch in a run's summary, beside top1_* and top_share_*
 
 
 def die(message):
@@ -38,6 +45,9 @@ def parse():
     p.add_argument("--methods", default=",".join(METHODS), help="comma list of scripts")
     p.add_argument("--seeds", default="0", help="comma list of seeds")
     p.add_argument("--out-dir", default="runs/compare", help="where the runs and the table go")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)")
+    p.add_argument("--results", default=None, help="also write each run's small summary and the table here")
+    p.add_argument("--render", default=None, metavar="DIR", help="only re-render DIR/table.md from its summaries")
     p.add_argument("--extra", action="append", default=[], metavar="METHOD=FLAGS",
                    help="flags for one method only, e.g. ffsd=--students=3 (repeatable)")
     opts, common_flags = p.parse_known_args()
@@ -50,6 +60,10 @@ def parse():
         opts.seeds = [int(s) for s in opts.seeds.split(",") if s.strip()]
     except ValueError:
         die(f"--seeds must be a comma list of integers, got '{opts.seeds}'")
+    if opts.jobs < 1:
+        die(f"--jobs must be at least 1, got {opts.jobs}")
+    if opts.render and not os.path.isdir(opts.render):
+        die(f"--render {opts.render} is not a folder of run summaries")
     for flag in ("--seed", "--out-dir", "--resume"):
         if any(f == flag or f.startswith(flag + "=") for f in common_flags):
             die(f"{flag} is set by compare.py itself (use --seeds / --out-dir)")
@@ -60,8 +74,9 @@ def parse():
             die(f"--extra takes METHOD=FLAGS with METHOD one of {', '.join(METHODS)}, got '{item}'")
         extras.setdefault(method, []).extend(shlex.split(flags))
     opts.extras = extras
-    if "ffcl" in opts.methods and not any(f.startswith(("--pretrain", "--no-regularization"))
-                                          for f in extras.get("ffcl", [])):
+    opts.ffcl_needs_vanilla = "ffcl" in opts.methods and not any(
+        f.startswith(("--pretrain", "--no-regularization")) for f in extras.get("ffcl", []))
+    if opts.ffcl_needs_vanilla:
         opts.methods = ["vanilla"] + [m for m in opts.methods if m != "vanilla"]  # vanilla pre-trains FFCL
     return opts, common_flags
 
@@ -70,30 +85,80 @@ def run_dir(opts, method, seed):
     return os.path.join(opts.out_dir, method, f"seed{seed}")
 
 
-def run_one(opts, common_flags, method, seed):
+def finished(opts, method, seed):
+    return os.path.exists(os.path.join(run_dir(opts, method, seed), "results.json"))
+
+
+def command(opts, common_flags, method, seed):
     out = run_dir(opts, method, seed)
-    if os.path.exists(os.path.join(out, "results.json")):
-        print(f"{method} seed {seed}: finished earlier, re-using {out}", flush=True)
-        return True
     script = "common.py" if method == "vanilla" else f"{method}.py"
     cmd = [sys.executable, os.path.join(ROOT, script), *common_flags, *opts.extras.get(method, []),
            "--seed", str(seed), "--out-dir", out]
-    if method == "ffcl" and "ffcl" not in opts.extras:
+    if method == "ffcl" and opts.ffcl_needs_vanilla:
         pre = run_dir(opts, "vanilla", seed)
         students = [f for f in sorted(os.listdir(pre)) if f[0] == "s" and f[1:-3].isdigit() and f.endswith(".pt")]
         cmd += ["--pretrained", ",".join(os.path.join(pre, f) for f in students)]
     if os.path.exists(os.path.join(out, "last.pt")):
         cmd.append("--resume")
-    os.makedirs(out, exist_ok=True)
-    print(f"{method} seed {seed}: {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
-    with open(os.path.join(out, "log.txt"), "a") as log:
-        status = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-    if status != 0:
-        with open(os.path.join(out, "log.txt")) as f:
-            tail = f.read().strip().splitlines()[-1:]
-        print(f"{method} seed {seed}: FAILED (exit {status}): {tail[0] if tail else ''}", flush=True)
-        return False
-    return True
+    return cmd
+
+
+def run_all(opts, common_flags):
+    """Every (method, seed) not finished yet, up to --jobs at once; FFCL waits for its vanilla run.
+    Returns the runs that failed."""
+    todo, running, failed = [], {}, []
+    for seed in opts.seeds:
+        for method in opts.methods:
+            if finished(opts, method, seed):
+                print(f"{method} seed {seed}: finished earlier, re-using {run_dir(opts, method, seed)}", flush=True)
+            else:
+                todo.append((method, seed))
+    env = dict(os.environ)  # an OMP_NUM_THREADS already set wins; otherwise the cores are shared out
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.jobs)))
+    while todo or running:
+        for run in list(todo):
+            if len(running) >= opts.jobs:
+                break
+            method, seed = run
+            if method == "ffcl" and opts.ffcl_needs_vanilla and not finished(opts, "vanilla", seed):
+                if ("vanilla", seed) in failed:
+                    todo.remove(run)
+                    failed.append(run)
+                continue
+            todo.remove(run)
+            out = run_dir(opts, method, seed)
+            os.makedirs(out, exist_ok=True)
+            cmd = command(opts, common_flags, method, seed)
+            print(f"{method} seed {seed}: {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+            log = open(os.path.join(out, "log.txt"), "a")
+            running[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+        time.sleep(0.2)
+        for run, (proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[run]
+            if proc.returncode != 0:
+                with open(os.path.join(run_dir(opts, *run), "log.txt")) as f:
+                    tail = f.read().strip().splitlines()[-1:]
+                print(f"{run[0]} seed {run[1]}: FAILED (exit {proc.returncode}): {tail[0] if tail else ''}", flush=True)
+                failed.append(run)
+            else:
+                print(f"{run[0]} seed {run[1]}: done", flush=True)
+    return failed
+
+
+def run_summary(opts, method, seed):
+    """results.json of a finished run plus its per-epoch test curve: small enough to commit."""
+    out = run_dir(opts, method, seed)
+    with open(os.path.join(out, "results.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(out, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    summary["seed"] = seed
+    summary["curve"] = [{k: v for k, v in r.items() if k in CURVE_KEYS or k.startswith(("top1_", "top_share_"))}
+                        for r in records]
+    return summary
 
 
 def mean_std(values):
@@ -108,49 +173,50 @@ def fmt(ms):
     return "—" if ms is None else f"{ms[0]:.2f} ± {ms[1]:.2f}"
 
 
-def summarise(opts):
+def best_student(run):
+    return max(v for h, v in run["final"].items() if h.startswith(STUDENT_HEADS))
+
+
+def summarise(runs_by_method):
+    """{method: [run summaries]} -> {method: mean ± std of every head, best student, gain over vanilla}."""
+    vanilla = {r["seed"]: best_student(r) for r in runs_by_method.get("vanilla", [])}
     summary = {}
-    for method in opts.methods:
-        runs = []
-        for seed in opts.seeds:
-            path = os.path.join(run_dir(opts, method, seed), "results.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    runs.append(json.load(f))
+    for method, runs in runs_by_method.items():
         if not runs:
             continue
         heads = list(runs[0]["final"])
-        best_student = [max(v for h, v in r["final"].items() if h.startswith(STUDENT_HEADS)) for r in runs]
+        paired = [best_student(r) - vanilla[r["seed"]] for r in runs if r["seed"] in vanilla]
         summary[method] = {
-            "seeds": len(runs),
+            "seeds": [r["seed"] for r in runs],
             "final": {h: mean_std([r["final"][h] for r in runs]) for h in heads},
             "best": {h: mean_std([r["best"][h] for r in runs]) for h in heads},
-            "best_student_final": mean_std(best_student),
+            "best_student_final": mean_std([best_student(r) for r in runs]),
+            "gain_over_vanilla": mean_std(paired),
+            "collapsed": sorted({f"{h}@{e}" for r in runs for h, e in r.get("collapsed", {}).items()}),
             "params_student": runs[0]["params"].get("s0") or runs[0]["params"].get("s1"),
             "params_total": runs[0]["params"]["total"],
-            "images_per_s": statistics.mean(r["images_per_s"] for r in runs),
+            "hours": sum(r["train_seconds"] for r in runs) / 3600,
             "epochs": runs[0]["epochs"], "device": runs[0]["device"], "args": runs[0]["args"],
         }
     return summary
 
 
 def table(summary):
-    vanilla = summary.get("vanilla", {}).get("best_student_final")
     lines = ["| method | seeds | final top-1 per head (mean ± std) | best-epoch top-1 per head | best student "
-             "(final) | vs vanilla | params: student / all (M) | train img/s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "(final) | vs vanilla (paired by seed) | collapse warnings | params: student / all (M) | train h |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for method, s in summary.items():
         final = ", ".join(f"{h} {fmt(v)}" for h, v in s["final"].items())
         best = ", ".join(f"{h} {fmt(v)}" for h, v in s["best"].items())
-        gain = "—" if vanilla is None else f"{s['best_student_final'][0] - vanilla[0]:+.2f}"
+        gain = "—" if s["gain_over_vanilla"] is None else f"{s['gain_over_vanilla'][0]:+.2f} ± {s['gain_over_vanilla'][1]:.2f}"
         params = f"{s['params_student'] / 1e6:.2f} / {s['params_total'] / 1e6:.2f}" if s["params_student"] else \
             f"— / {s['params_total'] / 1e6:.2f}"
-        lines.append(f"| {method} | {s['seeds']} | {final} | {best} | {fmt(s['best_student_final'])} | {gain} | "
-                     f"{params} | {s['images_per_s']:.0f} |")
+        lines.append(f"| {method} | {len(s['seeds'])} | {final} | {best} | {fmt(s['best_student_final'])} | {gain} | "
+                     f"{', '.join(s['collapsed']) or 'none'} | {params} | {s['hours']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(opts, summary):
+def plot(path, runs_by_method):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -158,31 +224,62 @@ def plot(opts, summary):
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
-    for method in summary:
-        with open(os.path.join(run_dir(opts, method, opts.seeds[0]), "metrics.jsonl")) as f:
-            records = [json.loads(line) for line in f]
-        key = "top1_leader" if "top1_leader" in records[0] else "top1_ens"
-        ax.plot([r["epoch"] for r in records], [r[key] for r in records], label=f"{method} ({key[5:]})")
+    for method, runs in runs_by_method.items():
+        if not runs:
+            continue
+        curve = runs[0]["curve"]
+        key = "top1_leader" if "top1_leader" in curve[0] else "top1_ens"
+        ax.plot([r["epoch"] for r in curve], [r[key] for r in curve], label=f"{method} ({key[5:]})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"seed {opts.seeds[0]}")
+    ax.set_title(f"seed {runs_by_method[next(iter(runs_by_method))][0]['seed']}")
     ax.legend()
-    path = os.path.join(opts.out_dir, "accuracy.png")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     return path
 
 
+def write_table(folder, header, runs_by_method):
+    summary = summarise(runs_by_method)
+    text = table(summary)
+    with open(os.path.join(folder, "table.md"), "w") as f:
+        f.write(header + "\n\n" + text)
+    with open(os.path.join(folder, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return text, summary
+
+
+def render(folder):
+    """The table again from DIR/<method>/seed<S>.json alone (no runs, no training)."""
+    runs_by_method = {}
+    for method in METHODS:
+        sub = os.path.join(folder, method)
+        if os.path.isdir(sub):
+            runs_by_method[method] = sorted((json.load(open(os.path.join(sub, f))) for f in os.listdir(sub)
+                                             if f.startswith("seed") and f.endswith(".json")), key=lambda r: r["seed"])
+    if not any(runs_by_method.values()):
+        die(f"{folder} holds no run summaries (<method>/seed<S>.json)")
+    first = next(r for runs in runs_by_method.values() for r in runs)
+    text, _ = write_table(folder, f"Command of the first run: `{first['command']}`", runs_by_method)
+    print(text)
+
+
 def main():
     opts, common_flags = parse()
+    if opts.render:
+        return render(opts.render)
     os.makedirs(opts.out_dir, exist_ok=True)
-    failed = [(m, s) for s in opts.seeds for m in opts.methods if not run_one(opts, common_flags, m, s)]
-    summary = summarise(opts)
-    text = table(summary)
-    with open(os.path.join(opts.out_dir, "table.md"), "w") as f:
-        f.write(f"Flags: `{' '.join(common_flags)}`; seeds {opts.seeds}; extras {opts.extras or 'none'}\n\n" + text)
-    with open(os.path.join(opts.out_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    plot_path = plot(opts, summary) if summary else None
+    failed = run_all(opts, common_flags)
+    runs_by_method = {m: [run_summary(opts, m, s) for s in opts.seeds if finished(opts, m, s)] for m in opts.methods}
+    header = f"Flags: `{' '.join(common_flags)}`; seeds {opts.seeds}; extras {opts.extras or 'none'}"
+    text, _ = write_table(opts.out_dir, header, runs_by_method)
+    if opts.results:
+        for method, runs in runs_by_method.items():
+            os.makedirs(os.path.join(opts.results, method), exist_ok=True)
+            for run in runs:
+                with open(os.path.join(opts.results, method, f"seed{run['seed']}.json"), "w") as f:
+                    json.dump(run, f, indent=1)
+        write_table(opts.results, header, runs_by_method)
+    plot_path = plot(os.path.join(opts.out_dir, "accuracy.png"), runs_by_method) if any(runs_by_method.values()) else None
     print("\n" + text + (f"\nplot: {plot_path}" if plot_path else ""))
     if failed:
         die(f"{len(failed)} run(s) failed: {', '.join(f'{m} seed {s}' for m, s in failed)} (see their log.txt)")
