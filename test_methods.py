@@ -1263,6 +1263,235 @@ def test_mkb_load_network_rejects_other_files(tmp_path):
 
 
 # ================================================================================================
+# The method contract: every method file alone, the same vocabulary in each
+# ================================================================================================
+
+METHOD_FILES = [m.__name__ + ".py" for m in METHOD_MODULES]
+PROJECT_MODULES = {"common", *(m.__name__ for m in METHOD_MODULES)}
+# definitions every file that uses them carries as the same text (CleanRL's price for standalone files)
+SHARED = {"kd_loss": [dml, kdcl, ffl, ffcl, fefr, ffsd], "ensemble_head": METHOD_MODULES,
+          "stage_shapes": METHOD_MODULES, "FusionModule": [ffl, ffcl, fefr, ffsd], "ramp_up": [ffl, fefr],
+          "fusion_loss": [ffl, fefr]}
+
+
+def top_level_source(module, name):
+    import ast
+    path = os.path.join(HERE, module.__name__ + ".py")
+    text = open(path).read()
+    for node in ast.parse(text).body:
+        if getattr(node, "name", None) == name:
+            start = node.decorator_list[0].lineno if getattr(node, "decorator_list", None) else node.lineno
+            return "\n".join(text.splitlines()[start - 1:node.end_lineno])
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_shared_definitions_are_the_same_text_in_every_file(name):
+    texts = {m.__name__: top_level_source(m, name) for m in SHARED[name]}
+    assert all(texts.values()), f"{name} missing in {[n for n, t in texts.items() if not t]}"
+    assert len(set(texts.values())) == 1, f"{name} differs between {sorted(texts)}"
+    others = [m.__name__ for m in METHOD_MODULES if m not in SHARED[name] and top_level_source(m, name)]
+    assert not others, f"{name} is also defined in {others}: add them to SHARED"
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_method_file_imports_nothing_of_this_project_at_module_level(module):
+    import ast
+    tree = ast.parse(open(os.path.join(HERE, module.__name__ + ".py")).read())
+    for node in tree.body:  # only module-level statements: `import common` inside build/main is the rule
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            assert not {n.split(".")[0] for n in names} & PROJECT_MODULES, (module.__name__, names)
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_docstring_teaches_and_is_shorter_than_the_code(module):
+    doc_lines = len(module.__doc__.strip().splitlines())
+    text = open(os.path.join(HERE, module.__name__ + ".py")).read()
+    code_lines = [line for line in text.split('"""', 2)[2].splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert doc_lines < len(code_lines), (doc_lines, len(code_lines))
+    assert "Contract" in module.__doc__ and "--lr-warmup 0" in module.__doc__
+    assert "Results: the README's table 'Results measured with this code'" in module.__doc__
+    assert "mean ± std" not in module.__doc__  # no lab book
+
+
+COPY_ALONE = r"""
+import copy, importlib, importlib.util, os, sys, traceback
+import torch, torchvision
+
+# the user's own students: torchvision classifiers, made students by common.as_student, loaded by its path
+spec = importlib.util.spec_from_file_location("helper_not_on_path", HELPER)
+helper = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(helper)
+
+
+def student(seed, arch="resnet18"):
+    torch.manual_seed(seed)
+    return helper.as_student(getattr(torchvision.models, arch)(num_classes=5))
+
+
+def build(name, M):
+    S = lambda k: [student(i) for i in range(k)]
+    return {"dml": lambda: M.DML([student(0), student(1, "mobilenet_v2")]),
+            "kdcl": lambda: M.KDCL(S(2)),
+            "ffl": lambda: M.FFL([student(0), student(1, "mobilenet_v2")], 5),
+            "ffcl": lambda: M.FFCL(S(2), 5, pretrained=S(2)),
+            "fefr": lambda: M.FEFR(S(2), 5),
+            "ffsd": lambda: M.FFSD(S(3), 5),
+            "mkb_cl": lambda: M.MKBCL(S(2), 5)}[name]()
+
+
+def train_and_evaluate(name):
+    folder = os.path.join(ROOT, name)  # where the file lies alone
+    assert sys.path[0] != HERE and HERE not in sys.path and not PROJECT & set(sys.modules)
+    sys.path.insert(0, folder)
+    try:
+        method = build(name, importlib.import_module(name))
+        opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.arange(8) % 5
+        method.train()  # one step of a plain loop: no set_epoch, no param groups, nothing of ours
+        views = [x + 0.1 * torch.randn(x.shape, generator=g) for _ in range(getattr(method, "num_views", 1))]
+        loss, parts = method(views, y)
+        assert torch.isfinite(loss) and torch.allclose(loss, sum(parts.values())), (loss, parts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.eval()
+        with torch.no_grad():
+            heads = method(x)
+        assert "ens" in heads and all(z.shape == (8, 5) for z in heads.values()), {h: z.shape for h, z in heads.items()}
+        loaded = sorted(PROJECT & set(sys.modules))
+        assert loaded == [name], loaded
+    finally:
+        sys.path.remove(folder)
+        sys.modules.pop(name, None)
+    return sorted(parts), sorted(heads)
+
+
+for name in NAMES:
+    try:
+        print("trained", name, *train_and_evaluate(name), flush=True)
+    except Exception:
+        print("failed", name, repr(traceback.format_exc()), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def copied_alone(tmp_path_factory):
+    """Each method file copied alone into an empty folder, imported from there in one fresh interpreter (the
+    project not on its path) and trained one step on torchvision students: {name: report line}."""
+    import shutil
+    root = tmp_path_factory.mktemp("copied_alone")
+    names = [m.__name__ for m in METHOD_MODULES]
+    for name in names:
+        (root / name).mkdir()
+        shutil.copy(os.path.join(HERE, name + ".py"), root / name)
+    (root / "loop").mkdir()  # the script's own folder (first on its path) holds nothing else
+    script = root / "loop" / "user_loop.py"
+    script.write_text(f"PROJECT = set({sorted(PROJECT_MODULES)!r})\nHERE = {HERE!r}\nROOT = {str(root)!r}\n"
+                      f"NAMES = {names!r}\nHELPER = {os.path.join(HERE, 'common.py')!r}\n" + COPY_ALONE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    reports = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith(("trained", "failed"))}
+    return reports, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_method_file_copied_alone_trains_a_torchvision_student_in_a_plain_loop(copied_alone, module):
+    reports, stderr = copied_alone
+    report = reports.get(module.__name__, stderr)
+    assert report.startswith("trained "), report.replace("\\n", "\n")
+
+
+def test_as_student_finds_the_stage_outputs_of_torchvision_classifiers():
+    import torchvision
+    net = common.as_student(torchvision.models.resnet18(num_classes=5))
+    assert net.stage_nodes == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    logits, features = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 5) and [f.shape[1] for f in features] == [64, 64, 128, 256, 512]
+    net = common.as_student(torchvision.models.mobilenet_v2(num_classes=5))
+    assert [f.shape[-1] for f in net(torch.randn(2, 3, 32, 32))[1]] == [16, 8, 4, 2, 1]  # one map per size
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_a_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
+    import torchvision
+    plain = [torchvision.models.resnet18(num_classes=5) for _ in range(3)]
+    with pytest.raises(TypeError, match=r"must return \(logits, \[stage outputs\]\).*as_student") as info:
+        module.stage_shapes(plain[0], (32, 32))
+    assert len(str(info.value).splitlines()) == 1
+    classes = {dml: "DML", kdcl: "KDCL", ffl: "FFL", ffcl: "FFCL", fefr: "FEFR", ffsd: "FFSD", mkb_cl: "MKBCL"}
+    extra = {ffl: [5], ffcl: [5, plain[:2]], fefr: [5], ffsd: [5], mkb_cl: [5]}.get(module, [])
+    with pytest.raises(TypeError, match="as_student"):
+        getattr(module, classes[module])(plain[:3] if module is ffsd else plain[:2], *extra)
+
+
+@pytest.mark.parametrize("module,argv", [(dml, []), (kdcl, ["--ensemble", "naive"]), (ffl, []), (fefr, []),
+                                         (ffsd, ["--students", "3"]), (mkb_cl, []),
+                                         (ffcl, ["--no-regularization"])], ids=lambda v: getattr(v, "__name__", ""))
+def test_every_loss_part_is_weighted_and_they_sum_to_the_loss(tmp_path, module, argv):
+    method = build_method(module, ["--arch", "resnet20"] + argv, tmp_path).train()
+    if hasattr(method, "set_epoch"):
+        method.set_epoch(0)  # a ramp-up below full weight, so that an unweighted part would show
+    views = [torch.randn(4, 3, 32, 32) for _ in range(getattr(method, "num_views", 1))]
+    loss, parts = method(views, torch.arange(4) % 10)
+    assert torch.allclose(loss, sum(parts.values()), rtol=1e-6)
+
+
+def test_ffl_loss_is_the_papers_equation():
+    torch.manual_seed(0)
+    method = ffl.FFL([common.build_model("resnet20", 10) for _ in range(2)], 10, T=3.0, rampup=80).train()
+    method.set_epoch(20)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    loss, parts = method([x], y)
+    z, z_f = method.logits(x)
+    w, kd = math.exp(-5 * (1 - 20 / 80) ** 2), ffl.kd_loss
+    ref = (sum(F.cross_entropy(zi, y) for zi in z) + F.cross_entropy(z_f, y)
+           + w * (sum(kd(zi, z_f, 3.0) for zi in z) + kd(z_f, (z[0] + z[1]) / 2, 3.0)))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert parts["kd_s1"].item() == pytest.approx(w * kd(z[1], z_f, 3.0).item(), rel=1e-5)
+
+
+def test_ffcl_and_mkb_parts_carry_their_weights(tmp_path):
+    method = build_method(ffcl, ["--arch", "resnet20", "--no-regularization", "--lambda-feature", "0.5",
+                                 "--lambda-response", "2"], tmp_path).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    _, parts = method([x], y)
+    z, z_f = method.logits(x)
+    assert parts["fk_s0"].item() == pytest.approx(0.5 * ffcl.kd_loss(z[0], z_f, 3.0).item(), rel=1e-5)
+    assert parts["rk_s1"].item() == pytest.approx(2 * ffcl.kd_loss(z[1], z[0], 1.0).item(), rel=1e-5)
+    m = mkb_method(["resnet20", "resnet20"], alpha=0.2).train()
+    _, parts = m([x], y)
+    (_, e0), (_, e1) = [net(x, with_embeddings=True) for net in m.students]
+    assert parts["metric_s0"].item() == pytest.approx(0.2 * mkb_cl.metric_loss(e0[0], e1[0]).item(), rel=1e-4)
+    assert parts["verif_s1"].item() == pytest.approx(
+        0.2 * F.cross_entropy(m.verifiers[1][0](e1[0]), y).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("argv,message", [(["--momentum", "0"], "--no-nesterov"),
+                                          (["--lr", "nan"], "--lr"),
+                                          (["--wd", "inf"], "--wd")])
+def test_optimizer_refusals_end_in_one_sentence(tmp_path, capsys, argv, message):
+    assert message in usage_error(capsys, lambda: dml.main(TINY + argv + ["--out-dir", str(tmp_path)]))
+
+
+def test_plain_sgd_with_momentum_0_trains(tmp_path):
+    args = method_args(dml, ["--momentum", "0", "--no-nesterov"], tmp_path)
+    sgd, = common.make_optimizers(build_method(dml, ["--arch", "resnet20"], tmp_path), args)
+    assert sgd.defaults["momentum"] == 0 and not sgd.defaults["nesterov"]
+
+
+def test_an_optimizer_refusal_the_checks_miss_still_ends_in_one_sentence(tmp_path):
+    args = method_args(ffsd, ["--arch", "resnet20"], tmp_path)
+    method = build_method(ffsd, ["--arch", "resnet20"], tmp_path)
+    method.sd_lr = -1.0  # what torch.optim.Adam refuses with a ValueError
+    with pytest.raises(common.UsageError, match="optimizer refuses"):
+        common.make_optimizers(method, args)
+
+
+# ================================================================================================
 # Scripts
 # ================================================================================================
 
