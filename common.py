@@ -28,6 +28,7 @@ alone into another project: a method file needs nothing from here for its module
                               never calls it trains at the full weights
     method.epoch_end(epoch, data)     called after each training epoch; may return {name: float} to log
     method.export()           {name: payload} of deployable models, saved as OUT/<name>.pt at the end
+                              (default: every student in method.students as OUT/s<i>.pt)
 """
 import argparse
 import json
@@ -519,9 +520,6 @@ class Vanilla(nn.Module):
         parts = {f"ce_s{i}": F.cross_entropy(s(views[0])[0], y) for i, s in enumerate(self.students)}
         return sum(parts.values()), parts
 
-    def export(self):
-        return {f"s{i}": backbone_payload(s) for i, s in enumerate(self.students)}
-
 
 # ==================================================================================================
 # Train / eval loop
@@ -738,10 +736,16 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
                "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": plain_args(args)}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    if hasattr(method, "export"):
-        for export_name, payload in method.export().items():
-            atomic_save(payload, os.path.join(out_dir, f"{export_name}.pt"))
+    for export_name, payload in exports(method).items():
+        atomic_save(payload, os.path.join(out_dir, f"{export_name}.pt"))
     return results
+
+
+def exports(method) -> dict:
+    """What a run deploys: method.export() where the method has one, else every student as s<i>."""
+    if hasattr(method, "export"):
+        return method.export()
+    return {f"s{i}": backbone_payload(s) for i, s in enumerate(method.students)}
 
 
 def plain_args(args):

@@ -111,10 +111,6 @@ class DML(nn.Module):
             parts[f"kd_s{k}"] = kd_k
         return sum(parts.values()), parts
 
-    def export(self):
-        import common
-        return {f"s{k}": common.backbone_payload(s) for k, s in enumerate(self.students)}
-
 
 def add_arguments(parser):
     parser.set_defaults(T=1.0)  # the paper's plain KL between the peers' probabilities

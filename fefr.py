@@ -215,16 +215,15 @@ class FEFR(nn.Module):
             raise ValueError(f"feature fusion needs at least 2 students, got {len(students)}")
         shapes = [stage_shapes(s, image_size) for s in students]
         if early_fusion and min(len(s) for s in shapes) < 3:
-            raise ValueError("early fusion needs three stage outputs per student; use --no-early-fusion")
+            raise ValueError("early fusion needs three stage outputs per student; turn it off (--no-early-fusion)")
         self.students = nn.ModuleList(students)
         self.refiners = nn.ModuleList(Refiner(s, groups, early_fusion, reconstruction, attention) for s in shapes)
         for k, r in enumerate(self.refiners):
             if reconstruction and r.out_channels % groups:
                 raise ValueError(f"student {k}'s fused map has {r.out_channels} channels, "
-                                 f"not divisible by --groups {groups}")
+                                 f"not divisible by the {groups} groups (--groups)")
         self.fusion_module = FusionModule([r.out_channels for r in self.refiners], num_classes)
-        self.T, self.rampup, self.fusion_wd = T, rampup, fusion_wd
-        self.detach_fusion_input = detach_fusion_input
+        self.T, self.rampup, self.fusion_wd, self.detach_fusion_input = T, rampup, fusion_wd, detach_fusion_input
         self.register_buffer("kd_weight", torch.ones(()), persistent=False)  # w(e), full until set_epoch
 
     def set_epoch(self, epoch):
@@ -248,36 +247,30 @@ class FEFR(nn.Module):
         branch = list(self.refiners.parameters()) + list(self.fusion_module.parameters())
         return [dict(params=list(self.students.parameters())), dict(params=branch, weight_decay=self.fusion_wd)]
 
-    def export(self):
-        import common
-        return {f"s{i}": common.backbone_payload(s) for i, s in enumerate(self.students)}
-
 
 # ==================================================================================================
 # Flags and entry point
 # ==================================================================================================
 
 def add_arguments(parser):
-    parser.set_defaults(T=3.0)
     a = parser.add_argument
-    a("--rampup", type=float, default=80, help="epochs R of the KD ramp-up w(e) (0: off)")
-    a("--fusion-wd", type=float, default=1e-5, help="weight decay of the refiners and the fusion module")
-    a("--detach-fusion-input", action="store_true",
-      help="stop the fused classifier's gradients at the students' feature maps")
     a("--groups", type=int, default=4, help="p, channel groups of the reconstruction")
     a("--early-fusion", action=argparse.BooleanOptionalAction, default=True, help="sum early fusion (FE)")
     a("--reconstruction", action=argparse.BooleanOptionalAction, default=True, help="reconstruction (FC)")
     a("--attention", action=argparse.BooleanOptionalAction, default=True, help="dual attention (FD)")
+    parser.set_defaults(T=3.0)  # FFL's temperature, ramp-up and fusion flags
+    a("--rampup", type=float, default=80, help="epochs R of the KD ramp-up w(e) (0: off)")
+    a("--fusion-wd", type=float, default=1e-5, help="weight decay of the refiners and the fusion module")
+    a("--detach-fusion-input", action="store_true",
+      help="stop the fused classifier's gradients at the students' feature maps")
 
 
 def build(args, data):
     import common
+    if args.groups < 1 or args.fusion_wd < 0 or args.rampup < 0:
+        raise common.UsageError("--groups must be at least 1, --fusion-wd and --rampup non-negative")
     if args.students < 2:
         raise common.UsageError(f"feature fusion needs at least 2 students, got --students {args.students}")
-    if args.fusion_wd < 0 or args.rampup < 0:
-        raise common.UsageError("--fusion-wd and --rampup must be non-negative")
-    if args.groups < 1:
-        raise common.UsageError(f"--groups must be at least 1, got {args.groups}")
     return FEFR(common.build_students(args, data.num_classes), data.num_classes, args.T, args.rampup, args.groups,
                 args.early_fusion, args.reconstruction, args.attention, args.detach_fusion_input, args.fusion_wd,
                 tuple(data.train_x.shape[-2:]))

@@ -205,10 +205,6 @@ class FFCL(nn.Module):
         return [dict(params=list(self.students.parameters())),
                 dict(params=list(self.fusion_module.parameters()), weight_decay=self.fusion_wd)]
 
-    def export(self):
-        import common
-        return {f"s{i}": common.backbone_payload(s) for i, s in enumerate(self.students)}
-
 
 # ==================================================================================================
 # Flags and entry point

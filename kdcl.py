@@ -243,10 +243,6 @@ class KDCL(nn.Module):
         return self.estimate_weights((data.normalize(data.holdout_x[i:i + batch_size]), data.holdout_y[i:i + batch_size])
                                      for i in range(0, n, batch_size))
 
-    def export(self):
-        import common
-        return {f"s{i}": common.backbone_payload(s) for i, s in enumerate(self.students)}
-
 
 def add_arguments(parser):
     import argparse
