@@ -6,7 +6,9 @@ IEEE TNNLS 2022 (arXiv 2103.14473). Official code: https://github.com/SJLeo/FFSD
 Contract (stated in every method file; this one needs only torch, so it can be copied alone):
     student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
               (common.as_student(model) makes one of any torchvision classifier); students[0] is the leader
-    training  loss, parts = method([x], y): parts as in "Loss" below, each weighted, loss = their sum
+    training  loss, parts = method([x], y): parts, each weighted, loss = their sum: ce_s<k>, kd_s<k> (DML among
+              the common students), div_s<k>, sdt_s<k>, ce_fused, kd_fused, ce_leader, kd_leader, att_leader,
+              adapt_leader, sdt_leader, sd_leader, sd_s<k> (the lines of "Loss" below)
     eval      method(x) -> {leader, s1, ..., ens, fused}: ens = log of the common students' mean softmax
     weights   method.set_epoch(e) before epoch e (from 0) sets the warm-up; never called: the full lambdas.
               Optimizers: SGD over method.param_groups() and method.extra_optimizer() (Adam, the SD modules),
@@ -24,10 +26,10 @@ small *self-distillation* (SD) module that learns to turn a last-layer map back 
 outputs, at its shallower layers too. The same SD trick carries the diversity target down the common
 students. After training only the leader is kept (OUT/leader.pt, a plain backbone).
 
-Loss (one backward; every line is a logged part, weights included; att(F) = mean_c F^2 flattened, Eq. 7; d(a, b) = mean((a/|a| - b/|b|)^2);
+Loss (one backward; att(F) = mean_c F^2 flattened, Eq. 7; d(a, b) = mean((a/|a| - b/|b|)^2);
 kd(z_s, z_t) = T^2 KL(softmax(z_t/T) || softmax(z_s/T)), teacher detached; F_l^k = stage l output of
-student k, F3 the last; w(.) = warm-up ramp):
-  common student k:  CE(z_k, y) + 1/(N-2) sum_{j common, j!=k} kd(z_k, z_j)                    Eq. 2-3
+student k, F3 the last; w(.) = warm-up ramp; each logged part carries its weight):
+  common student k:  CE(z_k, y) + 1/(N-2) sum_{j common, j!=k} kd(z_k, z_j)           (kd_s<k>) Eq. 2-3
                      + [k >= 2] w(lambda_div) * ( mean((att~(F3_k) - y')^2)                       Eq. 8-9
                                                 + sum_l d(att(F_l^k), att(SD_k(F3'_{k-1}))) )     Eq. 11
        where y = att~(F3_{k-1}) (normalised, detached), n = |att(F3_{k-1})|, thr = the floor(HW/3)-th
@@ -270,7 +272,8 @@ class FFSD(nn.Module):
     def set_epoch(self, epoch):
         e = epoch + 1  # the official loop counts epochs from 1
         ramp = math.exp(-5 * (1 - min(e, self.warmup) / self.warmup) ** 2) if self.warmup > 0 else 1.0
-        self.warmed_lambdas.copy_(torch.tensor([self.lambda_div * ramp, self.lambda_fusion * ramp, self.lambda_sd * ramp]))
+        lambdas = (self.lambda_div, self.lambda_fusion, self.lambda_sd)
+        self.warmed_lambdas.copy_(torch.tensor([lam * ramp for lam in lambdas]))
 
     def forward(self, views, y=None):
         x = views[0] if self.training else views
@@ -288,7 +291,7 @@ class FFSD(nn.Module):
         for k in range(1, n):
             parts[f"ce_s{k}"] = F.cross_entropy(logits[k], y)
             if n > 2:
-                parts[f"dml_s{k}"] = sum(kd_loss(logits[k], logits[j], T) for j in range(1, n) if j != k) / (n - 2)
+                parts[f"kd_s{k}"] = sum(kd_loss(logits[k], logits[j], T) for j in range(1, n) if j != k) / (n - 2)
             if k >= 2:
                 prev = feats[k - 1][-1].detach()
                 parts[f"div_s{k}"] = w_div * diversity_loss(attention(feats[k][-1]), attention(prev))

@@ -219,7 +219,8 @@ class KDCL(nn.Module):
                 teacher = LOGIT_TEACHERS[self.ensemble](z, y)
         parts = {}
         for i, z_i in enumerate(logits):  # Eq. 2
-            kd = kd_to_distribution(z_i, teacher, self.T) if self.ensemble == "general" else kd_loss(z_i, teacher, self.T)
+            to_mixture = self.ensemble == "general"
+            kd = kd_to_distribution(z_i, teacher, self.T) if to_mixture else kd_loss(z_i, teacher, self.T)
             parts[f"ce_s{i}"] = F.cross_entropy(z_i.float(), y)
             parts[f"kd_s{i}"] = self.lambda_kd * kd
         return sum(parts.values()), parts
@@ -239,9 +240,9 @@ class KDCL(nn.Module):
         """common.py's hook: General re-estimates w on the images data.hold_out() set aside."""
         if self.ensemble != "general":
             return {}
-        n = len(data.holdout_y)
-        return self.estimate_weights((data.normalize(data.holdout_x[i:i + batch_size]), data.holdout_y[i:i + batch_size])
-                                     for i in range(0, n, batch_size))
+        x, y = data.holdout_x, data.holdout_y
+        return self.estimate_weights((data.normalize(x[i:i + batch_size]), y[i:i + batch_size])
+                                     for i in range(0, len(y), batch_size))
 
 
 def add_arguments(parser):

@@ -1047,7 +1047,7 @@ def test_ffsd_detach_points():
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
     total, parts = m([x], y)
     assert torch.allclose(total, sum(parts.values()))
-    assert set(parts) == {"ce_s1", "dml_s1", "ce_s2", "dml_s2", "div_s2", "sdt_s2", "ce_s3", "dml_s3", "div_s3",
+    assert set(parts) == {"ce_s1", "kd_s1", "ce_s2", "kd_s2", "div_s2", "sdt_s2", "ce_s3", "kd_s3", "div_s3",
                           "sdt_s3", "ce_fused", "kd_fused", "ce_leader", "kd_leader", "att_leader", "adapt_leader",
                           "sdt_leader", "sd_leader", "sd_s2", "sd_s3"}
     # the fused classifier trains the fusion module only, never the common students
@@ -1061,7 +1061,7 @@ def test_ffsd_detach_points():
     leader_terms = sum(v for k, v in parts.items() if k.endswith("_leader") and k != "sd_leader")
     assert grad_owners(m, leader_terms) == {"leader", "adapter"}
     assert grad_owners(m, parts["div_s2"] + parts["sdt_s2"]) == {"s2"}
-    assert grad_owners(m, parts["dml_s3"] + parts["ce_s3"]) == {"s3"}
+    assert grad_owners(m, parts["kd_s3"] + parts["ce_s3"]) == {"s3"}
     # the whole loss reaches everything, each optimizer gets its own parameters
     assert grad_owners(m, total) == {"leader", "fusion", "adapter", "s1", "s2", "s3", "sd_leader", "sd_s2", "sd_s3"}
     groups = m.param_groups()
@@ -1095,7 +1095,7 @@ def test_ffsd_end_to_end(tmp_path, students):
     assert all(0 <= v <= 100 for v in saved["final"].values())
     record = read_metrics(tmp_path)[-1]
     assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
-    assert ("dml_s1" in record) == (students > 2) and ("div_s2" in record) == (students > 2)
+    assert ("kd_s1" in record) == (students > 2) and ("div_s2" in record) == (students > 2)
     assert (tmp_path / "leader.pt").exists()
     if students == 3:
         # the deployed leader reloads into a plain backbone and reproduces the run's `leader` head exactly
@@ -1308,7 +1308,8 @@ def test_method_file_imports_nothing_of_this_project_at_module_level(module):
 def test_docstring_teaches_and_is_shorter_than_the_code(module):
     doc_lines = len(module.__doc__.strip().splitlines())
     text = open(os.path.join(HERE, module.__name__ + ".py")).read()
-    code_lines = [line for line in text.split('"""', 2)[2].splitlines() if line.strip() and not line.strip().startswith("#")]
+    code = text.split('"""', 2)[2].splitlines()
+    code_lines = [line for line in code if line.strip() and not line.strip().startswith("#")]
     assert doc_lines < len(code_lines), (doc_lines, len(code_lines))
     assert "Contract" in module.__doc__ and "--lr-warmup 0" in module.__doc__
     assert "Results: the README's table 'Results measured with this code'" in module.__doc__
