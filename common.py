@@ -831,8 +831,8 @@ def check_args(args, name):
         raise UsageError("--lr and --gamma must be positive, --wd non-negative and --momentum in [0, 1)")
     if args.nesterov and args.momentum == 0:
         raise UsageError("Nesterov momentum needs --momentum above 0; pass --no-nesterov for plain SGD")
-    if args.T is not None and args.T <= 0:
-        raise UsageError(f"--T must be positive, got {args.T}")
+    if args.T is not None and not 0 < args.T < math.inf:
+        raise UsageError(f"--T must be a positive number, got {args.T}")
     if args.limit_train < 0 or args.limit_test < 0:
         raise UsageError("--limit-train and --limit-test must be non-negative")
     try:

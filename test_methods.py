@@ -1473,7 +1473,8 @@ def test_ffcl_and_mkb_parts_carry_their_weights(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [(["--momentum", "0"], "--no-nesterov"),
                                           (["--lr", "nan"], "--lr"),
-                                          (["--wd", "inf"], "--wd")])
+                                          (["--wd", "inf"], "--wd"),
+                                          (["--T", "nan"], "--T")])
 def test_optimizer_refusals_end_in_one_sentence(tmp_path, capsys, argv, message):
     assert message in usage_error(capsys, lambda: dml.main(TINY + argv + ["--out-dir", str(tmp_path)]))
 
