@@ -5,21 +5,30 @@ Run alone it trains K independent students, the *vanilla* baseline every method 
     python common.py --arch resnet32 --students 2                 # CIFAR-100
     python common.py --dataset synthetic --epochs 2 --arch resnet20   # zero-setup demo on CPU
 
-The method protocol (duck-typed, so a method file needs nothing from here for its modules and loss):
+The method contract (duck-typed; every method file states it again at its top, for whoever copies that file
+alone into another project: a method file needs nothing from here for its modules and loss):
 
-    method.forward(views, y)  training: views is a list of `method.num_views` augmented batches
-                              (B, 3, H, W) of the same images; returns (total_loss, {name: loss_part})
-    method.forward(x)         evaluation: returns {head_name: logits}, e.g. s0, s1, ens, fused, leader
+    student                   any nn.Module whose forward(x) returns (logits, [stage outputs, shallow to deep]),
+                              checked when a method is built; `as_student(model)` makes one of any torchvision
+                              classifier, `build_model(arch)` gives one of the zoo below
+    method(views, y)          training: views is a list of `method.num_views` batches (B, 3, H, W) of the same
+                              images, each augmented on its own; returns (loss, {name: part}), every part already
+                              weighted, so that loss = sum(parts) and `kd_s0` means the same in every method
+    method(x)                 evaluation: {head: logits}: s0, s1, ... (each student), ens (log of the mean of
+                              their softmax), and the method's own heads (fused, leader)
     optional:
     method.num_views          how many independently augmented views a step gets (default 1)
     method.primary_head       the head whose best epoch is saved as best.pt (default `ens`)
-    method.param_groups(args) SGD parameter groups, e.g. a fusion module with its own weight decay
+    method.param_groups()     SGD parameter groups, e.g. a fusion module with its own weight decay
                               (default: every trainable parameter with --wd)
-    method.extra_optimizer(args, params_in_sgd)  a second optimizer over other parameters (FFSD's Adam);
-                              stepped after the same backward, scheduled with the same milestones
-    method.set_epoch(epoch, epochs)   called before each training epoch (ramp-ups)
+    method.extra_optimizer()  a second optimizer over the parameters the groups leave out (FFSD's Adam);
+                              stepped after the same backward, with the same lr schedule and warm-up
+    method.set_epoch(epoch)   called before each training epoch (counted from 0) to set ramp-up weights; they
+                              are tensors changed in place (no recompile under torch.compile), and a loop that
+                              never calls it trains at the full weights
     method.epoch_end(epoch, data)     called after each training epoch; may return {name: float} to log
     method.export()           {name: payload} of deployable models, saved as OUT/<name>.pt at the end
+                              (default: every student in method.students as OUT/s<i>.pt)
 """
 import argparse
 import json
@@ -223,6 +232,53 @@ def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backb
 def build_students(args, num_classes: int) -> list:
     """One backbone per student from --arch (one name, or a comma list as long as --students)."""
     return [build_model(arch, num_classes) for arch in args.archs]
+
+
+class Student(nn.Module):
+    """A classifier made a student: forward(x) -> (logits, [the outputs of the graph nodes `stage_nodes`]),
+    picked out of its traced graph by torchvision's feature extraction (the parameters stay the model's)."""
+
+    def __init__(self, model, stage_nodes):
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+        logits_node = get_graph_node_names(model)[1][-1]  # the eval graph's last node
+        self.stage_nodes = list(stage_nodes)
+        self.body = create_feature_extractor(model, {**{n: n for n in self.stage_nodes}, logits_node: "logits"})
+
+    def forward(self, x):
+        out = self.body(x)
+        return out["logits"], [out[n] for n in self.stage_nodes]
+
+
+@torch.no_grad()
+def stage_nodes_of(model, image_size=(32, 32)):
+    """The stage outputs of a classifier: of its direct children (of `model.features` where it has that),
+    the last one at each spatial size, global pools left out: layer1..layer4 and the stem for a ResNet."""
+    parent, prefix = (model.features, "features.") if isinstance(getattr(model, "features", None), nn.Sequential) \
+        else (model, "")
+    last = {}  # spatial size -> the last child that produced a 4-D output of that size (in forward order)
+    hooks = [m.register_forward_hook(lambda m, i, out, name=name: last.__setitem__(tuple(out.shape[-2:]), name)
+                                     if torch.is_tensor(out) and out.dim() == 4 else None)
+             for name, m in parent.named_children() if not isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    mode, p = model.training, next(model.parameters())
+    try:
+        model.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(mode)
+        for h in hooks:
+            h.remove()
+    return [prefix + name for name in last.values()]
+
+
+def as_student(model: nn.Module, stage_nodes=None, image_size=(32, 32)) -> Student:
+    """Any torchvision classifier (or other FX-traceable one) as a student for every method here:
+    `stage_nodes` are graph node names as torchvision.models.feature_extraction.get_graph_node_names lists
+    them (default: `stage_nodes_of(model, image_size)`)."""
+    if stage_nodes is None:
+        stage_nodes = stage_nodes_of(model, image_size)
+    if not stage_nodes:
+        raise UsageError(f"no stage outputs found in {type(model).__name__}; pass stage_nodes=[...] by name")
+    return Student(model, stage_nodes)
 
 
 # ==================================================================================================
@@ -447,6 +503,11 @@ def load_checkpoint(path):
 # The vanilla baseline: independent students, cross-entropy each
 # ==================================================================================================
 
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+
+
 class Vanilla(nn.Module):
     def __init__(self, students):
         super().__init__()
@@ -455,14 +516,9 @@ class Vanilla(nn.Module):
     def forward(self, views, y=None):
         if not self.training:
             logits = [s(views)[0] for s in self.students]
-            heads = {f"s{i}": z for i, z in enumerate(logits)}
-            heads["ens"] = torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
-            return heads
+            return {**{f"s{i}": z for i, z in enumerate(logits)}, "ens": ensemble_head(logits)}
         parts = {f"ce_s{i}": F.cross_entropy(s(views[0])[0], y) for i, s in enumerate(self.students)}
         return sum(parts.values()), parts
-
-    def export(self):
-        return {f"s{i}": backbone_payload(s) for i, s in enumerate(self.students)}
 
 
 # ==================================================================================================
@@ -529,16 +585,19 @@ def set_lr(optimizers, factor):
 
 def make_optimizers(method, args):
     if hasattr(method, "param_groups"):
-        groups = method.param_groups(args)
+        groups = method.param_groups()
     else:
         groups = [{"params": [p for p in method.parameters() if p.requires_grad]}]
-    sgd = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.wd)
-    optimizers = [sgd]
-    if hasattr(method, "extra_optimizer"):
-        in_sgd = [p for g in sgd.param_groups for p in g["params"]]
-        extra = method.extra_optimizer(args, in_sgd)
-        if extra is not None:
-            optimizers.append(extra)
+    try:  # a flag combination torch.optim refuses ends in its one sentence
+        sgd = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                              weight_decay=args.wd)
+        optimizers = [sgd]
+        if hasattr(method, "extra_optimizer"):
+            extra = method.extra_optimizer()
+            if extra is not None:
+                optimizers.append(extra)
+    except ValueError as e:
+        raise UsageError(f"the optimizer refuses these flags: {e}") from None
     for opt in optimizers:
         for g in opt.param_groups:
             g.setdefault("base_lr", g["lr"])
@@ -650,7 +709,7 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
     for epoch in range(start, args.epochs):
         set_lr(optimizers, lr_factor(args, epoch, 0, steps))
         if hasattr(method, "set_epoch"):
-            method.set_epoch(epoch, args.epochs)
+            method.set_epoch(epoch)
         method.train()
         t0 = time.perf_counter()
         try:
@@ -676,8 +735,8 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
         for head in collapsed_heads(top_share, data.num_classes) if warmed_up else []:
             if head not in collapsed:
                 collapsed[head] = epoch + 1
-                print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of the "
-                      f"test images: its predictions no longer depend on the input (a collapse); try a longer "
+                print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of "
+                      f"the test images: its predictions no longer depend on the input (a collapse); try a longer "
                       f"--lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
         key = primary if primary in final else ("ens" if "ens" in final else next(iter(final)))
         lr = args.lr * lr_factor(args, epoch, steps - 1, steps)  # where the epoch ended
@@ -714,10 +773,16 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
                "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": plain_args(args)}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    if hasattr(method, "export"):
-        for export_name, payload in method.export().items():
-            atomic_save(payload, os.path.join(out_dir, f"{export_name}.pt"))
+    for export_name, payload in exports(method).items():
+        atomic_save(payload, os.path.join(out_dir, f"{export_name}.pt"))
     return results
+
+
+def exports(method) -> dict:
+    """What a run deploys: method.export() where the method has one, else every student as s<i>."""
+    if hasattr(method, "export"):
+        return method.export()
+    return {f"s{i}": backbone_payload(s) for i, s in enumerate(method.students)}
 
 
 def plain_args(args):
@@ -800,12 +865,15 @@ def check_args(args, name):
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.batch_size < 2:
         raise UsageError("--batch-size must be at least 2 (batch normalisation needs two samples)")
-    if args.lr <= 0 or args.wd < 0 or not 0 <= args.momentum < 1 or args.gamma <= 0:
+    finite = all(math.isfinite(v) for v in (args.lr, args.wd, args.momentum, args.gamma))
+    if not (finite and args.lr > 0 and args.wd >= 0 and 0 <= args.momentum < 1 and args.gamma > 0):
         raise UsageError("--lr and --gamma must be positive, --wd non-negative and --momentum in [0, 1)")
-    if not args.lr_warmup >= 0:
+    if not 0 <= args.lr_warmup < math.inf:
         raise UsageError(f"--lr-warmup must be a non-negative number of epochs, got {args.lr_warmup}")
-    if args.T is not None and args.T <= 0:
-        raise UsageError(f"--T must be positive, got {args.T}")
+    if args.nesterov and args.momentum == 0:
+        raise UsageError("Nesterov momentum needs --momentum above 0; pass --no-nesterov for plain SGD")
+    if args.T is not None and not 0 < args.T < math.inf:
+        raise UsageError(f"--T must be a positive number, got {args.T}")
     if args.limit_train < 0 or args.limit_test < 0:
         raise UsageError("--limit-train and --limit-test must be non-negative")
     try:
@@ -844,7 +912,10 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
         torch.manual_seed(args.seed)
         device = torch.device(args.device)
         data = load_data(args, device)
-        method = build(args, data) if build is not None else Vanilla(build_students(args, data.num_classes))
+        try:  # a method refuses a configuration its modules cannot be built for with one sentence (ValueError)
+            method = build(args, data) if build is not None else Vanilla(build_students(args, data.num_classes))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         os.makedirs(args.out_dir, exist_ok=True)
         if not args.resume:
             with open(os.path.join(args.out_dir, "args.json"), "w") as f:

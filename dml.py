@@ -3,6 +3,13 @@
 Paper: Ying Zhang, Tao Xiang, Timothy M. Hospedales, Huchuan Lu, "Deep Mutual Learning", CVPR 2018
 (arXiv:1706.00384). Official code (TensorFlow): https://github.com/YingZhangDUT/Deep-Mutual-Learning
 
+Contract (stated in every method file; this one needs only torch, so it can be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier)
+    training  loss, parts = method([x], y): parts {ce_s<k>, kd_s<k>}, each weighted, loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens}: logits of each student, ens = log of their mean softmax
+    weights   none depends on the epoch (no set_epoch); every student is exported as OUT/s<k>.pt
+
 Idea. There is no pre-trained teacher. K students are trained together from scratch; besides the labels,
 each student is pulled towards the class distribution its peers predict for the same image. The peers'
 "dark knowledge" (how they spread probability over the wrong classes) acts as a data-dependent
@@ -20,9 +27,9 @@ paper's plain KL(p_j || p_k)).
 Paper recipe (CIFAR-100): SGD Nesterov momentum 0.9, lr 0.1 divided by 10 every 60 epochs, 200 epochs,
 batch 64. Reproduce with:
 
-    python dml.py --arch resnet32 --students 2 --epochs 200 --batch-size 64 --milestones 60,120,180
+    python dml.py --arch resnet32 --students 2 --epochs 200 --batch-size 64 --milestones 60,120,180 --lr-warmup 0
 
-(weight decay is not given in the paper; the project default --wd 5e-4 is kept).
+(weight decay is not given in the paper; the project default --wd 5e-4 is kept; no learning-rate warm-up).
 
 Decisions:
 - One forward, one backward, peers detached. The paper updates the networks one after another (update
@@ -34,27 +41,7 @@ Decisions:
 - K >= 2 is required (with one student there is no peer); an --arch list is checked against --students by
   common.py.
 
-Heads logged every epoch: s0, s1, ... (each student), ens (log of the mean of the students' softmax).
-Every student is exported as OUT/s<k>.pt (a plain backbone, loadable with common.load_backbone).
-
-Results measured with this code (2-core x86-64 CPU, torch 2.14.1, 2026-11-24): real CIFAR-10 (the JPEG
-copy in ../shared/data), a class-balanced 4,000-image training subset and 2,000 test images, resnet20
-students, 6 epochs, batch 64, lr 0.1 x0.1 at epochs 3 and 4; mean ± std over seeds 0 and 1 of the
-final-epoch top-1 (%):
-    dml      s0 25.45 ± 0.64, s1 34.27 ± 1.24, ens 31.73 ± 0.95
-    vanilla  s0 47.45 ± 1.91, s1 46.27 ± 3.71, ens 48.77 ± 0.74
-    best student 34.27 vs vanilla 48.85 (-14.57)
-Command (README, 'Results'):
-    python scripts/compare.py --methods vanilla,dml,kdcl,ffl,ffcl,fefr,ffsd,mkb_cl --seeds 0,1 \
-        --arch resnet20 --students 2 --dataset folder --data-dir CIFAR10_JPEG --limit-train 4000 \
-        --limit-test 2000 --epochs 6 --batch-size 64 --extra ffl=--rampup=2 --extra fefr=--rampup=2 \
-        --extra "ffsd=--students=3 --warmup=1"
-DML does not beat vanilla in this short schedule; it loses most of all. At initialisation the KL to a
-random peer pulls a student's classifier as hard as the labels do (1.15x the cross-entropy gradient on the
-first batch, measured), so for the first epochs the students partly learn each other's random functions.
-The paper's 200-epoch recipe is where its gains (68.99 -> about 71 on CIFAR-100, resnet32) are reported.
-At 20 epochs (seed 0, same data) the gap remains: DML s0 50.05 / s1 51.15 against vanilla 62.85 / 63.35;
-DML's training cross-entropy trails vanilla's by about four epochs, then falls at the same rate (README).
+Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """
 import torch
 import torch.nn as nn
@@ -65,17 +52,36 @@ import torch.nn.functional as F
 # Loss
 # --------------------------------------------------------------------------------------------------
 
-def kd(z_s, z_t, T):
-    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch; the teacher side is detached."""
-    log_q = F.log_softmax(z_s.float() / T, dim=1)
-    log_p = F.log_softmax(z_t.detach().float() / T, dim=1)
-    return T * T * F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+def kd_loss(z_s, z_t, T):
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""
+    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
+    log_p_t = F.log_softmax(z_t.detach().float() / T, dim=1)
+    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
 
 
 def mutual_kd(logits, T):
     """For each student k: 1/(K-1) * sum_{j != k} kd(z_k, z_j, T), the peers as constant targets."""
     K = len(logits)
-    return [sum(kd(logits[k], logits[j], T) for j in range(K) if j != k) / (K - 1) for k in range(K)]
+    return [sum(kd_loss(logits[k], logits[j], T) for j in range(K) if j != k) / (K - 1) for k in range(K)]
+
+
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+
+
+@torch.no_grad()
+def stage_shapes(student, image_size):
+    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
+    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
+    mode, p = student.training, next(student.parameters())
+    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    student.train(mode)
+    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
+            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
+        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
+                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+    return [tuple(f.shape[1:]) for f in out[1]]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -85,29 +91,25 @@ def mutual_kd(logits, T):
 class DML(nn.Module):
     num_views = 1
 
-    def __init__(self, students, T=1.0):
+    def __init__(self, students, T=1.0, image_size=(32, 32)):
         super().__init__()
         if len(students) < 2:
-            raise ValueError("DML needs at least two students")
+            raise ValueError(f"DML needs at least two students to learn from each other, got {len(students)}")
+        for s in students:
+            stage_shapes(s, image_size)  # the contract, checked once
         self.students = nn.ModuleList(students)
         self.T = T
 
     def forward(self, views, y=None):
         if not self.training:
             logits = [s(views)[0] for s in self.students]
-            heads = {f"s{k}": z for k, z in enumerate(logits)}
-            heads["ens"] = torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
-            return heads
+            return {**{f"s{k}": z for k, z in enumerate(logits)}, "ens": ensemble_head(logits)}
         logits = [s(views[0])[0] for s in self.students]
         parts = {}
         for k, (z, kd_k) in enumerate(zip(logits, mutual_kd(logits, self.T))):
             parts[f"ce_s{k}"] = F.cross_entropy(z.float(), y)
             parts[f"kd_s{k}"] = kd_k
         return sum(parts.values()), parts
-
-    def export(self):
-        import common
-        return {f"s{k}": common.backbone_payload(s) for k, s in enumerate(self.students)}
 
 
 def add_arguments(parser):
@@ -119,7 +121,7 @@ def build(args, data):
     if args.students < 2:
         raise common.UsageError(f"DML needs at least two students to learn from each other, "
                                 f"got --students {args.students}")
-    return DML(common.build_students(args, data.num_classes), T=args.T)
+    return DML(common.build_students(args, data.num_classes), args.T, tuple(data.train_x.shape[-2:]))
 
 
 def main(argv=None):

@@ -1,7 +1,15 @@
 """FEFR — Feature Early Fusion and Reconstruction for Online Knowledge Distillation (2023).
 
-Paper: papers/fefr_feature_early_fusion_reconstruction.txt (no official code). Needs ffl.py beside it
-(`FusionModule`, the `FFL` class and its loss): copy both files together.
+Paper: papers/fefr_feature_early_fusion_reconstruction.txt (no official code).
+
+Contract (stated in every method file; this one needs only torch, so it can be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier); early fusion needs 3 stages
+    training  loss, parts = method([x], y): parts {ce_s<i>, ce_fused, kd_s<i>, kd_fused}, each weighted (kd_* by
+              w(e)), loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens, fused}: ens = log of the students' mean softmax, fused = z_f
+    weights   method.set_epoch(e) before epoch e (from 0) sets w(e); never called: w = 1, the full weight.
+              SGD groups: method.param_groups() (refiners + fusion module: --fusion-wd). Exports OUT/s<i>.pt.
 
     python fefr.py --arch resnet32 --students 2                        # CIFAR-100
     python fefr.py --arch resnet32,wrn_16_2 --students 2               # mixed pair (the paper's Table 4)
@@ -21,15 +29,16 @@ FC), the fused classifier, which teaches the students and learns from their ense
     F'_i   = SA(CA(F_i) * F_i) * (CA(F_i) * F_i)           CBAM, reduction 16          (--no-attention)
     z_f    = FusionModule([F'_1, ..., F'_K])
     L      = sum_i CE(z_i) + CE(z_f) + w(e) [ sum_i kd(z_i, z_f, T) + kd(z_f, mean_i z_i, T) ]   (FFL's loss)
+    w(e)   = exp(-5 (1 - min(e, R)/R)^2), e = epoch from 0                 R = --rampup (80), T = --T (3)
 
 Ablation (the paper's Table 7): A = early fusion only (`--no-reconstruction --no-attention`),
 B = + reconstruction (`--no-attention`), C = + dual attention (default). With all three switched off the
 model is FFL (last maps only).
 
 Paper recipe: not stated in the text; FFL's CIFAR recipe (300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1
-x0.1 at 150 and 225, wd 1e-4, fusion branch wd 1e-5) is the default here:
+x0.1 at 150 and 225, wd 1e-4, fusion branch wd 1e-5, no lr warm-up) is the default here:
 
-    python fefr.py --arch resnet32 --epochs 300 --batch-size 128 --wd 1e-4 --milestones 150,225
+    python fefr.py --arch resnet32 --epochs 300 --batch-size 128 --wd 1e-4 --milestones 150,225 --lr-warmup 0
 
 Decisions where the paper is silent:
 - F1, F2 = the outputs of the third- and second-to-last stages, F3 = the last (resnet/wrn: 16x32x32,
@@ -44,34 +53,54 @@ Decisions where the paper is silent:
   is not detached (`--detach-fusion-input`); every module outside the students uses --fusion-wd.
 - Deployed models: the students alone (the refiners and the fusion module serve the fused classifier).
 
-Results measured with this code (2-core x86-64 CPU, torch 2.14.1, 2026-11-24): real CIFAR-10 (the JPEG
-copy in ../shared/data), a class-balanced 4,000-image training subset and 2,000 test images, resnet20
-students, 6 epochs, batch 64, lr 0.1 x0.1 at epochs 3 and 4; mean ± std over seeds 0 and 1 of the
-final-epoch top-1 (%):
-    fefr     s0 44.45 ± 1.13, s1 46.22 ± 1.87, ens 45.95 ± 1.91, fused 46.62 ± 1.38
-    vanilla  s0 47.45 ± 1.91, s1 46.27 ± 3.71, ens 48.77 ± 0.74
-    best student 46.22 vs vanilla 48.85 (-2.62)
-Command (README, 'Results'):
-    python scripts/compare.py --methods vanilla,dml,kdcl,ffl,ffcl,fefr,ffsd,mkb_cl --seeds 0,1 \
-        --arch resnet20 --students 2 --dataset folder --data-dir CIFAR10_JPEG --limit-train 4000 \
-        --limit-test 2000 --epochs 6 --batch-size 64 --extra ffl=--rampup=2 --extra fefr=--rampup=2 \
-        --extra "ffsd=--students=3 --warmup=1"
-FEFR does not beat vanilla in this short schedule (ramp-up shortened to 2 epochs, --rampup 2); its fused
-head is its best head. The refiners add parameters that 6 epochs on 4,000 images cannot train well.
+Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """
 import argparse
+import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import ffl
-from ffl import FFL, FusionModule, check_fusion_args, feature_shapes
-
 
 # ==================================================================================================
 # Modules
 # ==================================================================================================
+
+class FusionModule(nn.Module):
+    """FFL's fusion module: the maps concatenated (each pooled to the smallest size) -> DW 3x3 -> BN-ReLU -> PW 1x1
+    to the mean channel count -> BN-ReLU = the fused map; GAP -> FC = the fused classifier. forward(maps) ->
+    (fused logits, fused map). 2 x 64 channels, 100 classes: 1,152 + 256 + 8,192 + 128 + 6,500 = 16,228 parameters."""
+
+    def __init__(self, in_channels, num_classes):
+        super().__init__()
+        c, out = sum(in_channels), sum(in_channels) // len(in_channels)
+        self.depthwise = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU(True))
+        self.pointwise = nn.Sequential(nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True))
+        self.fc = nn.Linear(out, num_classes)
+        for conv in (self.depthwise[0], self.pointwise[0]):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, maps):
+        size = min((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])  # mixed architectures: the smallest
+        x = torch.cat([m if m.shape[-2:] == size else F.adaptive_avg_pool2d(m, size) for m in maps], 1)
+        fused_map = self.pointwise(self.depthwise(x))
+        return self.fc(fused_map.mean((2, 3))), fused_map
+
+
+@torch.no_grad()
+def stage_shapes(student, image_size):
+    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
+    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
+    mode, p = student.training, next(student.parameters())
+    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    student.train(mode)
+    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
+            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
+        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
+                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+    return [tuple(f.shape[1:]) for f in out[1]]
+
 
 def conv_bn(cin, cout, stride):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
@@ -140,17 +169,83 @@ class Refiner(nn.Module):
 
 
 # ==================================================================================================
-# Method: FFL with each student's maps refined before the fusion (loss, ramp-up, heads: FFL's)
+# Loss (FFL's)
 # ==================================================================================================
 
-class FEFR(FFL):
-    def __init__(self, students, refiners, fusion_module, T=3.0, rampup=80, detach_fusion_input=False,
-                 fusion_wd=1e-5):
-        super().__init__(students, fusion_module, T, rampup, detach_fusion_input, fusion_wd)
-        self.refiners = nn.ModuleList(refiners)
+def kd_loss(z_s, z_t, T):
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""
+    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
+    log_p_t = F.log_softmax(z_t.detach().float() / T, dim=1)
+    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
 
-    def fusion_maps(self, features):
-        return [refine(f) for refine, f in zip(self.refiners, features)]
+
+def ramp_up(epoch, length):
+    """w(e) = exp(-5 (1 - min(e, R)/R)^2), the consistency ramp-up of the official code."""
+    if length <= 0:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - min(epoch, length) / length) ** 2)
+
+
+def fusion_loss(logits, z_f, y, T, w):
+    """FFL's loss as weighted parts: CE of each student and of z_f; w * kd from z_f to each student and from the
+    students' mean logits to z_f."""
+    parts = {f"ce_s{i}": F.cross_entropy(z, y) for i, z in enumerate(logits)}
+    parts["ce_fused"] = F.cross_entropy(z_f, y)
+    parts.update({f"kd_s{i}": w * kd_loss(z, z_f, T) for i, z in enumerate(logits)})  # z_f teaches each student
+    parts["kd_fused"] = w * kd_loss(z_f, torch.stack(logits).mean(0), T)                # the students teach z_f
+    return parts
+
+
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+
+
+# ==================================================================================================
+# Method: FFL's with each student's maps refined before the fusion
+# ==================================================================================================
+
+class FEFR(nn.Module):
+    num_views = 1
+
+    def __init__(self, students, num_classes, T=3.0, rampup=80, groups=4, early_fusion=True, reconstruction=True,
+                 attention=True, detach_fusion_input=False, fusion_wd=1e-5, image_size=(32, 32)):
+        super().__init__()
+        if len(students) < 2:
+            raise ValueError(f"feature fusion needs at least 2 students, got {len(students)}")
+        shapes = [stage_shapes(s, image_size) for s in students]
+        if early_fusion and min(len(s) for s in shapes) < 3:
+            raise ValueError("early fusion needs three stage outputs per student; turn it off (--no-early-fusion)")
+        self.students = nn.ModuleList(students)
+        self.refiners = nn.ModuleList(Refiner(s, groups, early_fusion, reconstruction, attention) for s in shapes)
+        for k, r in enumerate(self.refiners):
+            if reconstruction and r.out_channels % groups:
+                raise ValueError(f"student {k}'s fused map has {r.out_channels} channels, "
+                                 f"not divisible by the {groups} groups (--groups)")
+        self.fusion_module = FusionModule([r.out_channels for r in self.refiners], num_classes)
+        self.T, self.rampup, self.fusion_wd, self.detach_fusion_input = T, rampup, fusion_wd, detach_fusion_input
+        self.register_buffer("kd_weight", torch.ones(()), persistent=False)  # w(e), full until set_epoch
+
+    def set_epoch(self, epoch):
+        self.kd_weight.fill_(ramp_up(epoch, self.rampup))
+
+    def logits(self, x):
+        """The students' logits and the fused classifier's, on the students' refined maps."""
+        logits, features = zip(*(s(x) for s in self.students))
+        if self.detach_fusion_input:
+            features = [[f.detach() for f in fs] for fs in features]
+        return list(logits), self.fusion_module([refine(f) for refine, f in zip(self.refiners, features)])[0]
+
+    def forward(self, views, y=None):
+        logits, z_f = self.logits(views[0] if self.training else views)
+        if not self.training:
+            return {**{f"s{i}": z for i, z in enumerate(logits)}, "ens": ensemble_head(logits), "fused": z_f}
+        parts = fusion_loss(logits, z_f, y, self.T, self.kd_weight)
+        return sum(parts.values()), parts
+
+    def param_groups(self):  # the refiners and the fusion module form the fusion branch, with its own wd
+        branch = list(self.refiners.parameters()) + list(self.fusion_module.parameters())
+        return [dict(params=list(self.students.parameters())), dict(params=branch, weight_decay=self.fusion_wd)]
 
 
 # ==================================================================================================
@@ -158,30 +253,27 @@ class FEFR(FFL):
 # ==================================================================================================
 
 def add_arguments(parser):
-    ffl.add_arguments(parser)  # --T 3, --rampup, --fusion-wd, --detach-fusion-input
     a = parser.add_argument
     a("--groups", type=int, default=4, help="p, channel groups of the reconstruction")
     a("--early-fusion", action=argparse.BooleanOptionalAction, default=True, help="sum early fusion (FE)")
     a("--reconstruction", action=argparse.BooleanOptionalAction, default=True, help="reconstruction (FC)")
     a("--attention", action=argparse.BooleanOptionalAction, default=True, help="dual attention (FD)")
+    parser.set_defaults(T=3.0)  # FFL's temperature, ramp-up and fusion flags
+    a("--rampup", type=float, default=80, help="epochs R of the KD ramp-up w(e) (0: off)")
+    a("--fusion-wd", type=float, default=1e-5, help="weight decay of the refiners and the fusion module")
+    a("--detach-fusion-input", action="store_true",
+      help="stop the fused classifier's gradients at the students' feature maps")
 
 
 def build(args, data):
     import common
-    check_fusion_args(args)
-    if args.groups < 1:
-        raise common.UsageError(f"--groups must be at least 1, got {args.groups}")
-    students = common.build_students(args, data.num_classes)
-    shapes = feature_shapes(students, data.train_x.shape[1:])
-    if args.early_fusion and min(len(s) for s in shapes) < 3:
-        raise common.UsageError("early fusion needs three stage outputs per student; use --no-early-fusion")
-    refiners = [Refiner(s, args.groups, args.early_fusion, args.reconstruction, args.attention) for s in shapes]
-    for arch, r in zip(args.archs, refiners):
-        if args.reconstruction and r.out_channels % args.groups:
-            raise common.UsageError(f"{arch}'s fused map has {r.out_channels} channels, "
-                                    f"not divisible by --groups {args.groups}")
-    fusion_module = FusionModule([r.out_channels for r in refiners], data.num_classes)
-    return FEFR(students, refiners, fusion_module, args.T, args.rampup, args.detach_fusion_input, args.fusion_wd)
+    if args.groups < 1 or args.fusion_wd < 0 or args.rampup < 0:
+        raise common.UsageError("--groups must be at least 1, --fusion-wd and --rampup non-negative")
+    if args.students < 2:
+        raise common.UsageError(f"feature fusion needs at least 2 students, got --students {args.students}")
+    return FEFR(common.build_students(args, data.num_classes), data.num_classes, args.T, args.rampup, args.groups,
+                args.early_fusion, args.reconstruction, args.attention, args.detach_fusion_input, args.fusion_wd,
+                tuple(data.train_x.shape[-2:]))
 
 
 def main(argv=None):

@@ -1,7 +1,15 @@
 """FFCL — Feature Fusion-based Collaborative Learning for Knowledge Distillation (IJDSN 2021).
 
-Paper: papers/ffcl_feature_fusion_collaborative_learning.txt (no official code). Needs ffl.py beside it
-(`FusionModule`, `kd`, `fusion_losses`, the `FFL` class): copy both files together.
+Paper: papers/ffcl_feature_fusion_collaborative_learning.txt (no official code).
+
+Contract (stated in every method file; this one needs only torch, so it can be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier)
+    training  loss, parts = method([x], y): parts {ce_s<i>, ce_fused, kd_fused, fk_s<i>, rk_s<i>, nrk_s<i>}, each
+              weighted (fk by l_f, rk by l_r, nrk by l_n), loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens, fused}: ens = log of the peers' mean softmax, fused = z_f
+    weights   none depends on the epoch (no set_epoch). The frozen copies (`pretrained`, one per peer) only teach.
+              SGD groups: method.param_groups() (fusion module with its own weight decay). Exports OUT/s<i>.pt.
 
     python common.py --arch resnet18 --students 2 --out-dir runs/base          # peers alone, one-hot labels
     python ffcl.py --arch resnet18 --pretrained runs/base/s0.pt,runs/base/s1.pt
@@ -38,7 +46,7 @@ three runs; peers resnet18/34, WRN-28-10, ShuffleNet, also mixed pairs; the base
 use the same recipe:
 
     python ffcl.py --arch resnet18 --epochs 200 --batch-size 128 --wd 5e-4 --milestones 60,120,160 \
-        --no-nesterov --pretrain-epochs 200
+        --no-nesterov --pretrain-epochs 200 --lr-warmup 0                 # the paper names no lr warm-up
 
 Decisions where the paper is silent:
 - Weights and temperatures are not in the text: every term weight 1, T = 3 for FK and NRK, T = 1 for RK
@@ -53,34 +61,39 @@ Decisions where the paper is silent:
   the checkpoint (for --resume) but not exported. `--pretrain-epochs N` trains fresh peers with the vanilla
   loop into OUT/pretrain (its s0.pt, s1.pt are reusable with --pretrained); --resume reuses them.
 
-Results measured with this code (2-core x86-64 CPU, torch 2.14.1, 2026-11-24): real CIFAR-10 (the JPEG
-copy in ../shared/data), a class-balanced 4,000-image training subset and 2,000 test images, resnet20
-students, 6 epochs, batch 64, lr 0.1 x0.1 at epochs 3 and 4; mean ± std over seeds 0 and 1 of the
-final-epoch top-1 (%):
-    ffcl     s0 24.90 ± 5.44, s1 21.65 ± 4.74, ens 25.80 ± 2.12, fused 27.17 ± 2.44
-    vanilla  s0 47.45 ± 1.91, s1 46.27 ± 3.71, ens 48.77 ± 0.74
-    best student 26.88 vs vanilla 48.85 (-21.97)
-Command (README, 'Results'):
-    python scripts/compare.py --methods vanilla,dml,kdcl,ffl,ffcl,fefr,ffsd,mkb_cl --seeds 0,1 \
-        --arch resnet20 --students 2 --dataset folder --data-dir CIFAR10_JPEG --limit-train 4000 \
-        --limit-test 2000 --epochs 6 --batch-size 64 --extra ffl=--rampup=2 --extra fefr=--rampup=2 \
-        --extra "ffsd=--students=3 --warmup=1"
-FFCL loses to vanilla here: its peer-to-peer (DML, T = 1) and fused-classifier terms have no ramp-up, so
-in the first epochs the peers copy untrained peers (see dml.py). Its regularization term alone helps at
-once: case G (--no-feature --no-response, seed 0, same data and schedule) ends at s0 47.60 / s1 51.20
-against vanilla's 46.10 / 48.90 for that seed.
+Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """
 import argparse
 
 import torch
 import torch.nn as nn
-
-from ffl import FFL, FusionModule, add_fusion_arguments, check_fusion_args, feature_shapes, fusion_losses, kd
+import torch.nn.functional as F
 
 
 # ==================================================================================================
 # Modules
 # ==================================================================================================
+
+class FusionModule(nn.Module):
+    """FFL's fusion module: the maps concatenated (each pooled to the smallest size) -> DW 3x3 -> BN-ReLU -> PW 1x1
+    to the mean channel count -> BN-ReLU = the fused map; GAP -> FC = the fused classifier. forward(maps) ->
+    (fused logits, fused map). 2 x 64 channels, 100 classes: 1,152 + 256 + 8,192 + 128 + 6,500 = 16,228 parameters."""
+
+    def __init__(self, in_channels, num_classes):
+        super().__init__()
+        c, out = sum(in_channels), sum(in_channels) // len(in_channels)
+        self.depthwise = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU(True))
+        self.pointwise = nn.Sequential(nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True))
+        self.fc = nn.Linear(out, num_classes)
+        for conv in (self.depthwise[0], self.pointwise[0]):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, maps):
+        size = min((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])  # mixed architectures: the smallest
+        x = torch.cat([m if m.shape[-2:] == size else F.adaptive_avg_pool2d(m, size) for m in maps], 1)
+        fused_map = self.pointwise(self.depthwise(x))
+        return self.fc(fused_map.mean((2, 3))), fused_map
+
 
 class Frozen(nn.Module):
     """Pre-trained copies that only teach: no gradients, and eval mode whatever train() is asked for."""
@@ -99,51 +112,98 @@ class Frozen(nn.Module):
         return [net(x)[0] for net in self.nets]
 
 
+@torch.no_grad()
+def stage_shapes(student, image_size):
+    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
+    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
+    mode, p = student.training, next(student.parameters())
+    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    student.train(mode)
+    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
+            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
+        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
+                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+    return [tuple(f.shape[1:]) for f in out[1]]
+
+
 # ==================================================================================================
 # Loss
 # ==================================================================================================
 
+def kd_loss(z_s, z_t, T):
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""
+    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
+    log_p_t = F.log_softmax(z_t.detach().float() / T, dim=1)
+    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
 def response_kd(logits, T):
     """DML among the peers: peer i learns from each other peer j (detached), averaged over the K-1 of them."""
     K = len(logits)
-    return [sum(kd(z_i, z_j, T) for j, z_j in enumerate(logits) if j != i) / (K - 1)
+    return [sum(kd_loss(z_i, z_j, T) for j, z_j in enumerate(logits) if j != i) / (K - 1)
             for i, z_i in enumerate(logits)]
+
+
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
 
 
 # ==================================================================================================
 # Method
 # ==================================================================================================
 
-class FFCL(FFL):
-    def __init__(self, students, fusion_module, pretrained=None, fusion_stage=-1, T=3.0, T_resp=1.0, T_reg=3.0,
-                 lambda_feature=1.0, lambda_response=1.0, lambda_reg=1.0, detach_fusion_input=False, fusion_wd=1e-5):
-        # without feature knowledge the fused classifier is only a probe: its gradients never reach the peers
-        super().__init__(students, fusion_module, T=T, rampup=0, fusion_wd=fusion_wd,
-                         detach_fusion_input=detach_fusion_input or lambda_feature == 0)
+class FFCL(nn.Module):
+    num_views = 1
+
+    def __init__(self, students, num_classes, pretrained=None, fusion_stage=-1, T=3.0, T_resp=1.0, T_reg=3.0,
+                 lambda_feature=1.0, lambda_response=1.0, lambda_reg=1.0, detach_fusion_input=False, fusion_wd=1e-5,
+                 image_size=(32, 32)):
+        super().__init__()
+        if len(students) < 2:
+            raise ValueError(f"feature fusion needs at least 2 students, got {len(students)}")
+        if lambda_reg and (pretrained is None or len(pretrained) != len(students)):
+            raise ValueError("the regularization knowledge needs one pre-trained copy per peer (pretrained=[...]), "
+                             "or lambda_reg=0")
+        shapes = [stage_shapes(s, image_size) for s in students]
+        if not all(-len(s) <= fusion_stage < len(s) for s in shapes):
+            raise ValueError(f"fusion stage {fusion_stage} is not a stage of every peer "
+                             f"(they have {', '.join(str(len(s)) for s in shapes)} stages)")
+        self.students = nn.ModuleList(students)
+        self.fusion_module = FusionModule([s[fusion_stage][0] for s in shapes], num_classes)
         self.teachers = Frozen(pretrained) if lambda_reg else None
-        self.fusion_stage, self.T_resp, self.T_reg = fusion_stage, T_resp, T_reg
+        self.fusion_stage, self.T, self.T_resp, self.T_reg, self.fusion_wd = fusion_stage, T, T_resp, T_reg, fusion_wd
         self.lambda_feature, self.lambda_response, self.lambda_reg = lambda_feature, lambda_response, lambda_reg
+        # without feature knowledge the fused classifier is only a probe: its gradients never reach the peers
+        self.detach_fusion_input = detach_fusion_input or lambda_feature == 0
 
-    def fusion_maps(self, features):
-        return [f[self.fusion_stage] for f in features]
+    def logits(self, x):
+        """The peers' logits and the fused classifier's, on the peers' maps of stage `fusion_stage`."""
+        logits, features = zip(*(s(x) for s in self.students))
+        maps = [f[self.fusion_stage] for f in features]
+        return list(logits), self.fusion_module([m.detach() for m in maps] if self.detach_fusion_input else maps)[0]
 
-    def loss(self, logits, fused, y, x):
-        ce, fusion_kd = fusion_losses(logits, fused, y, self.T)
-        parts = {**ce, "kd_fused": fusion_kd["kd_fused"]}           # fused: CE + kd from the peers' mean
-        total = sum(ce.values()) + fusion_kd["kd_fused"]
+    def forward(self, views, y=None):
+        x = views[0] if self.training else views
+        logits, z_f = self.logits(x)
+        if not self.training:
+            return {**{f"s{i}": z for i, z in enumerate(logits)}, "ens": ensemble_head(logits), "fused": z_f}
+        parts = {f"ce_s{i}": F.cross_entropy(z, y) for i, z in enumerate(logits)}
+        parts["ce_fused"] = F.cross_entropy(z_f, y)
+        parts["kd_fused"] = kd_loss(z_f, torch.stack(logits).mean(0), self.T)  # fused: kd from the peers' mean
         if self.lambda_feature:                                      # FK: the fused classifier teaches peer i
-            for i in range(len(logits)):
-                parts[f"fk_s{i}"] = fusion_kd[f"kd_s{i}"]
-                total = total + self.lambda_feature * parts[f"fk_s{i}"]
+            parts.update({f"fk_s{i}": self.lambda_feature * kd_loss(z, z_f, self.T) for i, z in enumerate(logits)})
         if self.lambda_response:                                     # RK: DML between peers at T_resp
-            for i, term in enumerate(response_kd(logits, self.T_resp)):
-                parts[f"rk_s{i}"] = term
-                total = total + self.lambda_response * term
+            rk = response_kd(logits, self.T_resp)
+            parts.update({f"rk_s{i}": self.lambda_response * term for i, term in enumerate(rk)})
         if self.lambda_reg:                                          # NRK: the frozen pre-trained self teaches
-            for i, (z, z_pre) in enumerate(zip(logits, self.teachers(x))):
-                parts[f"nrk_s{i}"] = kd(z, z_pre, self.T_reg)
-                total = total + self.lambda_reg * parts[f"nrk_s{i}"]
-        return total, parts
+            parts.update({f"nrk_s{i}": self.lambda_reg * kd_loss(z, z_pre, self.T_reg)
+                          for i, (z, z_pre) in enumerate(zip(logits, self.teachers(x)))})
+        return sum(parts.values()), parts
+
+    def param_groups(self):
+        return [dict(params=list(self.students.parameters())),
+                dict(params=list(self.fusion_module.parameters()), weight_decay=self.fusion_wd)]
 
 
 # ==================================================================================================
@@ -165,7 +225,9 @@ def add_arguments(parser):
     a("--pretrained", default=None, help="comma list of backbones saved by the vanilla run, one per peer")
     a("--pretrain-epochs", type=int, default=0, help="pre-train the peers alone for N epochs first")
     a("--fusion-stage", type=int, default=-1, help="which stage output is fused (-1: last, FFL's choice)")
-    add_fusion_arguments(parser)
+    a("--fusion-wd", type=float, default=1e-5, help="weight decay of the fusion module")
+    a("--detach-fusion-input", action="store_true",
+      help="stop the fused classifier's gradients at the peers' feature maps")
 
 
 def pretrain(args, data, arch_names):
@@ -187,7 +249,10 @@ def pretrain(args, data, arch_names):
 
 def build(args, data):
     import common
-    check_fusion_args(args)
+    if args.students < 2:
+        raise common.UsageError(f"feature fusion needs at least 2 students, got --students {args.students}")
+    if args.fusion_wd < 0:
+        raise common.UsageError("--fusion-wd must be non-negative")
     if not (args.feature or args.response or args.regularization):
         raise common.UsageError("every kind of knowledge is switched off; train independent peers with common.py")
     if args.regularization and not args.pretrained and args.pretrain_epochs < 1:
@@ -200,10 +265,10 @@ def build(args, data):
     if min(args.T, args.T_resp, args.T_reg) <= 0 or min(args.lambda_feature, args.lambda_response, args.lambda_reg) < 0:
         raise common.UsageError("temperatures must be positive and --lambda-* weights non-negative")
     students = common.build_students(args, data.num_classes)
-    shapes = feature_shapes(students, data.train_x.shape[1:])
-    if not all(-len(s) <= args.fusion_stage < len(s) for s in shapes):
+    stages = [len(stage_shapes(s, tuple(data.train_x.shape[-2:]))) for s in students]
+    if not all(-n <= args.fusion_stage < n for n in stages):
         raise common.UsageError(f"--fusion-stage {args.fusion_stage} is not a stage of every peer "
-                                f"({', '.join(f'{a}: {len(s)} stages' for a, s in zip(args.archs, shapes))})")
+                                f"({', '.join(f'{a}: {n} stages' for a, n in zip(args.archs, stages))})")
     pretrained = None
     if args.regularization and args.pretrained:
         paths = [p.strip() for p in args.pretrained.split(",")]
@@ -212,10 +277,10 @@ def build(args, data):
         pretrained = [common.load_backbone(p, arch, data.num_classes) for p, arch in zip(paths, args.archs)]
     elif args.regularization:
         pretrained = pretrain(args, data, args.archs)
-    fusion_module = FusionModule([s[args.fusion_stage][0] for s in shapes], data.num_classes)
-    return FFCL(students, fusion_module, pretrained, args.fusion_stage, args.T, args.T_resp, args.T_reg,
+    return FFCL(students, data.num_classes, pretrained, args.fusion_stage, args.T, args.T_resp, args.T_reg,
                 args.lambda_feature * args.feature, args.lambda_response * args.response,
-                args.lambda_reg * args.regularization, args.detach_fusion_input, args.fusion_wd)
+                args.lambda_reg * args.regularization, args.detach_fusion_input, args.fusion_wd,
+                tuple(data.train_x.shape[-2:]))
 
 
 def main(argv=None):

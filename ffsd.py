@@ -3,8 +3,18 @@
 Li, Lin, Wang, Wu, Tian, Shao, Ji, "Distilling a Powerful Student Model via Online Knowledge Distillation",
 IEEE TNNLS 2022 (arXiv 2103.14473). Official code: https://github.com/SJLeo/FFSD
 
+Contract (stated in every method file; this one needs only torch, so it can be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier); students[0] is the leader
+    training  loss, parts = method([x], y): parts, each weighted, loss = their sum: ce_s<k>, kd_s<k> (DML among
+              the common students), div_s<k>, sdt_s<k>, ce_fused, kd_fused, ce_leader, kd_leader, att_leader,
+              adapt_leader, sdt_leader, sd_leader, sd_s<k> (the lines of "Loss" below)
+    eval      method(x) -> {leader, s1, ..., ens, fused}: ens = log of the common students' mean softmax
+    weights   method.set_epoch(e) before epoch e (from 0) sets the lambdas' ramp-up; never called: the full lambdas.
+              Optimizers: SGD over method.param_groups() and method.extra_optimizer() (Adam, the SD modules),
+              both stepped after one backward. Exports OUT/leader.pt.
+
     python ffsd.py --arch resnet32 --students 3                  # leader + 2 common students (the default)
-    python ffsd.py --arch resnet32 --students 3 --epochs 300 --batch-size 128 --wd 1e-4   # the paper's recipe
     python ffsd.py --dataset synthetic --epochs 2 --arch resnet20 --students 3            # CPU demo
 
 Idea. The students are split into a *leader* (student 0, the only network deployed) and N-1 *common*
@@ -18,8 +28,8 @@ students. After training only the leader is kept (OUT/leader.pt, a plain backbon
 
 Loss (one backward; att(F) = mean_c F^2 flattened, Eq. 7; d(a, b) = mean((a/|a| - b/|b|)^2);
 kd(z_s, z_t) = T^2 KL(softmax(z_t/T) || softmax(z_s/T)), teacher detached; F_l^k = stage l output of
-student k, F3 the last; w(.) = warm-up ramp):
-  common student k:  CE(z_k, y) + 1/(N-2) sum_{j common, j!=k} kd(z_k, z_j)                    Eq. 2-3
+student k, F3 the last; w(.) = the lambdas' ramp-up; each logged part carries its weight):
+  common student k:  CE(z_k, y) + 1/(N-2) sum_{j common, j!=k} kd(z_k, z_j)           (kd_s<k>) Eq. 2-3
                      + [k >= 2] w(lambda_div) * ( mean((att~(F3_k) - y')^2)                       Eq. 8-9
                                                 + sum_l d(att(F_l^k), att(SD_k(F3'_{k-1}))) )     Eq. 11
        where y = att~(F3_{k-1}) (normalised, detached), n = |att(F3_{k-1})|, thr = the floor(HW/3)-th
@@ -32,8 +42,8 @@ student k, F3 the last; w(.) = warm-up ramp):
                                           + sum_l d(att(F_l^L), att(SD_L(H_f))) )                 Eq. 13
   SD module of o in {leader, s2, ...}: w(lambda_sd) * sum_l [ d(G_l, F_l^o) + d(att(G_l), att(F_l^o)) ],
        G = SD_o(F3_o.detach()), targets detached                                                  Eq. 10
-  Flags: --lambda-div 1e-5, --lambda-fusion 10, --lambda-sd 1000, --lambda-kl 1, --T 2, --warmup 5.
-  w(lambda) = lambda * exp(-5 (1 - e/W)^2) for epochs e = 1..W (W = --warmup), lambda afterwards.
+  Flags: --lambda-div 1e-5, --lambda-fusion 10, --lambda-sd 1000, --lambda-kl 1, --T 2, --rampup 5.
+  w(lambda) = lambda * exp(-5 (1 - e/W)^2) for epochs e = 1..W (W = --rampup), lambda afterwards.
 
 Gradient flow. The fusion module sees the common students' maps detached, so the fused classifier never
 trains them; every cross-network target (peers' logits, z_f, H_f, the predecessor's map) is detached. The SD
@@ -41,9 +51,11 @@ modules are applied in eval mode under no_grad (targets only) and trained by Eq.
 inputs and targets, with their own Adam (--sd-lr 1e-3, --sd-wd 1e-4, the same lr schedule as SGD). Hence
 one joint backward gives each parameter exactly the gradient of the official code's sequential updates.
 
-Recipe (CIFAR-100): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 /10 at 150 and 225, wd 1e-4 (fusion
-module 1e-5, --fusion-wd), T = 2, 2 common students: `--students 3 --epochs 300 --batch-size 128 --wd 1e-4`
-(the default --milestones 0.5,0.75 gives 150 and 225).
+Paper recipe (CIFAR-100): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 /10 at 150 and 225, wd 1e-4 (fusion
+module 1e-5), T = 2, 2 common students; no lr warm-up on CIFAR (ImageNet: 5 epochs up to 0.8):
+
+    python ffsd.py --arch resnet32 --students 3 --epochs 300 --batch-size 128 --wd 1e-4 --milestones 150,225 \
+        --fusion-wd 1e-5 --T 2 --lr-warmup 0
 
 Heads: `leader`; `s1`..`s{N-1}` the common students (s_k = students[k], so s0 would be the leader);
 `ens` = log mean softmax of the common students only, the leader excluded: it is the ensemble the paper
@@ -57,9 +69,10 @@ Decisions where the paper is silent or the official code departs from it (we fol
   they are trained after the networks' update on that step's (detached) features, in train mode.
 - The SD target loss of the leader is weighted by lambda_fusion, that of a common student by lambda_div.
 - The first common student (s1) has no diversity term and no SD module; s_k (k >= 2) diversifies from s_(k-1).
-- Warm-up counts epochs from 1 as the official loop does (start_epoch = 1): the first epoch trains at
-  exp(-3.2) = 0.04 of each lambda, epoch W and later at full weight; the KL terms are not warmed. --warmup 0
-  turns it off. The SD training loss (lambda_sd) is warmed too, as in the code.
+- The paper's "warm-up" of the lambdas is --rampup here (the learning rate has its own, --lr-warmup). It
+  counts epochs from 1 as the official loop does (start_epoch = 1): the first epoch trains at exp(-3.2) = 0.04
+  of each lambda, epoch W and later at full weight; the KL terms are not ramped. --rampup 0 turns it off.
+  The SD training loss (lambda_sd) is ramped too, as in the code.
 - lambda_kl (= 1) is listed by the paper without naming its term and absent from the code; Eq. 14 has two
   weights, so it weights the leader's kd to the fused classifier.
 - SD blocks: ConvTranspose2d(k3, stride s, p1, output_padding s-1, no bias)-BN-ReLU from each stage to the
@@ -71,22 +84,7 @@ Decisions where the paper is silent or the official code departs from it (we fol
   backward is equivalent. With --students 2 there is one common student: no DML, no diversity.
 - Common students, the adapter and the leader share one SGD (--wd); the adapter is training-only.
 
-Results measured with this code (2-core x86-64 CPU, torch 2.14.1, 2026-11-24): real CIFAR-10 (the JPEG
-copy in ../shared/data), a class-balanced 4,000-image training subset and 2,000 test images, resnet20
-students, 6 epochs, batch 64, lr 0.1 x0.1 at epochs 3 and 4; mean ± std over seeds 0 and 1 of the
-final-epoch top-1 (%):
-    ffsd     leader 43.20 ± 0.49, s1 31.15 ± 7.00, s2 29.20 ± 1.48, ens 30.93 ± 4.84, fused 32.02 ± 6.33
-    vanilla  s0 47.45 ± 1.91, s1 46.27 ± 3.71, ens 48.77 ± 0.74
-    best student 43.20 vs vanilla 48.85 (-5.65)
-Command (README, 'Results'):
-    python scripts/compare.py --methods vanilla,dml,kdcl,ffl,ffcl,fefr,ffsd,mkb_cl --seeds 0,1 \
-        --arch resnet20 --students 2 --dataset folder --data-dir CIFAR10_JPEG --limit-train 4000 \
-        --limit-test 2000 --epochs 6 --batch-size 64 --extra ffl=--rampup=2 --extra fefr=--rampup=2 \
-        --extra "ffsd=--students=3 --warmup=1"
-(FFSD ran with --students 3 --warmup 1: a leader and two common students, the warm-up shortened for the
-6-epoch schedule.) The leader, the deployed model, trails vanilla's best student by 5.6 points here; the
-common students, tied by DML, trail most (see dml.py), and the fused classifier that teaches the leader is
-built from them. The leader is far ahead of the common students, as in the paper's Table I.
+Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """
 import math
 
@@ -113,16 +111,38 @@ def he_init(module):
 
 
 class FusionModule(nn.Module):
-    """FFL's fusion module on `num_inputs` concatenated C-channel maps -> (fused logits, fused map C x H x W)."""
+    """FFL's fusion module: the maps concatenated (each pooled to the smallest size) -> DW 3x3 -> BN-ReLU -> PW 1x1
+    to the mean channel count -> BN-ReLU = the fused map; GAP -> FC = the fused classifier. forward(maps) ->
+    (fused logits, fused map). 2 x 64 channels, 100 classes: 1,152 + 256 + 8,192 + 128 + 6,500 = 16,228 parameters."""
 
-    def __init__(self, channels, num_inputs, num_classes):
+    def __init__(self, in_channels, num_classes):
         super().__init__()
-        self.fuse = he_init(dw_pw(channels * num_inputs, channels))
-        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+        c, out = sum(in_channels), sum(in_channels) // len(in_channels)
+        self.depthwise = nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, groups=c, bias=False), nn.BatchNorm2d(c), nn.ReLU(True))
+        self.pointwise = nn.Sequential(nn.Conv2d(c, out, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True))
+        self.fc = nn.Linear(out, num_classes)
+        for conv in (self.depthwise[0], self.pointwise[0]):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward(self, x):
-        fused_map = self.fuse(x)
-        return self.classifier(fused_map), fused_map
+    def forward(self, maps):
+        size = min((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])  # mixed architectures: the smallest
+        x = torch.cat([m if m.shape[-2:] == size else F.adaptive_avg_pool2d(m, size) for m in maps], 1)
+        fused_map = self.pointwise(self.depthwise(x))
+        return self.fc(fused_map.mean((2, 3))), fused_map
+
+
+@torch.no_grad()
+def stage_shapes(student, image_size):
+    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
+    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
+    mode, p = student.training, next(student.parameters())
+    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    student.train(mode)
+    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
+            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
+        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
+                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+    return [tuple(f.shape[1:]) for f in out[1]]
 
 
 class SelfDistillation(nn.Module):
@@ -151,10 +171,16 @@ class SelfDistillation(nn.Module):
 # Losses (small and pure; float32)
 # ==================================================================================================
 
-def kd(z_s, z_t, T):
-    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batchmean, teacher detached."""
-    return T * T * F.kl_div(F.log_softmax(z_s.float() / T, 1), F.softmax(z_t.detach().float() / T, 1),
-                            reduction="batchmean")
+def kd_loss(z_s, z_t, T):
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""
+    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
+    log_p_t = F.log_softmax(z_t.detach().float() / T, dim=1)
+    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
 
 
 def attention(f):
@@ -216,89 +242,88 @@ def sd_reconstruction(rebuilt, feats):
 
 class FFSD(nn.Module):
     primary_head = "leader"
+    num_views = 1
 
-    def __init__(self, students, num_classes, image_size=32, T=2.0, lambda_div=1e-5, lambda_fusion=10.0,
-                 lambda_sd=1000.0, lambda_kl=1.0, warmup=5):
+    def __init__(self, students, num_classes, T=2.0, lambda_div=1e-5, lambda_fusion=10.0, lambda_sd=1000.0,
+                 lambda_kl=1.0, rampup=5, fusion_wd=1e-5, sd_lr=1e-3, sd_wd=1e-4, image_size=(32, 32)):
         super().__init__()
         if len(students) < 2:
             raise ValueError("FFSD needs a leader and at least one common student")
+        shapes = [stage_shapes(s, image_size) for s in students]
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError("FFSD's leader and common students must have the same stage shapes (one architecture)")
         self.students = nn.ModuleList(students)  # students[0] = leader, students[1:] = common students
-        self.T, self.lambda_kl, self.warmup = T, lambda_kl, warmup
-        self.lambdas = dict(div=lambda_div, fusion=lambda_fusion, sd=lambda_sd)
-        leader, num_common = students[0], len(students) - 1
-        was_training = leader.training
-        with torch.no_grad():  # read the stage shapes off the backbone
-            leader.eval()
-            probe = next(leader.parameters())
-            _, feats = leader(torch.zeros(1, 3, image_size, image_size, device=probe.device, dtype=probe.dtype))
-        leader.train(was_training)
-        channels, sizes = [f.shape[1] for f in feats], [f.shape[2] for f in feats]
-        c = channels[-1]
-        self.fusion_module = FusionModule(c, num_common, num_classes)
+        self.T, self.lambda_kl, self.rampup = T, lambda_kl, rampup
+        self.lambda_div, self.lambda_fusion, self.lambda_sd = lambda_div, lambda_fusion, lambda_sd
+        self.fusion_wd, self.sd_lr, self.sd_wd = fusion_wd, sd_lr, sd_wd
+        # w(lambda) for (div, fusion, sd) this epoch: the full lambdas until set_epoch says otherwise
+        self.register_buffer("ramped_lambdas", torch.tensor([lambda_div, lambda_fusion, lambda_sd]), persistent=False)
+        channels, sizes = [c for c, _, _ in shapes[0]], [h for _, h, _ in shapes[0]]
+        c, num_common = channels[-1], len(students) - 1
+        self.fusion_module = FusionModule([c] * num_common, num_classes)
         self.adapter = he_init(dw_pw(c, c * num_common))  # Eq. 5: leader F3 -> the students' concatenated F3
         # one SD module for the leader and for each diversified common student s2, s3, ...
         self.sd_modules = nn.ModuleDict({name: SelfDistillation(channels, sizes)
                                          for name in ["leader"] + [f"s{k}" for k in range(2, len(students))]})
-        with torch.no_grad():
-            rebuilt = sd_targets(self.sd_modules["leader"], feats[-1])
-        if [r.shape for r in rebuilt] != [f.shape for f in feats[:-1]]:
+        rebuilt = sd_targets(self.sd_modules["leader"], torch.zeros(1, *shapes[0][-1]))
+        if [tuple(r.shape[1:]) for r in rebuilt] != shapes[0][:-1]:
             raise ValueError(f"FFSD's self-distillation module cannot rebuild the stage outputs of "
-                             f"{getattr(leader, 'arch', 'this backbone')} (stage sizes {sizes})")
-        self.set_epoch(0, 1)
+                             f"{getattr(students[0], 'arch', type(students[0]).__name__)} (stage sizes {sizes})")
 
-    def set_epoch(self, epoch, epochs):
+    def set_epoch(self, epoch):
         e = epoch + 1  # the official loop counts epochs from 1
-        ramp = math.exp(-5 * (1 - min(e, self.warmup) / self.warmup) ** 2) if self.warmup > 0 else 1.0
-        self.w = {k: v * ramp for k, v in self.lambdas.items()}
+        ramp = math.exp(-5 * (1 - min(e, self.rampup) / self.rampup) ** 2) if self.rampup > 0 else 1.0
+        lambdas = (self.lambda_div, self.lambda_fusion, self.lambda_sd)
+        self.ramped_lambdas.copy_(torch.tensor([lam * ramp for lam in lambdas]))
 
     def forward(self, views, y=None):
         x = views[0] if self.training else views
         logits, feats = zip(*[s(x) for s in self.students])
         n = len(self.students)
-        common_f3 = torch.cat([f[-1].detach() for f in feats[1:]], 1)  # detached: fusion never trains them
+        common_f3 = [f[-1].detach() for f in feats[1:]]  # detached: the fusion module never trains them
         z_f, fused_map = self.fusion_module(common_f3)
         if not self.training:
             heads = {"leader": logits[0], **{f"s{k}": logits[k] for k in range(1, n)}}
-            heads["ens"] = torch.stack([z.float().softmax(1) for z in logits[1:]]).mean(0).log()
-            heads["fused"] = z_f
-            return heads
+            return {**heads, "ens": ensemble_head(logits[1:]), "fused": z_f}
 
-        parts, T, w = {}, self.T, self.w
+        parts, T = {}, self.T
+        w_div, w_fusion, w_sd = self.ramped_lambdas
         # common students: CE + DML among themselves (Eq. 2-3), diversity chain (Eq. 9, 11)
         for k in range(1, n):
             parts[f"ce_s{k}"] = F.cross_entropy(logits[k], y)
             if n > 2:
-                parts[f"dml_s{k}"] = sum(kd(logits[k], logits[j], T) for j in range(1, n) if j != k) / (n - 2)
+                parts[f"kd_s{k}"] = sum(kd_loss(logits[k], logits[j], T) for j in range(1, n) if j != k) / (n - 2)
             if k >= 2:
                 prev = feats[k - 1][-1].detach()
-                parts[f"div_s{k}"] = w["div"] * diversity_loss(attention(feats[k][-1]), attention(prev))
+                parts[f"div_s{k}"] = w_div * diversity_loss(attention(feats[k][-1]), attention(prev))
                 targets = sd_targets(self.sd_modules[f"s{k}"], shifted_features(prev))
-                parts[f"sdt_s{k}"] = w["div"] * attention_transfer(feats[k][:-1], targets)
+                parts[f"sdt_s{k}"] = w_div * attention_transfer(feats[k][:-1], targets)
         # fused classifier (Eq. 4)
         parts["ce_fused"] = F.cross_entropy(z_f, y)
-        parts["kd_fused"] = kd(z_f, torch.stack(logits[1:]).mean(0), T)
+        parts["kd_fused"] = kd_loss(z_f, torch.stack(logits[1:]).mean(0), T)
         # leader (Eq. 5, 13, 14)
         fused_map = fused_map.detach()
         parts["ce_leader"] = F.cross_entropy(logits[0], y)
-        parts["kd_leader"] = self.lambda_kl * kd(logits[0], z_f, T)
-        parts["att_leader"] = w["fusion"] * norm_mse(attention(feats[0][-1]), attention(fused_map))
-        parts["adapt_leader"] = w["fusion"] * norm_mse(attention(self.adapter(feats[0][-1])), attention(common_f3))
+        parts["kd_leader"] = self.lambda_kl * kd_loss(logits[0], z_f, T)
+        parts["att_leader"] = w_fusion * norm_mse(attention(feats[0][-1]), attention(fused_map))
+        adapted = attention(self.adapter(feats[0][-1]))
+        parts["adapt_leader"] = w_fusion * norm_mse(adapted, attention(torch.cat(common_f3, 1)))
         targets = sd_targets(self.sd_modules["leader"], fused_map)
-        parts["sdt_leader"] = w["fusion"] * attention_transfer(feats[0][:-1], targets)
+        parts["sdt_leader"] = w_fusion * attention_transfer(feats[0][:-1], targets)
         # SD modules learn to rebuild their own network's shallower maps (Eq. 10); nothing else trains them
         for name in self.sd_modules:
             k = 0 if name == "leader" else int(name[1:])
             rebuilt = self.sd_modules[name](feats[k][-1].detach())
-            parts[f"sd_{name}"] = w["sd"] * sd_reconstruction(rebuilt, feats[k][:-1])
+            parts[f"sd_{name}"] = w_sd * sd_reconstruction(rebuilt, feats[k][:-1])
         return sum(parts.values()), parts
 
-    def param_groups(self, args):
+    def param_groups(self):
         own = {id(p) for p in self.sd_modules.parameters()} | {id(p) for p in self.fusion_module.parameters()}
         return [dict(params=[p for p in self.parameters() if id(p) not in own]),
-                dict(params=list(self.fusion_module.parameters()), weight_decay=args.fusion_wd)]
+                dict(params=list(self.fusion_module.parameters()), weight_decay=self.fusion_wd)]
 
-    def extra_optimizer(self, args, params_in_sgd):
-        return torch.optim.Adam(self.sd_modules.parameters(), lr=args.sd_lr, weight_decay=args.sd_wd)
+    def extra_optimizer(self):
+        return torch.optim.Adam(self.sd_modules.parameters(), lr=self.sd_lr, weight_decay=self.sd_wd)
 
     def export(self):
         import common
@@ -316,7 +341,7 @@ def add_arguments(parser):
     a("--lambda-fusion", type=float, default=10.0, help="lambda_fusion: leader's fused-map terms (Eq. 5, 13)")
     a("--lambda-sd", type=float, default=1000.0, help="lambda_sd: SD module reconstruction loss (Eq. 10)")
     a("--lambda-kl", type=float, default=1.0, help="lambda_kl: leader's kd to the fused classifier (Eq. 14)")
-    a("--warmup", type=int, default=5, help="epochs of exp(-5(1-e/W)^2) ramp on lambda_div/fusion/sd (0: off)")
+    a("--rampup", type=int, default=5, help="epochs of exp(-5(1-e/W)^2) ramp on lambda_div/fusion/sd (0: off)")
     a("--sd-lr", type=float, default=1e-3, help="Adam learning rate of the SD modules")
     a("--sd-wd", type=float, default=1e-4, help="Adam weight decay of the SD modules")
     a("--fusion-wd", type=float, default=1e-5, help="weight decay of the fusion module")
@@ -332,13 +357,11 @@ def build(args, data):
     for flag in ("lambda_div", "lambda_fusion", "lambda_sd", "lambda_kl", "sd_wd", "fusion_wd"):
         if getattr(args, flag) < 0:
             raise common.UsageError(f"--{flag.replace('_', '-')} must be non-negative")
-    if args.warmup < 0 or args.sd_lr <= 0:
-        raise common.UsageError("--warmup must be non-negative and --sd-lr positive")
-    try:
-        return FFSD(common.build_students(args, data.num_classes), data.num_classes, data.train_x.shape[-1],
-                    args.T, args.lambda_div, args.lambda_fusion, args.lambda_sd, args.lambda_kl, args.warmup)
-    except ValueError as e:
-        raise common.UsageError(str(e)) from None
+    if args.rampup < 0 or args.sd_lr <= 0:
+        raise common.UsageError("--rampup must be non-negative and --sd-lr positive")
+    return FFSD(common.build_students(args, data.num_classes), data.num_classes, args.T, args.lambda_div,
+                args.lambda_fusion, args.lambda_sd, args.lambda_kl, args.rampup, args.fusion_wd, args.sd_lr, args.sd_wd,
+                tuple(data.train_x.shape[-2:]))
 
 
 def main(argv=None):

@@ -3,6 +3,15 @@
 Paper: Qiushan Guo, Xinjiang Wang, Yichao Wu, Zhipeng Yu, Ding Liang, Xiaolin Hu, Ping Luo, "Online Knowledge
 Distillation via Collaborative Learning", CVPR 2020. The paper links no official code; this file follows the paper alone.
 
+Contract (stated in every method file; this one needs only torch, so it can be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier)
+    training  loss, parts = method(views, y): views = one augmented batch per student (num_views = K, --icl) or
+              [x]; parts {ce_s<i>, kd_s<i>}, each weighted (kd_s<i> includes lambda), loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens}: logits of each student, ens = log of their mean softmax
+    weights   General's w: method.estimate_weights([(x, y), ...]) on held-out batches after each epoch (common's
+              loop does it in epoch_end); never called, w stays at the paper's start 1/K. Exports OUT/s<i>.pt.
+
 Idea. Like DML, m students of any architectures train together from scratch, but instead of copying each
 other they all distil from one soft target built on the fly by *ensembling* their outputs with the help of
 the label: the best student per sample (Naive), the best convex combination of logits (Linear), the
@@ -12,7 +21,7 @@ sees its own random augmentation of the same images, so the shared target also f
 
 Loss (Eq. 1-2), teacher z_t built from the students' detached logits (a constant):
 
-    L = sum_i CE(z_i, y) + lambda * kd(z_i, z_t, T)                                  --lam, --T
+    L = sum_i CE(z_i, y) + lambda * kd(z_i, z_t, T)                            --lambda-kd, --T
     kd(z_s, z_t, T) = T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch
     Naive    (Eq. 4)     z_t = z_k,  k = argmin_i CE(z_i, y)                          --ensemble naive
     Linear   (Eq. 5)     z_t = sum_i a_i z_i,  a = argmin_{a in simplex} CE(sum_i a_i z_i, y)   linear
@@ -23,9 +32,10 @@ Loss (Eq. 1-2), teacher z_t built from the students' detached logits (a constant
 
 Paper recipe (CIFAR-100, ResNet-32 + WRN-16-2): 200 epochs, batch 128, SGD momentum 0.9, lr 0.1 x0.1 at
 epochs 100 and 150, wd 5e-4, crop (pad 4) + flip, T = 2, lambda = 1, General holds out 50 images per class;
-accuracy = median of 5 runs. Reproduce (Nesterov is not mentioned by the paper, hence --no-nesterov):
+accuracy = median of 5 runs, no learning-rate warm-up on CIFAR (the paper warms it up on ImageNet only).
+Reproduce (Nesterov is not mentioned by the paper, hence --no-nesterov):
 
-    python kdcl.py --arch resnet32,wrn_16_2 --students 2 --epochs 200 --milestones 100,150 --no-nesterov
+    python kdcl.py --arch resnet32,wrn_16_2 --students 2 --epochs 200 --milestones 100,150 --no-nesterov --lr-warmup 0
 
 Decisions where the paper is silent:
 - Naive picks the best student per sample (Eq. 4 could also be read per batch).
@@ -42,27 +52,8 @@ Decisions where the paper is silent:
   mean(diag C) guards a singular C (identical students get equal weights). The held-out images are removed
   from training for --ensemble general only; --holdout-per-class sets their number.
 - Defaults --ensemble general --icl: the paper's best CIFAR setting (Table 7: 74.3 / 75.5).
-- The kd_s<i> parts logged include the factor lambda (the parts sum to the loss).
 
-Heads logged every epoch: s0, s1, ... (each student), ens (log of the mean of the students' softmax); with
-General the weights w0, w1, ... are logged after every epoch. Every student is exported as OUT/s<i>.pt.
-
-Results measured with this code (2-core x86-64 CPU, torch 2.14.1, 2026-11-24): real CIFAR-10 (the JPEG
-copy in ../shared/data), a class-balanced 4,000-image training subset and 2,000 test images, resnet20
-students, 6 epochs, batch 64, lr 0.1 x0.1 at epochs 3 and 4; mean ± std over seeds 0 and 1 of the
-final-epoch top-1 (%):
-    kdcl     s0 43.47 ± 0.60, s1 42.25 ± 0.78, ens 43.75 ± 0.35
-    vanilla  s0 47.45 ± 1.91, s1 46.27 ± 3.71, ens 48.77 ± 0.74
-    best student 43.47 vs vanilla 48.85 (-5.38)
-Command (README, 'Results'):
-    python scripts/compare.py --methods vanilla,dml,kdcl,ffl,ffcl,fefr,ffsd,mkb_cl --seeds 0,1 \
-        --arch resnet20 --students 2 --dataset folder --data-dir CIFAR10_JPEG --limit-train 4000 \
-        --limit-test 2000 --epochs 6 --batch-size 64 --extra ffl=--rampup=2 --extra fefr=--rampup=2 \
-        --extra "ffsd=--students=3 --warmup=1"
-KDCL does not beat vanilla in this short schedule: its teacher is built from students that are still
-untrained, and General trains on 500 fewer images (the hold-out). The General weights sat on (or next to)
-a vertex after every epoch, all weight on one student (logged w0, w1; e.g. 1.0 / 0.0): the students'
-hold-out errors are highly correlated, and the minimiser of Eq. 9 on the simplex is then a vertex.
+Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """
 import math
 
@@ -75,15 +66,17 @@ import torch.nn.functional as F
 # Loss
 # --------------------------------------------------------------------------------------------------
 
+def kd_loss(z_s, z_t, T):
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""
+    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
+    log_p_t = F.log_softmax(z_t.detach().float() / T, dim=1)
+    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
 def kd_to_distribution(z_s, log_p_t, T):
-    """T^2 * KL(p_t || softmax(z_s/T)), batchmean (Eq. 1); the teacher given as log-probabilities at T."""
-    log_q = F.log_softmax(z_s.float() / T, dim=1)
-    return T * T * F.kl_div(log_q, log_p_t.detach().float(), log_target=True, reduction="batchmean")
-
-
-def kd(z_s, z_t, T):
-    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batchmean, teacher logits detached."""
-    return kd_to_distribution(z_s, F.log_softmax(z_t.detach().float() / T, dim=1), T)
+    """kd_loss with the teacher given as log-probabilities at T (General's mixture of distributions)."""
+    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
+    return T * T * F.kl_div(log_p_s, log_p_t.detach().float(), reduction="batchmean", log_target=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,57 +170,79 @@ LOGIT_TEACHERS = {"naive": naive, "linear": linear, "minlogit": min_logit}
 # Method
 # --------------------------------------------------------------------------------------------------
 
-class KDCL(nn.Module):
-    num_views = 1
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
 
-    def __init__(self, students, ensemble="general", icl=True, T=2.0, lam=1.0):
+
+@torch.no_grad()
+def stage_shapes(student, image_size):
+    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
+    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
+    mode, p = student.training, next(student.parameters())
+    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    student.train(mode)
+    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
+            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
+        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
+                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+    return [tuple(f.shape[1:]) for f in out[1]]
+
+
+class KDCL(nn.Module):
+    def __init__(self, students, ensemble="general", icl=True, T=2.0, lambda_kd=1.0, image_size=(32, 32)):
         super().__init__()
+        if len(students) < 2:
+            raise ValueError(f"KDCL needs at least two students to ensemble, got {len(students)}")
+        if ensemble not in ("general", *LOGIT_TEACHERS):
+            raise ValueError(f"unknown ensemble '{ensemble}'; choose general, {', '.join(LOGIT_TEACHERS)}")
+        for s in students:
+            stage_shapes(s, image_size)  # the contract, checked once
         self.students = nn.ModuleList(students)
-        self.ensemble, self.icl, self.T, self.lam = ensemble, icl, T, lam
+        self.ensemble, self.icl, self.T, self.lambda_kd = ensemble, icl, T, lambda_kd
         self.num_views = len(students) if icl else 1  # ICL: one augmented view per student
         K = len(students)
-        self.register_buffer("w", torch.full((K,), 1.0 / K))  # General's weights, checkpointed with the model
-
-    def teacher_log_probs(self, z, y):
-        if self.ensemble == "general":
-            return general(z, self.w, self.T)
-        return F.log_softmax(LOGIT_TEACHERS[self.ensemble](z, y) / self.T, dim=1)
+        # General's w (Eq. 11), checkpointed with the model; logged as w0, w1, ...
+        self.register_buffer("ensemble_weights", torch.full((K,), 1.0 / K))
 
     def forward(self, views, y=None):
         if not self.training:
             logits = [s(views)[0] for s in self.students]
-            heads = {f"s{i}": z for i, z in enumerate(logits)}
-            heads["ens"] = torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
-            return heads
+            return {**{f"s{i}": z for i, z in enumerate(logits)}, "ens": ensemble_head(logits)}
         logits = [s(views[i if self.icl else 0])[0] for i, s in enumerate(self.students)]
         # the soft target is a constant (Eq. 3), computed in float32 even under bf16 autocast
         with torch.no_grad(), torch.autocast(views[0].device.type, enabled=False):
-            log_p_t = self.teacher_log_probs(torch.stack([z.float() for z in logits]), y)
+            z = torch.stack([z.float() for z in logits])
+            if self.ensemble == "general":  # log-probabilities at T
+                teacher = general(z, self.ensemble_weights, self.T)
+            else:                           # logits
+                teacher = LOGIT_TEACHERS[self.ensemble](z, y)
         parts = {}
-        for i, z in enumerate(logits):  # Eq. 2
-            parts[f"ce_s{i}"] = F.cross_entropy(z.float(), y)
-            parts[f"kd_s{i}"] = self.lam * kd_to_distribution(z, log_p_t, self.T)
+        for i, z_i in enumerate(logits):  # Eq. 2
+            to_mixture = self.ensemble == "general"
+            kd = kd_to_distribution(z_i, teacher, self.T) if to_mixture else kd_loss(z_i, teacher, self.T)
+            parts[f"ce_s{i}"] = F.cross_entropy(z_i.float(), y)
+            parts[f"kd_s{i}"] = self.lambda_kd * kd
         return sum(parts.values()), parts
 
     @torch.no_grad()
-    def epoch_end(self, epoch, data, batch_size=1000):
-        """General: re-estimate w (Eq. 8-11) on the held-out images; returns {"w0": ..., ...} to log."""
-        if self.ensemble != "general":
-            return {}
+    def estimate_weights(self, batches):
+        """General (Eq. 8-11): w from held-out (x, y) batches of normalised images; returns {"w0": ...} to log."""
         was_training = self.training
         self.eval()
-        p_true = []
-        for i in range(0, len(data.holdout_y), batch_size):
-            x, y = data.normalize(data.holdout_x[i:i + batch_size]), data.holdout_y[i:i + batch_size]
-            p_true.append(torch.stack([s(x)[0].float().softmax(1).gather(1, y[:, None]).squeeze(1)
-                                       for s in self.students]))
-        self.w.copy_(general_weights(torch.cat(p_true, dim=1).cpu()).to(self.w))
+        p_true = [torch.stack([s(x)[0].float().softmax(1).gather(1, y[:, None]).squeeze(1) for s in self.students])
+                  for x, y in batches]
+        self.ensemble_weights.copy_(general_weights(torch.cat(p_true, dim=1).cpu()).to(self.ensemble_weights))
         self.train(was_training)
-        return {f"w{i}": float(v) for i, v in enumerate(self.w)}
+        return {f"w{i}": float(v) for i, v in enumerate(self.ensemble_weights)}
 
-    def export(self):
-        import common
-        return {f"s{i}": common.backbone_payload(s) for i, s in enumerate(self.students)}
+    def epoch_end(self, epoch, data, batch_size=1000):
+        """common.py's hook: General re-estimates w on the images data.hold_out() set aside."""
+        if self.ensemble != "general":
+            return {}
+        x, y = data.holdout_x, data.holdout_y
+        return self.estimate_weights((data.normalize(x[i:i + batch_size]), y[i:i + batch_size])
+                                     for i in range(0, len(y), batch_size))
 
 
 def add_arguments(parser):
@@ -237,7 +252,7 @@ def add_arguments(parser):
                         help="how the soft target is built from the students (Eq. 4, 5, 7, 11)")
     parser.add_argument("--icl", action=argparse.BooleanOptionalAction, default=True,
                         help="invariant collaborative learning: each student gets its own augmented view")
-    parser.add_argument("--lam", type=float, default=1.0, help="lambda, the weight of the kd term (Eq. 2)")
+    parser.add_argument("--lambda-kd", type=float, default=1.0, help="lambda, the weight of the kd term (Eq. 2)")
     parser.add_argument("--holdout-per-class", type=int, default=50,
                         help="General only: training images per class held out to estimate the weights w")
 
@@ -246,14 +261,15 @@ def build(args, data):
     import common
     if args.students < 2:
         raise common.UsageError(f"KDCL needs at least two students to ensemble, got --students {args.students}")
-    if args.lam < 0:
-        raise common.UsageError(f"--lam must be non-negative, got {args.lam}")
+    if args.lambda_kd < 0:
+        raise common.UsageError(f"--lambda-kd must be non-negative, got {args.lambda_kd}")
     if args.ensemble == "general":
         if args.holdout_per_class < 1:
             raise common.UsageError("--ensemble general needs --holdout-per-class of at least 1 "
                                     "to estimate its weights")
         data.hold_out(args.holdout_per_class)  # these images are never trained on
-    return KDCL(common.build_students(args, data.num_classes), args.ensemble, args.icl, args.T, args.lam)
+    return KDCL(common.build_students(args, data.num_classes), args.ensemble, args.icl, args.T, args.lambda_kd,
+                tuple(data.train_x.shape[-2:]))
 
 
 def main(argv=None):

@@ -4,6 +4,15 @@ Paper: J. Wang, W. Wang, W. Gao, "Beyond Knowledge Distillation: Collaborative L
 Model Assistance", IEEE Access 6, 2018, doi:10.1109/ACCESS.2018.2854918 (shared/papers/mkb_cl_*).
 The authors released no code.
 
+Contract (stated in every method file; this one needs only torch, so it can be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier); a stage that gets an MKB must
+              be some submodule's output (the half is hooked onto that module)
+    training  loss, parts = method([x], y): parts {ce_s<i>, metric_s<i>, verif_s<i>}, each weighted (alpha on the
+              last two), loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens}: each network with its half, ens = log of their mean softmax
+    weights   none depends on the epoch (no set_epoch). Exports OUT/net<i>.pt (load_network rebuilds one).
+
     python mkb_cl.py --arch resnet32,wrn_16_2                            # CIFAR-100, one MKB after stage 1
     python mkb_cl.py --arch resnet32 --students 3 --mkb-at 1,2           # three networks, two MKBs
     python mkb_cl.py --dataset synthetic --arch resnet20 --epochs 2      # CPU demo
@@ -30,13 +39,15 @@ Architecture of one half (Table 1), for a stage output X of shape C x h x w and 
 Heads: s0, s1, ... (each network with its half), ens (log of the mean softmax). Exports: net0.pt, net1.pt...
 
 Paper recipe (CIFAR, Sec. IV-A): SGD momentum 0.9, weight decay 1e-4, batch 128, 200 epochs, lr 0.1 divided
-by 10 when the error plateaus, alpha 0.2, no augmentation on CIFAR-100 (crop only on CIFAR-10); the loop
-always crops and flips. Closest flags:
-    --no-nesterov --wd 1e-4 --batch-size 128 --epochs 200 --milestones 100,150 --alpha 0.2
+by 10 when the error plateaus, alpha 0.2, no augmentation on CIFAR-100 (crop only on CIFAR-10), no lr warm-up
+(ImageNet neither); the loop always crops and flips. Closest flags:
+
+    python mkb_cl.py --arch resnet32,wrn_16_2 --no-nesterov --wd 1e-4 --batch-size 128 --epochs 200 \
+        --milestones 100,150 --alpha 0.2 --lr-warmup 0
 
 Decisions where the paper is silent or unclear:
-- Position. `--mkb-at i` puts an MKB on the output of `backbone.stages[i]` (common's 0-based index); its
-  routed output feeds stages[i+1] (or the classifier after the last stage). The paper's best position
+- Position. `--mkb-at i` puts an MKB on stage output i (0-based, the student's list); its routed output is
+  what the next stage (or the classifier after the last stage) consumes. The paper's best position
   (Table 5) is conv2_x of Table 1, the second of three stages: ResNet-32's 32 x 16 x 16 output, which is
   `--mkb-at 1` (the default). Table 5 also tries conv1_x and conv3_x (`--mkb-at 0`, `2`; on CIFAR-100 the
   first network of that table does better at conv3_x); Fig. 6 uses several MKBs (`--mkb-at 1,2`). The index
@@ -63,22 +74,10 @@ Decisions where the paper is silent or unclear:
   Fig. 4. `--alpha 0` is the paper's "MKB (w/o CL)" ablation (halves trained without metric/verification).
 - MKB-CL has no temperature; --T is refused.
 
-Results measured with this code (2-core x86-64 CPU, torch 2.14.1, 2026-11-24): real CIFAR-10 (the JPEG
-copy in ../shared/data), a class-balanced 4,000-image training subset and 2,000 test images, resnet20
-students, 6 epochs, batch 64, lr 0.1 x0.1 at epochs 3 and 4; mean ± std over seeds 0 and 1 of the
-final-epoch top-1 (%):
-    mkb_cl   s0 46.10 ± 2.47, s1 44.95 ± 2.76, ens 47.17 ± 0.11
-    vanilla  s0 47.45 ± 1.91, s1 46.27 ± 3.71, ens 48.77 ± 0.74
-    best student 47.38 vs vanilla 48.85 (-1.47)
-Command (README, 'Results'):
-    python scripts/compare.py --methods vanilla,dml,kdcl,ffl,ffcl,fefr,ffsd,mkb_cl --seeds 0,1 \
-        --arch resnet20 --students 2 --dataset folder --data-dir CIFAR10_JPEG --limit-train 4000 \
-        --limit-test 2000 --epochs 6 --batch-size 64 --extra ffl=--rampup=2 --extra fefr=--rampup=2 \
-        --extra "ffsd=--students=3 --warmup=1"
-MKB-CL stays within about one standard deviation of vanilla here; the short schedule cannot show the
-paper's gains (reported on 200 epochs, CIFAR-10 and CIFAR-100).
+Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """
 import argparse
+import functools
 
 import torch
 import torch.nn as nn
@@ -120,34 +119,62 @@ class MKBHalf(nn.Module):
 
 
 class MKBNetwork(nn.Module):
-    """A backbone with its MKB halves after the stages in `halves` ({stage index: MKBHalf}): the deployed
-    model. forward(x) -> logits; forward(x, with_embeddings=True) -> (logits, [embedding per MKB])."""
+    """A student with its MKB halves after the stages in `halves` ({stage index: MKBHalf}): the deployed model.
+    forward(x) -> logits; forward(x, with_embeddings=True) -> (logits, [embedding per MKB]). Each half is a
+    forward hook on the submodule that returns that stage output, so the next stage consumes the routed H."""
 
-    def __init__(self, backbone, halves):
+    def __init__(self, backbone, halves, image_size=(32, 32)):
         super().__init__()
         self.backbone = backbone
         self.halves = nn.ModuleDict({str(i): h for i, h in sorted(halves.items())})
+        self.image_size, self._embeddings = tuple(image_size), []
+        producers = stage_producers(backbone, image_size)
+        for i in halves:
+            if producers[i] is None:
+                raise ValueError(f"stage output {i} of {type(backbone).__name__} is not returned by a submodule, "
+                                 f"so no MKB can be routed into the next stage there")
+            producers[i].register_forward_hook(functools.partial(self._route, str(i)))
+
+    def _route(self, key, module, inputs, x):
+        routed, e = self.halves[key](x)  # Eq. 3
+        self._embeddings.append(e)
+        return routed  # replaces the stage output
 
     def forward(self, x, with_embeddings=False):
-        embeddings = []
-        for i, stage in enumerate(self.backbone.stages):
-            x = stage(x)
-            if str(i) in self.halves:
-                x, e = self.halves[str(i)](x)
-                embeddings.append(e)
-        logits = self.backbone.classifier(x)
-        return (logits, embeddings) if with_embeddings else logits
+        self._embeddings = []
+        logits, _ = self.backbone(x)
+        return (logits, self._embeddings) if with_embeddings else logits
 
 
 @torch.no_grad()
-def stage_shapes(backbone, input_size):
-    """(C, h, w) of every stage output for one input image of `input_size`."""
-    was_training = backbone.training
-    backbone.eval()  # eval: the dry run leaves the BN statistics alone
-    x = torch.zeros(1, 3, *input_size, device=next(backbone.parameters()).device)
-    shapes = [tuple(f.shape[1:]) for f in backbone(x)[1]]
-    backbone.train(was_training)
-    return shapes
+def stage_producers(student, image_size):
+    """For each stage output, the submodule that returned it last (the outermost), from an eval-mode forward
+    with a hook on every submodule; None where no submodule returns that tensor."""
+    returned = []  # (output, module) in the order the modules finish
+    hooks = [m.register_forward_hook(lambda m, i, out: returned.append((out, m))) for m in student.modules()
+             if m is not student]
+    mode, p = student.training, next(student.parameters())
+    try:
+        _, features = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    finally:
+        student.train(mode)
+        for h in hooks:
+            h.remove()
+    return [next((m for out, m in reversed(returned) if out is f), None) for f in features]
+
+
+@torch.no_grad()
+def stage_shapes(student, image_size):
+    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
+    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
+    mode, p = student.training, next(student.parameters())
+    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    student.train(mode)
+    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
+            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
+        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
+                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+    return [tuple(f.shape[1:]) for f in out[1]]
 
 
 def mkb_configs(shapes, archs, mkb_at, embed_dim, width, route):
@@ -196,21 +223,27 @@ def metric_losses(embeddings, detach=True):
 # The method
 # ==================================================================================================
 
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+
+
 class MKBCL(nn.Module):
     num_views = 1
 
     def __init__(self, students, num_classes, mkb_at=(1,), embed_dim=1024, width=64, route="sum", alpha=0.2,
-                 metric_detach=True, input_size=(32, 32)):
+                 metric_detach=True, image_size=(32, 32)):
         super().__init__()
         if len(students) < 2:
             raise ValueError("MKB-CL needs at least two networks (--students 2 or more)")
         if route not in ("sum", "mul"):
             raise ValueError(f"--route must be sum or mul, got '{route}'")
         self.mkb_at, self.alpha, self.metric_detach = sorted(set(mkb_at)), alpha, metric_detach
-        shapes = [stage_shapes(s, input_size) for s in students]
-        configs = mkb_configs(shapes, [s.arch for s in students], self.mkb_at, embed_dim, width, route)
-        self.students = nn.ModuleList(
-            MKBNetwork(s, {i: MKBHalf(**configs[i][k]) for i in self.mkb_at}) for k, s in enumerate(students))
+        shapes = [stage_shapes(s, image_size) for s in students]
+        names = [getattr(s, "arch", type(s).__name__) for s in students]
+        configs = mkb_configs(shapes, names, self.mkb_at, embed_dim, width, route)
+        self.students = nn.ModuleList(MKBNetwork(s, {i: MKBHalf(**configs[i][k]) for i in self.mkb_at}, image_size)
+                                      for k, s in enumerate(students))
         # verification classifiers (training only): one per network per MKB
         self.verifiers = nn.ModuleList(
             nn.ModuleList(nn.Linear(embed_dim, num_classes) for _ in self.mkb_at) for _ in students)
@@ -218,23 +251,19 @@ class MKBCL(nn.Module):
     def forward(self, views, y=None):
         if not self.training:
             logits = [net(views) for net in self.students]
-            heads = {f"s{i}": z for i, z in enumerate(logits)}
-            heads["ens"] = torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
-            return heads
+            return {**{f"s{i}": z for i, z in enumerate(logits)}, "ens": ensemble_head(logits)}
         outputs = [net(views[0], with_embeddings=True) for net in self.students]
         metric = [0.0] * len(outputs)
         for m in range(len(self.mkb_at)):  # L_metric per MKB, Eq. 6
             for i, d in enumerate(metric_losses([emb[m] for _, emb in outputs], self.metric_detach)):
                 metric[i] = metric[i] + d
         parts = {}
-        for i, (logits, embeddings) in enumerate(outputs):
+        for i, (logits, embeddings) in enumerate(outputs):  # Eq. 1-2: CE + alpha * (L_metric + L_verification)
             parts[f"ce_s{i}"] = F.cross_entropy(logits.float(), y)
-            parts[f"metric_s{i}"] = metric[i]
-            parts[f"verif_s{i}"] = sum(F.cross_entropy(v(e).float(), y)  # L_verification
-                                       for v, e in zip(self.verifiers[i], embeddings))
-        total = sum(parts[f"ce_s{i}"] + self.alpha * (parts[f"metric_s{i}"] + parts[f"verif_s{i}"])  # Eq. 1-2
-                    for i in range(len(outputs)))
-        return total, parts
+            parts[f"metric_s{i}"] = self.alpha * metric[i]
+            parts[f"verif_s{i}"] = self.alpha * sum(F.cross_entropy(v(e).float(), y)  # L_verification
+                                                    for v, e in zip(self.verifiers[i], embeddings))
+        return sum(parts.values()), parts
 
     def export(self):
         return {f"net{i}": network_payload(net) for i, net in enumerate(self.students)}
@@ -243,7 +272,7 @@ class MKBCL(nn.Module):
 def network_payload(net):
     """A deployable network (backbone + its MKB halves) as plain data; `load_network` rebuilds it."""
     return {"kind": "mkb_network", "arch": net.backbone.arch, "num_classes": net.backbone.num_classes,
-            "mkb": {i: dict(h.config) for i, h in net.halves.items()},
+            "mkb": {i: dict(h.config) for i, h in net.halves.items()}, "image_size": list(net.image_size),
             "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
 
 
@@ -254,7 +283,8 @@ def load_network(path):
     if payload.get("kind") != "mkb_network":
         raise common.UsageError(f"{path} is not a network saved by MKB-CL (it has no 'kind: mkb_network' entry)")
     backbone = common.build_model(payload["arch"], payload["num_classes"])
-    net = MKBNetwork(backbone, {int(i): MKBHalf(**cfg) for i, cfg in payload["mkb"].items()})
+    halves = {int(i): MKBHalf(**cfg) for i, cfg in payload["mkb"].items()}
+    net = MKBNetwork(backbone, halves, payload.get("image_size", (32, 32)))
     net.load_state_dict(payload["state_dict"])
     return net
 
@@ -286,12 +316,8 @@ def build(args, data):
         raise common.UsageError("--mkb-at needs at least one stage index")
     if args.embed_dim < 1 or args.mkb_width < 1 or args.alpha < 0:
         raise common.UsageError("--embed-dim and --mkb-width must be positive and --alpha non-negative")
-    students = common.build_students(args, data.num_classes)
-    try:
-        return MKBCL(students, data.num_classes, mkb_at, args.embed_dim, args.mkb_width, args.route, args.alpha,
-                     args.metric_detach, tuple(data.train_x.shape[-2:]))
-    except ValueError as e:
-        raise common.UsageError(str(e)) from None
+    return MKBCL(common.build_students(args, data.num_classes), data.num_classes, mkb_at, args.embed_dim,
+                 args.mkb_width, args.route, args.alpha, args.metric_detach, tuple(data.train_x.shape[-2:]))
 
 
 def main(argv=None):

@@ -29,6 +29,8 @@ import ffsd  # noqa: E402
 import kdcl  # noqa: E402
 import mkb_cl  # noqa: E402
 
+METHOD_MODULES = [dml, kdcl, ffl, ffcl, fefr, ffsd, mkb_cl]
+
 SHARED_TAR = os.path.join(HERE, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 # the smallest run that exercises everything: 2 x resnet20, 256 synthetic images, one epoch
 TINY = ["--dataset", "synthetic", "--limit-train", "256", "--limit-test", "128", "--epochs", "1",
@@ -219,7 +221,7 @@ def test_seed_makes_runs_identical_and_resume_continues_exactly(tmp_path):
     run_main(vanilla, argv + ["--resume"], tmp_path / "c")            # ... + resume to 2
     a, b, c = (without_timing(read_metrics(tmp_path / d)) for d in "abc")
     assert len(a) == 2 and a == b == c
-    assert a[1]["lr"] == pytest.approx(0.01)
+    assert a[1]["lr"] == pytest.approx(0.1 * 0.1 * 4 / 10)  # after the milestone, step 4 of the 10-step warm-up
     for name in ("args.json", "metrics.jsonl", "last.pt", "best.pt", "results.json", "s0.pt", "s1.pt"):
         assert os.path.exists(tmp_path / "a" / name), name
     ckpt = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
@@ -295,7 +297,7 @@ def test_checkpoint_faults_keep_what_was_saved(tmp_path):
 class Exploding(common.Vanilla):
     """Vanilla whose loss becomes NaN in the second epoch."""
 
-    def set_epoch(self, epoch, epochs):
+    def set_epoch(self, epoch):
         self.epoch = epoch
 
     def forward(self, views, y=None):
@@ -466,8 +468,9 @@ def test_kd_matches_definition():
     for b in range(6):
         p, q = softmax_loop(z_t[b], T), softmax_loop(z_s[b], T)
         ref += T * T * sum(pc * math.log(pc / qc) for pc, qc in zip(p, q)) / 6
-    assert kdcl.kd(z_s, z_t, T).item() == pytest.approx(ref, rel=1e-5)
-    assert dml.kd(z_s, z_t, T).item() == pytest.approx(ref, rel=1e-5)
+    for module in METHOD_MODULES:
+        if module is not mkb_cl:  # MKB-CL distils no logits
+            assert module.kd_loss(z_s, z_t, T).item() == pytest.approx(ref, rel=1e-5), module.__name__
     log_p = torch.log_softmax(z_t / T, 1)
     assert kdcl.kd_to_distribution(z_s, log_p, T).item() == pytest.approx(ref, rel=1e-5)
 
@@ -492,18 +495,18 @@ def test_dml_mutual_kd_matches_formula_and_is_zero_for_identical_students():
 def test_dml_method_loss_zero_for_identical_students_positive_otherwise():
     x, y = tiny_batch()
     a = TinyStudent(seed=0)
-    method = dml.DML([a, copy.deepcopy(a)], T=1.0).train()
+    method = dml.DML([a, copy.deepcopy(a)], T=1.0, image_size=(4, 4)).train()
     loss, parts = method([x], y)
     assert parts["kd_s0"].item() == pytest.approx(0, abs=1e-7) and parts["kd_s1"].item() == pytest.approx(0, abs=1e-7)
     assert loss.item() == pytest.approx((parts["ce_s0"] + parts["ce_s1"]).item(), rel=1e-6)
-    method = dml.DML([TinyStudent(seed=0), TinyStudent(seed=1)], T=1.0).train()
+    method = dml.DML([TinyStudent(seed=0), TinyStudent(seed=1)], T=1.0, image_size=(4, 4)).train()
     _, parts = method([x], y)
     assert parts["kd_s0"].item() > 1e-4 and parts["kd_s1"].item() > 1e-4
 
 
 def test_dml_gradients_do_not_reach_the_peer():
     x, y = tiny_batch()
-    method = dml.DML([TinyStudent(seed=0), TinyStudent(seed=1), TinyStudent(seed=2)]).train()
+    method = dml.DML([TinyStudent(seed=0), TinyStudent(seed=1), TinyStudent(seed=2)], image_size=(4, 4)).train()
     check_kd_gradient_stays_with_student(method, [x], y)
 
 
@@ -680,7 +683,7 @@ def test_general_teacher_is_weighted_average_of_distributions(K):
 def test_kdcl_gradients_do_not_reach_the_teacher(ensemble):
     x, y = tiny_batch()
     students = [TinyStudent(seed=0), TinyStudent(seed=1), TinyStudent(seed=2)]
-    method = kdcl.KDCL(students, ensemble=ensemble, icl=True, T=2.0, lam=1.0).train()
+    method = kdcl.KDCL(students, ensemble=ensemble, icl=True, T=2.0, lambda_kd=1.0, image_size=(4, 4)).train()
     views = [x, x + 0.1, x - 0.1]
     check_kd_gradient_stays_with_student(method, views, y)
 
@@ -688,12 +691,12 @@ def test_kdcl_gradients_do_not_reach_the_teacher(ensemble):
 def test_kdcl_icl_feeds_each_student_its_own_view():
     x, y = tiny_batch()
     views = [x, x + 1, x + 2]
-    method = kdcl.KDCL([TinyStudent(seed=i) for i in range(3)], icl=True).train()
+    method = kdcl.KDCL([TinyStudent(seed=i) for i in range(3)], icl=True, image_size=(4, 4)).train()
     assert method.num_views == 3
     method(views, y)
     for i, s in enumerate(method.students):
         assert s.last_input is views[i]
-    method = kdcl.KDCL([TinyStudent(seed=i) for i in range(3)], icl=False).train()
+    method = kdcl.KDCL([TinyStudent(seed=i) for i in range(3)], icl=False, image_size=(4, 4)).train()
     assert method.num_views == 1
     method(views[:1], y)
     assert all(s.last_input is views[0] for s in method.students)
@@ -702,10 +705,10 @@ def test_kdcl_icl_feeds_each_student_its_own_view():
 def test_kdcl_kd_uses_the_chosen_teacher():
     x, y = tiny_batch()
     students = [TinyStudent(seed=0), TinyStudent(seed=1)]
-    method = kdcl.KDCL(students, ensemble="minlogit", icl=False, T=2.0, lam=0.5).train()
+    method = kdcl.KDCL(students, ensemble="minlogit", icl=False, T=2.0, lambda_kd=0.5, image_size=(4, 4)).train()
     _, parts = method([x], y)
     z = torch.stack([s(x)[0] for s in students]).detach()
-    ref = 0.5 * kdcl.kd(z[1], kdcl.min_logit(z, y), 2.0)
+    ref = 0.5 * kdcl.kd_loss(z[1], kdcl.min_logit(z, y), 2.0)
     assert parts["kd_s1"].item() == pytest.approx(ref.item(), rel=1e-5)
 
 
@@ -721,7 +724,7 @@ def test_kdcl_end_to_end(tmp_path, ensemble, icl):
         assert record["w0"] >= 0 and record["w1"] >= 0
         assert record["w0"] + record["w1"] == pytest.approx(1, abs=1e-5)
         ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-        assert ckpt["model"]["w"].tolist() == pytest.approx([record["w0"], record["w1"]], abs=1e-6)
+        assert ckpt["model"]["ensemble_weights"].tolist() == pytest.approx([record["w0"], record["w1"]], abs=1e-6)
     else:
         assert "w0" not in record
 
@@ -733,18 +736,18 @@ def test_kdcl_general_holds_out_images_and_updates_weights(tmp_path):
     n = len(data.train_y)
     method = kdcl.build(args, data)
     assert len(data.train_y) == n - 5 * data.num_classes and len(data.holdout_y) == 5 * data.num_classes
-    assert method.w.tolist() == pytest.approx([0.5, 0.5])
+    assert method.ensemble_weights.tolist() == pytest.approx([0.5, 0.5])
     logged = method.epoch_end(0, data)
     assert set(logged) == {"w0", "w1"} and sum(logged.values()) == pytest.approx(1, abs=1e-6)
     assert method.training  # epoch_end gives the training mode back
-    assert "w" in method.state_dict()
+    assert "ensemble_weights" in method.state_dict()
 
 
 def test_kdcl_rejects_bad_flags(tmp_path, capsys):
     def error_for(*flags, out):
         return usage_error(capsys, lambda: kdcl.main(TINY + [*flags, "--out-dir", str(tmp_path / out)]))
     assert "at least two students" in error_for("--students", "1", out="a")
-    assert "--lam" in error_for("--lam", "-1", out="b")
+    assert "--lambda-kd" in error_for("--lambda-kd", "-1", out="b")
     assert "hold out" in error_for(out="c")  # the default 50 per class cannot come out of 25 per class
 
 
@@ -767,7 +770,8 @@ def save_backbones(tmp_path, archs, num_classes=10):
 def test_fusion_module_params_2x64_channels_100_classes():
     module = ffl.FusionModule([64, 64], 100)
     assert common.count_params(module) == 16228
-    assert module(([torch.randn(2, 64, 8, 8)] * 2)).shape == (2, 100)
+    logits, fused_map = module(([torch.randn(2, 64, 8, 8)] * 2))
+    assert logits.shape == (2, 100) and fused_map.shape == (2, 64, 8, 8)
 
 
 def test_ffl_fusion_module_for_resnet32_pair_is_16k(tmp_path):
@@ -786,10 +790,10 @@ def test_fusion_module_pools_mixed_sizes_to_the_smallest():
 
 def test_ffl_kd_and_ramp_up():
     z = torch.randn(4, 10)
-    assert ffl.kd(z, z, 3.0).abs() < 1e-6
+    assert ffl.kd_loss(z, z, 3.0).abs() < 1e-6
     zs, zt = torch.randn(4, 10, requires_grad=True), torch.randn(4, 10, requires_grad=True)
     ref = 9 * (F.softmax(zt / 3, 1) * (F.log_softmax(zt / 3, 1) - F.log_softmax(zs / 3, 1))).sum(1).mean()
-    loss = ffl.kd(zs, zt, 3.0)
+    loss = ffl.kd_loss(zs, zt, 3.0)
     assert torch.allclose(loss, ref, atol=1e-6)
     loss.backward()
     assert zt.grad is None and zs.grad is not None  # teacher detached
@@ -809,7 +813,7 @@ def test_reconstruction_averages_each_group_with_the_next_cyclically():
 @pytest.mark.parametrize("arch,channels", [("resnet32", 96), ("wrn_16_2", 192)])
 def test_fefr_refiner_shapes(arch, channels):
     net = common.build_model(arch, 10)
-    shapes = ffl.feature_shapes([net], (3, 32, 32))[0]
+    shapes = fefr.stage_shapes(net, (32, 32))
     _, features = net(torch.randn(2, 3, 32, 32))
     refiner = fefr.Refiner(shapes)
     assert refiner.early(*features[-3:]).shape == (2, channels, 8, 8)
@@ -856,7 +860,7 @@ def test_shapes_through_every_fusion_method(tmp_path, arch, name):
 def fused_grads_reach(method):
     """Backward the fused classifier's CE alone: which students receive a gradient."""
     method.train()
-    _, fused = method.heads(torch.randn(4, 3, 32, 32))
+    _, fused = method.logits(torch.randn(4, 3, 32, 32))
     F.cross_entropy(fused, torch.randint(0, 10, (4,))).backward()
     return [any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters()) for s in method.students]
 
@@ -883,10 +887,14 @@ def test_ffcl_without_feature_knowledge_the_fused_probe_never_reaches_peers(tmp_
 
 def test_ffl_set_epoch_ramps_the_kd_weight(tmp_path):
     method = build_method(ffl, ["--arch", "resnet20", "--rampup", "10"], tmp_path)
-    method.set_epoch(5, 20)
-    assert method.kd_weight == pytest.approx(math.exp(-5 * 0.25))
-    method.set_epoch(12, 20)
-    assert method.kd_weight == 1.0
+    assert method.kd_weight.item() == 1.0  # never set: the full weight, for a loop that knows no set_epoch
+    method.set_epoch(0)
+    assert method.kd_weight.item() == pytest.approx(math.exp(-5))
+    method.set_epoch(5)
+    assert method.kd_weight.item() == pytest.approx(math.exp(-5 * 0.25))
+    method.set_epoch(12)
+    assert method.kd_weight.item() == 1.0
+    assert "kd_weight" not in method.state_dict()  # set again by the loop every epoch, resume included
 
 
 def test_fusion_branch_gets_its_own_weight_decay(tmp_path):
@@ -920,7 +928,7 @@ def test_ffcl_pretrained_copies_are_frozen_and_stay_in_eval(tmp_path):
     after = method.teachers.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert any(not torch.equal(student_before[k], v) for k, v in method.students[0].state_dict().items())
-    assert set(method.export()) == {"s0", "s1"}
+    assert set(common.exports(method)) == {"s0", "s1"}  # the peers, not their frozen copies
 
 
 def test_ffcl_teacher_logits_come_from_the_loaded_files(tmp_path):
@@ -953,7 +961,7 @@ def test_ffcl_table5_cases_have_exactly_their_loss_terms(tmp_path, flags, kinds)
 def test_ffcl_response_knowledge_averages_over_the_other_peers():
     logits = [torch.randn(4, 10) for _ in range(3)]
     terms = ffcl.response_kd(logits, 1.0)
-    assert torch.allclose(terms[0], (ffl.kd(logits[0], logits[1], 1) + ffl.kd(logits[0], logits[2], 1)) / 2)
+    assert torch.allclose(terms[0], (ffcl.kd_loss(logits[0], logits[1], 1) + ffcl.kd_loss(logits[0], logits[2], 1)) / 2)
 
 
 def test_ffcl_pretrained_with_wrong_architecture_is_a_usage_error(tmp_path, capsys):
@@ -984,7 +992,7 @@ def test_ffcl_bad_flag_combinations(tmp_path, argv, match):
 
 
 def test_fefr_groups_must_divide_channels(tmp_path):
-    with pytest.raises(common.UsageError, match="divisible"):
+    with pytest.raises(ValueError, match="divisible"):  # common.main turns it into one sentence
         build_method(fefr, ["--arch", "resnet20", "--groups", "5"], tmp_path)
 
 
@@ -1073,15 +1081,18 @@ def test_ffsd_shifted_features_carry_the_target_attention_shift():
     assert torch.allclose(shifted - f, delta.view(2, 1, 3, 3).expand(2, 4, 3, 3), atol=1e-6)
 
 
-def test_ffsd_warmup_ramp():
+def test_ffsd_lambda_rampup():
     m = ffsd_method(students=2)
-    m.set_epoch(0, 10)  # epoch 1 of the official count
-    assert m.w["fusion"] == pytest.approx(10 * math.exp(-5 * 0.8 ** 2))
-    assert m.w["div"] == pytest.approx(1e-5 * math.exp(-5 * 0.8 ** 2))
-    m.set_epoch(4, 10)
-    assert m.w == {"div": 1e-5, "fusion": 10.0, "sd": 1000.0}
-    m.set_epoch(9, 10)
-    assert m.w["sd"] == 1000.0
+    full = [1e-5, 10.0, 1000.0]  # (div, fusion, sd)
+    assert m.ramped_lambdas.tolist() == pytest.approx(full)  # never set: the full weights
+    m.set_epoch(0)  # epoch 1 of the official count
+    div, fusion, sd = m.ramped_lambdas.tolist()
+    assert fusion == pytest.approx(10 * math.exp(-5 * 0.8 ** 2))
+    assert div == pytest.approx(1e-5 * math.exp(-5 * 0.8 ** 2))
+    m.set_epoch(4)
+    assert m.ramped_lambdas.tolist() == pytest.approx(full)
+    m.set_epoch(9)
+    assert m.ramped_lambdas[2].item() == 1000.0
 
 
 @pytest.mark.parametrize("arch,students", [("resnet32", 3), ("wrn_16_2", 3), ("resnet20", 4)])
@@ -1098,7 +1109,7 @@ def test_ffsd_shapes_through_sd_adapter_fusion(arch, students):
         cat = torch.cat([f[-1] for f in feats[1:]], 1)
         assert cat.shape == (2, c * (students - 1), h, w)
         assert m.adapter(feats[0][-1]).shape == cat.shape
-        z_f, fused_map = m.fusion_module(cat)
+        z_f, fused_map = m.fusion_module([f[-1] for f in feats[1:]])
         assert z_f.shape == (2, 10) and fused_map.shape == (2, c, h, w)
         heads = m(x)
     assert set(heads) == {"leader", "ens", "fused"} | {f"s{k}" for k in range(1, students)}
@@ -1120,11 +1131,11 @@ def grad_owners(m, loss):
 
 def test_ffsd_detach_points():
     m = ffsd_method(students=4).train()
-    m.set_epoch(10, 20)  # full weights
+    m.set_epoch(10)  # full weights
     x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 10
     total, parts = m([x], y)
     assert torch.allclose(total, sum(parts.values()))
-    assert set(parts) == {"ce_s1", "dml_s1", "ce_s2", "dml_s2", "div_s2", "sdt_s2", "ce_s3", "dml_s3", "div_s3",
+    assert set(parts) == {"ce_s1", "kd_s1", "ce_s2", "kd_s2", "div_s2", "sdt_s2", "ce_s3", "kd_s3", "div_s3",
                           "sdt_s3", "ce_fused", "kd_fused", "ce_leader", "kd_leader", "att_leader", "adapt_leader",
                           "sdt_leader", "sd_leader", "sd_s2", "sd_s3"}
     # the fused classifier trains the fusion module only, never the common students
@@ -1138,12 +1149,11 @@ def test_ffsd_detach_points():
     leader_terms = sum(v for k, v in parts.items() if k.endswith("_leader") and k != "sd_leader")
     assert grad_owners(m, leader_terms) == {"leader", "adapter"}
     assert grad_owners(m, parts["div_s2"] + parts["sdt_s2"]) == {"s2"}
-    assert grad_owners(m, parts["dml_s3"] + parts["ce_s3"]) == {"s3"}
+    assert grad_owners(m, parts["kd_s3"] + parts["ce_s3"]) == {"s3"}
     # the whole loss reaches everything, each optimizer gets its own parameters
     assert grad_owners(m, total) == {"leader", "fusion", "adapter", "s1", "s2", "s3", "sd_leader", "sd_s2", "sd_s3"}
-    args = SimpleNamespace(fusion_wd=1e-5, sd_lr=1e-3, sd_wd=1e-4)
-    groups = m.param_groups(args)
-    adam = m.extra_optimizer(args, [])
+    groups = m.param_groups()
+    adam = m.extra_optimizer()
     sgd_ids = {id(p) for g in groups for p in g["params"]}
     adam_ids = {id(p) for g in adam.param_groups for p in g["params"]}
     assert not sgd_ids & adam_ids and sgd_ids | adam_ids == {id(p) for p in m.parameters()}
@@ -1173,7 +1183,7 @@ def test_ffsd_end_to_end(tmp_path, students):
     assert all(0 <= v <= 100 for v in saved["final"].values())
     record = read_metrics(tmp_path)[-1]
     assert all(math.isfinite(v) for v in record.values() if isinstance(v, float))
-    assert ("dml_s1" in record) == (students > 2) and ("div_s2" in record) == (students > 2)
+    assert ("kd_s1" in record) == (students > 2) and ("div_s2" in record) == (students > 2)
     assert (tmp_path / "leader.pt").exists()
     if students == 3:
         # the deployed leader reloads into a plain backbone and reproduces the run's `leader` head exactly
@@ -1220,7 +1230,7 @@ def test_mkb_shapes_resnet32_wrn_16_2():
 
 def test_mkb_three_networks_mixed_sizes():
     # 16x16 input keeps it cheap: stage 1 is 8x8 (resnet20, wrn_16_2) and 4x4 (shufflenetv2)
-    m = mkb_method(["resnet20", "shufflenetv2", "wrn_16_2"], mkb_at=[0, 1], input_size=(16, 16))
+    m = mkb_method(["resnet20", "shufflenetv2", "wrn_16_2"], mkb_at=[0, 1], image_size=(16, 16))
     strides = [tuple(net.halves["1"].encoder[0].stride) for net in m.students]
     assert strides == [(2, 2), (1, 1), (2, 2)]
     x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
@@ -1271,7 +1281,7 @@ def test_mkb_metric_detach():
 
 
 def test_mkb_verification_head_trains():
-    m = mkb_method(["resnet20", "resnet20"], embed_dim=256, input_size=(8, 8))  # small images: fast
+    m = mkb_method(["resnet20", "resnet20"], embed_dim=256, image_size=(8, 8))  # small images: fast
     g = torch.Generator().manual_seed(0)
     y = torch.arange(32) % 4
     x = torch.randn(4, 3, 8, 8, generator=g)[y] + 0.3 * torch.randn(32, 3, 8, 8, generator=g)
@@ -1313,7 +1323,7 @@ def test_mkb_end_to_end_mul_route_two_mkbs(tmp_path):
 def test_mkb_impossible_sizes_raise_usage_error(tmp_path):
     # input 20x20 at stage 2: resnet20 gives 5x5, shufflenetv2 3x3 -> no integer stride
     args = method_args(mkb_cl, ["--arch", "resnet20,shufflenetv2", "--mkb-at", "2"], tmp_path)
-    with pytest.raises(common.UsageError, match="integer encoder strides"):
+    with pytest.raises(ValueError, match="integer encoder strides"):
         mkb_cl.build(args, fake_data(n=2, size=20))
 
 
@@ -1324,7 +1334,7 @@ def test_mkb_impossible_sizes_raise_usage_error(tmp_path):
                                            (["--T", "3"], "no temperature")])
 def test_mkb_bad_flags_raise_usage_error(tmp_path, flags, message):
     args = method_args(mkb_cl, TINY + flags, tmp_path)
-    with pytest.raises(common.UsageError, match=message):
+    with pytest.raises((common.UsageError, ValueError), match=message):  # common.main: one sentence for both
         mkb_cl.build(args, fake_data(n=2))
 
 
@@ -1338,6 +1348,237 @@ def test_mkb_load_network_rejects_other_files(tmp_path):
     torch.save(common.backbone_payload(common.build_model("resnet20", 10)), path)
     with pytest.raises(common.UsageError, match="not a network saved by MKB-CL"):
         mkb_cl.load_network(path)
+
+
+# ================================================================================================
+# The method contract: every method file alone, the same vocabulary in each
+# ================================================================================================
+
+METHOD_FILES = [m.__name__ + ".py" for m in METHOD_MODULES]
+PROJECT_MODULES = {"common", *(m.__name__ for m in METHOD_MODULES)}
+# definitions every file that uses them carries as the same text (CleanRL's price for standalone files)
+SHARED = {"kd_loss": [dml, kdcl, ffl, ffcl, fefr, ffsd], "ensemble_head": METHOD_MODULES,
+          "stage_shapes": METHOD_MODULES, "FusionModule": [ffl, ffcl, fefr, ffsd], "ramp_up": [ffl, fefr],
+          "fusion_loss": [ffl, fefr]}
+
+
+def top_level_source(module, name):
+    import ast
+    path = os.path.join(HERE, module.__name__ + ".py")
+    text = open(path).read()
+    for node in ast.parse(text).body:
+        if getattr(node, "name", None) == name:
+            start = node.decorator_list[0].lineno if getattr(node, "decorator_list", None) else node.lineno
+            return "\n".join(text.splitlines()[start - 1:node.end_lineno])
+    return None
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_shared_definitions_are_the_same_text_in_every_file(name):
+    texts = {m.__name__: top_level_source(m, name) for m in SHARED[name]}
+    assert all(texts.values()), f"{name} missing in {[n for n, t in texts.items() if not t]}"
+    assert len(set(texts.values())) == 1, f"{name} differs between {sorted(texts)}"
+    others = [m.__name__ for m in METHOD_MODULES if m not in SHARED[name] and top_level_source(m, name)]
+    assert not others, f"{name} is also defined in {others}: add them to SHARED"
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_method_file_imports_nothing_of_this_project_at_module_level(module):
+    import ast
+    tree = ast.parse(open(os.path.join(HERE, module.__name__ + ".py")).read())
+    for node in tree.body:  # only module-level statements: `import common` inside build/main is the rule
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            assert not {n.split(".")[0] for n in names} & PROJECT_MODULES, (module.__name__, names)
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_docstring_teaches_and_is_shorter_than_the_code(module):
+    doc_lines = len(module.__doc__.strip().splitlines())
+    text = open(os.path.join(HERE, module.__name__ + ".py")).read()
+    code = text.split('"""', 2)[2].splitlines()
+    code_lines = [line for line in code if line.strip() and not line.strip().startswith("#")]
+    assert doc_lines < len(code_lines), (doc_lines, len(code_lines))
+    assert "Contract" in module.__doc__ and "--lr-warmup 0" in module.__doc__
+    assert "Results: the README's table 'Results measured with this code'" in module.__doc__
+    assert "mean ± std" not in module.__doc__  # no lab book
+
+
+COPY_ALONE = r"""
+import copy, importlib, importlib.util, os, sys, traceback
+import torch, torchvision
+
+# the user's own students: torchvision classifiers, made students by common.as_student, loaded by its path
+spec = importlib.util.spec_from_file_location("helper_not_on_path", HELPER)
+helper = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(helper)
+
+
+def student(seed, arch="resnet18"):
+    torch.manual_seed(seed)
+    return helper.as_student(getattr(torchvision.models, arch)(num_classes=5))
+
+
+def build(name, M):
+    S = lambda k: [student(i) for i in range(k)]
+    return {"dml": lambda: M.DML([student(0), student(1, "mobilenet_v2")]),
+            "kdcl": lambda: M.KDCL(S(2)),
+            "ffl": lambda: M.FFL([student(0), student(1, "mobilenet_v2")], 5),
+            "ffcl": lambda: M.FFCL(S(2), 5, pretrained=S(2)),
+            "fefr": lambda: M.FEFR(S(2), 5),
+            "ffsd": lambda: M.FFSD(S(3), 5),
+            "mkb_cl": lambda: M.MKBCL(S(2), 5)}[name]()
+
+
+def train_and_evaluate(name):
+    folder = os.path.join(ROOT, name)  # where the file lies alone
+    assert sys.path[0] != HERE and HERE not in sys.path and not PROJECT & set(sys.modules)
+    sys.path.insert(0, folder)
+    try:
+        method = build(name, importlib.import_module(name))
+        opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.arange(8) % 5
+        method.train()  # one step of a plain loop: no set_epoch, no param groups, nothing of ours
+        views = [x + 0.1 * torch.randn(x.shape, generator=g) for _ in range(getattr(method, "num_views", 1))]
+        loss, parts = method(views, y)
+        assert torch.isfinite(loss) and torch.allclose(loss, sum(parts.values())), (loss, parts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.eval()
+        with torch.no_grad():
+            heads = method(x)
+        assert "ens" in heads and all(z.shape == (8, 5) for z in heads.values()), {h: z.shape for h, z in heads.items()}
+        loaded = sorted(PROJECT & set(sys.modules))
+        assert loaded == [name], loaded
+    finally:
+        sys.path.remove(folder)
+        sys.modules.pop(name, None)
+    return sorted(parts), sorted(heads)
+
+
+for name in NAMES:
+    try:
+        print("trained", name, *train_and_evaluate(name), flush=True)
+    except Exception:
+        print("failed", name, repr(traceback.format_exc()), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def copied_alone(tmp_path_factory):
+    """Each method file copied alone into an empty folder, imported from there in one fresh interpreter (the
+    project not on its path) and trained one step on torchvision students: {name: report line}."""
+    import shutil
+    root = tmp_path_factory.mktemp("copied_alone")
+    names = [m.__name__ for m in METHOD_MODULES]
+    for name in names:
+        (root / name).mkdir()
+        shutil.copy(os.path.join(HERE, name + ".py"), root / name)
+    (root / "loop").mkdir()  # the script's own folder (first on its path) holds nothing else
+    script = root / "loop" / "user_loop.py"
+    script.write_text(f"PROJECT = set({sorted(PROJECT_MODULES)!r})\nHERE = {HERE!r}\nROOT = {str(root)!r}\n"
+                      f"NAMES = {names!r}\nHELPER = {os.path.join(HERE, 'common.py')!r}\n" + COPY_ALONE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    reports = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith(("trained", "failed"))}
+    return reports, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_method_file_copied_alone_trains_a_torchvision_student_in_a_plain_loop(copied_alone, module):
+    reports, stderr = copied_alone
+    report = reports.get(module.__name__, stderr)
+    assert report.startswith("trained "), report.replace("\\n", "\n")
+
+
+def test_as_student_finds_the_stage_outputs_of_torchvision_classifiers():
+    import torchvision
+    net = common.as_student(torchvision.models.resnet18(num_classes=5))
+    assert net.stage_nodes == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    logits, features = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 5) and [f.shape[1] for f in features] == [64, 64, 128, 256, 512]
+    net = common.as_student(torchvision.models.mobilenet_v2(num_classes=5))
+    assert [f.shape[-1] for f in net(torch.randn(2, 3, 32, 32))[1]] == [16, 8, 4, 2, 1]  # one map per size
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_a_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
+    import torchvision
+    plain = [torchvision.models.resnet18(num_classes=5) for _ in range(3)]
+    with pytest.raises(TypeError, match=r"must return \(logits, \[stage outputs\]\).*as_student") as info:
+        module.stage_shapes(plain[0], (32, 32))
+    assert len(str(info.value).splitlines()) == 1
+    classes = {dml: "DML", kdcl: "KDCL", ffl: "FFL", ffcl: "FFCL", fefr: "FEFR", ffsd: "FFSD", mkb_cl: "MKBCL"}
+    extra = {ffl: [5], ffcl: [5, plain[:2]], fefr: [5], ffsd: [5], mkb_cl: [5]}.get(module, [])
+    with pytest.raises(TypeError, match="as_student"):
+        getattr(module, classes[module])(plain[:3] if module is ffsd else plain[:2], *extra)
+
+
+@pytest.mark.parametrize("module,argv", [(dml, []), (kdcl, ["--ensemble", "naive"]), (ffl, []), (fefr, []),
+                                         (ffsd, ["--students", "3"]), (mkb_cl, []),
+                                         (ffcl, ["--no-regularization"])], ids=lambda v: getattr(v, "__name__", ""))
+def test_every_loss_part_is_weighted_and_they_sum_to_the_loss(tmp_path, module, argv):
+    method = build_method(module, ["--arch", "resnet20"] + argv, tmp_path).train()
+    if hasattr(method, "set_epoch"):
+        method.set_epoch(0)  # a ramp-up below full weight, so that an unweighted part would show
+    views = [torch.randn(4, 3, 32, 32) for _ in range(getattr(method, "num_views", 1))]
+    loss, parts = method(views, torch.arange(4) % 10)
+    assert torch.allclose(loss, sum(parts.values()), rtol=1e-6)
+
+
+def test_ffl_loss_is_the_papers_equation():
+    torch.manual_seed(0)
+    method = ffl.FFL([common.build_model("resnet20", 10) for _ in range(2)], 10, T=3.0, rampup=80).train()
+    method.set_epoch(20)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    loss, parts = method([x], y)
+    z, z_f = method.logits(x)
+    w, kd = math.exp(-5 * (1 - 20 / 80) ** 2), ffl.kd_loss
+    ref = (sum(F.cross_entropy(zi, y) for zi in z) + F.cross_entropy(z_f, y)
+           + w * (sum(kd(zi, z_f, 3.0) for zi in z) + kd(z_f, (z[0] + z[1]) / 2, 3.0)))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert parts["kd_s1"].item() == pytest.approx(w * kd(z[1], z_f, 3.0).item(), rel=1e-5)
+
+
+def test_ffcl_and_mkb_parts_carry_their_weights(tmp_path):
+    method = build_method(ffcl, ["--arch", "resnet20", "--no-regularization", "--lambda-feature", "0.5",
+                                 "--lambda-response", "2"], tmp_path).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    _, parts = method([x], y)
+    z, z_f = method.logits(x)
+    assert parts["fk_s0"].item() == pytest.approx(0.5 * ffcl.kd_loss(z[0], z_f, 3.0).item(), rel=1e-5)
+    assert parts["rk_s1"].item() == pytest.approx(2 * ffcl.kd_loss(z[1], z[0], 1.0).item(), rel=1e-5)
+    m = mkb_method(["resnet20", "resnet20"], alpha=0.2).train()
+    _, parts = m([x], y)
+    (_, e0), (_, e1) = [net(x, with_embeddings=True) for net in m.students]
+    assert parts["metric_s0"].item() == pytest.approx(0.2 * mkb_cl.metric_loss(e0[0], e1[0]).item(), rel=1e-4)
+    assert parts["verif_s1"].item() == pytest.approx(
+        0.2 * F.cross_entropy(m.verifiers[1][0](e1[0]), y).item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("argv,message", [(["--momentum", "0"], "--no-nesterov"),
+                                          (["--lr", "nan"], "--lr"),
+                                          (["--wd", "inf"], "--wd"),
+                                          (["--T", "nan"], "--T")])
+def test_optimizer_refusals_end_in_one_sentence(tmp_path, capsys, argv, message):
+    assert message in usage_error(capsys, lambda: dml.main(TINY + argv + ["--out-dir", str(tmp_path)]))
+
+
+def test_plain_sgd_with_momentum_0_trains(tmp_path):
+    args = method_args(dml, ["--momentum", "0", "--no-nesterov"], tmp_path)
+    sgd, = common.make_optimizers(build_method(dml, ["--arch", "resnet20"], tmp_path), args)
+    assert sgd.defaults["momentum"] == 0 and not sgd.defaults["nesterov"]
+
+
+def test_an_optimizer_refusal_the_checks_miss_still_ends_in_one_sentence(tmp_path):
+    args = method_args(ffsd, ["--arch", "resnet20"], tmp_path)
+    method = build_method(ffsd, ["--arch", "resnet20"], tmp_path)
+    method.sd_lr = -1.0  # what torch.optim.Adam refuses with a ValueError
+    with pytest.raises(common.UsageError, match="optimizer refuses"):
+        common.make_optimizers(method, args)
 
 
 # ================================================================================================

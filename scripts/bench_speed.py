@@ -120,7 +120,7 @@ def measure_method(name, opts, data, tmp):
     gen = torch.Generator(device=data.device).manual_seed(0)
     views = getattr(method, "num_views", 1)
     if hasattr(method, "set_epoch"):
-        method.set_epoch(10, 200)  # past every warm-up, so each term is computed
+        method.set_epoch(10)  # past every warm-up, so each term is computed
     method.train()
 
     def run(steps):
