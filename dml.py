@@ -29,7 +29,9 @@ batch 64. Reproduce with:
 
     python dml.py --arch resnet32 --students 2 --epochs 200 --batch-size 64 --milestones 60,120,180 --lr-warmup 0
 
-(weight decay is not given in the paper; the project default --wd 5e-4 is kept; no learning-rate warm-up).
+(weight decay is not given in the paper; the project default --wd 5e-4 is kept; no learning-rate warm-up:
+without one the students collapse in their first steps, README 'Learning-rate warm-up'; drop --lr-warmup 0
+to keep the default 5 epochs).
 
 Decisions:
 - One forward, one backward, peers detached. The paper updates the networks one after another (update

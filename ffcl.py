@@ -48,6 +48,9 @@ use the same recipe:
     python ffcl.py --arch resnet18 --epochs 200 --batch-size 128 --wd 5e-4 --milestones 60,120,160 \
         --no-nesterov --pretrain-epochs 200 --lr-warmup 0                 # the paper names no lr warm-up
 
+(without a warm-up the response term makes the peers collapse in their first steps, README 'Learning-rate
+warm-up'; drop --lr-warmup 0 to keep the default 5 epochs)
+
 Decisions where the paper is silent:
 - Weights and temperatures are not in the text: every term weight 1, T = 3 for FK and NRK, T = 1 for RK
   (stated in the paper). Tf-KD's own code uses (1-a) CE + a T^2 KL with a = 0.95, T = 6.

@@ -57,6 +57,9 @@ module 1e-5), T = 2, 2 common students; no lr warm-up on CIFAR (ImageNet: 5 epoc
     python ffsd.py --arch resnet32 --students 3 --epochs 300 --batch-size 128 --wd 1e-4 --milestones 150,225 \
         --fusion-wd 1e-5 --T 2 --lr-warmup 0
 
+(without a warm-up the common students collapse in their first steps and drag the leader with them, README
+'Learning-rate warm-up'; drop --lr-warmup 0 to keep the default 5 epochs)
+
 Heads: `leader`; `s1`..`s{N-1}` the common students (s_k = students[k], so s0 would be the leader);
 `ens` = log mean softmax of the common students only, the leader excluded: it is the ensemble the paper
 reports ("Ens", Table I) and the fused classifier distils from, so the leader can be compared with it;
