@@ -388,12 +388,15 @@ def test_without_warmup_students_that_teach_each_other_collapse_and_the_warning_
     assert independent["collapsed"] == {} and "warning" not in capsys.readouterr().out
 
 
-COLLAPSE_MARGIN = 10.0  # points; provisional, set from the measured spread over seeds
+# Measured on these settings (with --limit-test 500 drawn at random, seeds 0, 1, 2): best deployable network
+# minus vanilla's best, DML +3.0 / +2.0 / +4.4, FFCL -1.0 / -0.6 / +3.4, FFSD +1.8 / 0.0 / +2.4; a collapsed DML
+# (no warm-up) lost 11 +- 5 points. 5 points is five times the worst shortfall seen, half what a collapse costs.
+COLLAPSE_MARGIN = 5.0
 
 
 def test_with_default_warmup_no_method_collapses_on_real_cifar10(cifar10_real, tmp_path, capsys):
     """DML, FFCL (response and feature terms on) and FFSD with the default warm-up on 1,000 real images:
-    no collapse warning, and every deployable network within COLLAPSE_MARGIN points of vanilla's best."""
+    no collapse warning, and the best deployable network within COLLAPSE_MARGIN points of vanilla's best."""
     argv = ["--dataset", "folder", "--data-dir", str(cifar10_real), "--limit-train", "1000", "--batch-size", "32",
             "--epochs", "7", "--milestones", "6", "--arch", "resnet20", "--device", "cpu"]
     base = max(run_main(vanilla, argv, tmp_path / "vanilla")["final"][h] for h in ("s0", "s1"))
