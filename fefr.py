@@ -273,7 +273,7 @@ def build(args, data):
         raise common.UsageError(f"feature fusion needs at least 2 students, got --students {args.students}")
     return FEFR(common.build_students(args, data.num_classes), data.num_classes, args.T, args.rampup, args.groups,
                 args.early_fusion, args.reconstruction, args.attention, args.detach_fusion_input, args.fusion_wd,
-                tuple(data.train_x.shape[-2:]))
+                tuple(data.image_size))
 
 
 def main(argv=None):

@@ -361,7 +361,7 @@ def build(args, data):
         raise common.UsageError("--rampup must be non-negative and --sd-lr positive")
     return FFSD(common.build_students(args, data.num_classes), data.num_classes, args.T, args.lambda_div,
                 args.lambda_fusion, args.lambda_sd, args.lambda_kl, args.rampup, args.fusion_wd, args.sd_lr, args.sd_wd,
-                tuple(data.train_x.shape[-2:]))
+                tuple(data.image_size))
 
 
 def main(argv=None):

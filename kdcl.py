@@ -236,13 +236,11 @@ class KDCL(nn.Module):
         self.train(was_training)
         return {f"w{i}": float(v) for i, v in enumerate(self.ensemble_weights)}
 
-    def epoch_end(self, epoch, data, batch_size=1000):
+    def epoch_end(self, epoch, data, batch_size=None):
         """common.py's hook: General re-estimates w on the images data.hold_out() set aside."""
         if self.ensemble != "general":
             return {}
-        x, y = data.holdout_x, data.holdout_y
-        return self.estimate_weights((data.normalize(x[i:i + batch_size]), y[i:i + batch_size])
-                                     for i in range(0, len(y), batch_size))
+        return self.estimate_weights(data.holdout_batches(batch_size))
 
 
 def add_arguments(parser):
@@ -269,7 +267,7 @@ def build(args, data):
                                     "to estimate its weights")
         data.hold_out(args.holdout_per_class)  # these images are never trained on
     return KDCL(common.build_students(args, data.num_classes), args.ensemble, args.icl, args.T, args.lambda_kd,
-                tuple(data.train_x.shape[-2:]))
+                tuple(data.image_size))
 
 
 def main(argv=None):

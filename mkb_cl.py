@@ -282,7 +282,7 @@ def load_network(path):
     payload = common.load_checkpoint(path)
     if payload.get("kind") != "mkb_network":
         raise common.UsageError(f"{path} is not a network saved by MKB-CL (it has no 'kind: mkb_network' entry)")
-    backbone = common.build_model(payload["arch"], payload["num_classes"])
+    backbone = common.build_model(payload["arch"], payload["num_classes"], payload.get("image_size", 32))
     halves = {int(i): MKBHalf(**cfg) for i, cfg in payload["mkb"].items()}
     net = MKBNetwork(backbone, halves, payload.get("image_size", (32, 32)))
     net.load_state_dict(payload["state_dict"])
@@ -317,7 +317,7 @@ def build(args, data):
     if args.embed_dim < 1 or args.mkb_width < 1 or args.alpha < 0:
         raise common.UsageError("--embed-dim and --mkb-width must be positive and --alpha non-negative")
     return MKBCL(common.build_students(args, data.num_classes), data.num_classes, mkb_at, args.embed_dim,
-                 args.mkb_width, args.route, args.alpha, args.metric_detach, tuple(data.train_x.shape[-2:]))
+                 args.mkb_width, args.route, args.alpha, args.metric_detach, tuple(data.image_size))
 
 
 def main(argv=None):

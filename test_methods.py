@@ -80,7 +80,7 @@ def method_args(module, argv, tmp_path):
 
 def fake_data(num_classes=10, n=8, size=32):
     """What a method's build() reads from the data: the number of classes and the image size."""
-    return SimpleNamespace(num_classes=num_classes, train_x=torch.zeros(n, 3, size, size, dtype=torch.uint8))
+    return SimpleNamespace(num_classes=num_classes, image_size=(size, size))
 
 
 def build_method(module, argv, tmp_path, num_classes=10):
