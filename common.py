@@ -602,7 +602,8 @@ class StreamedData:
     def loader(self, dataset, batch_sampler):
         from torch.utils.data import DataLoader
         loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda")
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))  # not the global RNG: ImageFiles seeds
         try:
             for *views, y in loader:
                 yield [v.to(self.device, non_blocking=True) for v in views], y.to(self.device, non_blocking=True)
