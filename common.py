@@ -573,8 +573,10 @@ class StreamedData:
         if test_classes != classes:
             raise UsageError(f"{train_dir} and {test_dir} have different class folders")
         self.num_classes, self.device, self.workers = len(classes), device, workers
-        train_files, test_files = (limited(files, n, self.num_classes, flag) for files, n, flag in
-                                   ((train_files, limit_train, "--limit-train"), (test_files, limit_test, "--limit-test")))
+        if limit_train:
+            train_files = [train_files[i] for i in subset([c for _, c in train_files], limit_train, "--limit-train")]
+        if limit_test:
+            test_files = [test_files[i] for i in subset([c for _, c in test_files], limit_test, "--limit-test")]
         self.image_size = (image_size, image_size)
         eval_transform = T.Compose([T.Resize(round(image_size * 8 / 7)), T.CenterCrop(image_size)])  # 256 -> 224
         self.train_set = ImageFiles(train_files, T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]))
@@ -631,14 +633,16 @@ class StreamedData:
             yield self.normalize(x), y
 
 
-def limited(files, n, num_classes, flag):
-    """A class-balanced subset of n of the (path, label) files (the same for every run); all for n = 0."""
+def subset(labels, n, flag):
+    """The indices of a class-balanced subset of n of these labels (the same for every run); all for n = 0."""
+    y = torch.as_tensor(labels).cpu()
+    num_classes = int(y.max()) + 1
     if not n:
-        return files
+        return slice(None)
     if n < num_classes:
-        raise UsageError(f"{flag} {n} is below the number of classes ({num_classes}); a balanced subset needs one per class")
-    idx = balanced_indices(torch.tensor([c for _, c in files]), n // num_classes, num_classes)
-    return [files[i] for i in idx.tolist()]
+        raise UsageError(f"{flag} {n} is below the number of classes ({num_classes}); "
+                         f"a balanced subset needs one per class")
+    return balanced_indices(y, n // num_classes, num_classes).tolist()
 
 
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -714,12 +718,12 @@ def load_data(args, device):
         names = ("val",) if args.dataset == "imagenet" else ("test", "val")
         test_name = next((n for n in names if os.path.isdir(os.path.join(args.data_dir, n))), None)
         if not os.path.isdir(os.path.join(args.data_dir, "train")) or test_name is None:
-            raise UsageError(f"--data-dir {args.data_dir} must hold train/<class>/* and {'/'.join(names)}/<class>/* "
-                             f"(ImageNet's validation images sorted into class folders)")
+            raise UsageError(f"--data-dir {args.data_dir} must hold train/<class>/* and "
+                             f"{'/'.join(names)}/<class>/* (ImageNet's validation images sorted into class folders)")
         stats = CINIC_STATS if args.dataset == "cinic10" else IMAGENET_STATS
         return StreamedData(os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, test_name), device,
                             args.image_size or 224, args.workers, *stats, args.limit_train, args.limit_test)
-    if args.image_size:
+    if getattr(args, "image_size", None):
         raise UsageError("--image-size is for streamed data (--dataset imagenet, or --stream); "
                          f"{args.dataset} is used at its own size")
     flip = True
@@ -736,15 +740,9 @@ def load_data(args, device):
     else:
         train_x, train_y, test_x, test_y, nc = load_cifar(args.dataset, args.data_dir)
         mean, std = CIFAR_STATS[args.dataset]
-    for flag, n, y in (("--limit-train", args.limit_train, train_y), ("--limit-test", args.limit_test, test_y)):
-        if n:
-            if n < nc:
-                raise UsageError(f"{flag} {n} is below the number of classes ({nc}); a balanced subset needs one per class")
-            idx = balanced_indices(y, n // nc, nc)
-            if y is train_y:
-                train_x, train_y = train_x[idx], train_y[idx]
-            else:
-                test_x, test_y = test_x[idx], test_y[idx]
+    train = subset(train_y, args.limit_train, "--limit-train")
+    test = subset(test_y, args.limit_test, "--limit-test")
+    train_x, train_y, test_x, test_y = train_x[train], train_y[train], test_x[test], test_y[test]
     return Data(train_x, train_y, test_x, test_y, nc, device, mean, std, flip)
 
 
@@ -842,7 +840,8 @@ def lr_factor(args, epoch, step=0, steps=1):
         factor = args.gamma ** sum(epoch >= m for m in args.milestone_epochs)
     warmup_steps = args.lr_warmup * steps
     done = epoch * steps + step + 1
-    return factor * done / warmup_steps if done < warmup_steps else factor
+    start = getattr(args, "lr_warmup_start", 0.0)  # KDCL's ImageNet recipe warms up from 0.1 to 0.8: 0.125
+    return factor * (start + (1 - start) * done / warmup_steps) if done < warmup_steps else factor
 
 
 def set_lr(optimizers, factor):
@@ -1102,6 +1101,7 @@ def make_parser(doc=None):
     a("--gamma", type=float, default=0.1, help="multistep decay factor")
     a("--lr-warmup", type=float, default=5.0,
       help="epochs (fractions allowed) of linear per-step lr warm-up from 0, for every optimizer; 0: none")
+    a("--lr-warmup-start", type=float, default=0.0, help="the fraction of --lr the warm-up starts from")
     a("--T", type=float, default=None, help="distillation temperature (each method sets its paper's default)")
     a("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -1140,6 +1140,8 @@ def check_args(args, name):
         raise UsageError("--lr and --gamma must be positive, --wd non-negative and --momentum in [0, 1)")
     if not 0 <= args.lr_warmup < math.inf:
         raise UsageError(f"--lr-warmup must be a non-negative number of epochs, got {args.lr_warmup}")
+    if not 0 <= args.lr_warmup_start <= 1:
+        raise UsageError(f"--lr-warmup-start must be a fraction of --lr in [0, 1], got {args.lr_warmup_start}")
     if args.nesterov and args.momentum == 0:
         raise UsageError("Nesterov momentum needs --momentum above 0; pass --no-nesterov for plain SGD")
     if args.T is not None and not 0 < args.T < math.inf:

@@ -57,6 +57,12 @@ module 1e-5), T = 2, 2 common students; no lr warm-up on CIFAR (ImageNet: 5 epoc
     python ffsd.py --arch resnet32 --students 3 --epochs 300 --batch-size 128 --wd 1e-4 --milestones 150,225 \
         --fusion-wd 1e-5 --T 2 --lr-warmup 0
 
+ImageNet (ResNet-18; ResNet-34 likewise): 90 epochs, batch 256, Nesterov, wd 1e-4, lr warmed up linearly to 0.8
+over 5 epochs, /10 at 30 and 60, SD modules Adam 1e-3 on the same schedule, 2 common students, T = 2:
+
+    python ffsd.py --dataset imagenet --data-dir DIR --arch resnet18 --students 3 --epochs 90 --batch-size 256 \
+        --lr 0.8 --lr-warmup 5 --milestones 30,60 --wd 1e-4 --T 2
+
 Heads: `leader`; `s1`..`s{N-1}` the common students (s_k = students[k], so s0 would be the leader);
 `ens` = log mean softmax of the common students only, the leader excluded: it is the ensemble the paper
 reports ("Ens", Table I) and the fused classifier distils from, so the leader can be compared with it;

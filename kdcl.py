@@ -37,6 +37,12 @@ Reproduce (Nesterov is not mentioned by the paper, hence --no-nesterov):
 
     python kdcl.py --arch resnet32,wrn_16_2 --students 2 --epochs 200 --milestones 100,150 --no-nesterov --lr-warmup 0
 
+ImageNet (ResNet-50 + ResNet-18, 77.8 / 73.1 %): batch 2048, wd 1e-4, lr warmed up linearly from 0.1 to 0.8 over 5
+epochs, 200 epochs, x0.1 at 60, 120, 180 (the paper's photometric distortion is not implemented here):
+
+    python kdcl.py --dataset imagenet --data-dir DIR --arch resnet50,resnet18 --epochs 200 --batch-size 2048 \
+        --lr 0.8 --lr-warmup 5 --lr-warmup-start 0.125 --milestones 60,120,180 --wd 1e-4 --no-nesterov
+
 Decisions where the paper is silent:
 - Naive picks the best student per sample (Eq. 4 could also be read per batch).
 - Linear: one weight vector a per batch (Eq. 5's CE over the batch), solved at T = 1 and softened at T
