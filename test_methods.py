@@ -500,6 +500,15 @@ def test_lr_warmup_is_linear_per_step_for_every_optimizer(tmp_path):
     assert all(row == pytest.approx([row[0]] * len(row)) for row in seen)  # every group of both optimizers
 
 
+def test_lr_warmup_start_is_where_the_line_begins(tmp_path):
+    """KDCL's ImageNet warm-up, 0.1 to 0.8: --lr 0.8 --lr-warmup-start 0.125; 0 and 1 are refused outside."""
+    args = method_args(kdcl, ["--lr", "0.8", "--lr-warmup", "1", "--lr-warmup-start", "0.125"], tmp_path)
+    lrs = [0.8 * common.lr_factor(args, 0, step, 4) for step in range(4)] + [0.8 * common.lr_factor(args, 1, 0, 4)]
+    assert lrs == pytest.approx([0.1 + 0.7 * g / 4 for g in (1, 2, 3)] + [0.8, 0.8])
+    with pytest.raises(common.UsageError, match="--lr-warmup-start"):
+        method_args(kdcl, ["--lr-warmup-start", "1.5"], tmp_path)
+
+
 def test_lr_warmup_resumes_onto_the_same_curve(tmp_path):
     argv = SMOKE + ["--epochs", "3", "--lr-warmup", "2.5", "--milestones", "9"]  # 2 steps an epoch, 5 warming
     run_main(vanilla, argv, tmp_path / "a")
