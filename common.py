@@ -182,6 +182,50 @@ def tv_vgg16(num_classes, arch):
     return Backbone(stages, pool_fc(512, num_classes), arch, num_classes)
 
 
+# torchvision's definitions at their native ImageNet shape (7x7 stride-2 stem and max-pool): chosen by
+# build_model for inputs of 64 px or more; the stages end where the resolution halves next (/4 .. /32).
+def imagenet_resnet(name, num_classes, arch):
+    import torchvision
+    net = getattr(torchvision.models, name)(num_classes=num_classes)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = [nn.Sequential(stem, net.layer1), net.layer2, net.layer3, net.layer4]
+    return Backbone(stages, nn.Sequential(net.avgpool, nn.Flatten(), net.fc), arch, num_classes)
+
+
+def imagenet_mobilenetv2(num_classes, arch):
+    import torchvision
+    net = torchvision.models.mobilenet_v2(num_classes=num_classes)
+    f = net.features  # 224 px: 56x56 (24 ch), 28x28 (32 ch), 14x14 (96 ch), 7x7 (1280 ch)
+    stages = [f[0:4], f[4:7], f[7:14], f[14:]]
+    return Backbone(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier), arch, num_classes)
+
+
+def imagenet_shufflenetv2(num_classes, arch):
+    import torchvision
+    net = torchvision.models.shufflenet_v2_x1_0(num_classes=num_classes)
+    stages = [nn.Sequential(net.conv1, net.maxpool, net.stage2), net.stage3, nn.Sequential(net.stage4, net.conv5)]
+    return Backbone(stages, pool_fc(1024, num_classes), arch, num_classes)
+
+
+def densenet121(num_classes, arch):
+    """torchvision's DenseNet-121 as it is (any input size): a stage ends after each dense block."""
+    import torchvision
+    net = torchvision.models.densenet121(num_classes=num_classes)
+    f = list(net.features)  # conv0 norm0 relu0 pool0 block1 trans1 block2 trans2 block3 trans3 block4 norm5
+    stages = [nn.Sequential(*f[0:5]), nn.Sequential(*f[5:7]), nn.Sequential(*f[7:9]),
+              nn.Sequential(*f[9:], nn.ReLU(inplace=True))]
+    return Backbone(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier), arch, num_classes)
+
+
+IMAGENET_SIZE = 64  # inputs at least this large (shorter side, px) get the ImageNet-shape definitions below
+IMAGENET_ARCHS = {
+    "resnet18": lambda nc: imagenet_resnet("resnet18", nc, "resnet18"),
+    "resnet34": lambda nc: imagenet_resnet("resnet34", nc, "resnet34"),
+    "resnet50": lambda nc: imagenet_resnet("resnet50", nc, "resnet50"),
+    "mobilenetv2": lambda nc: imagenet_mobilenetv2(nc, "mobilenetv2"),
+    "shufflenetv2": lambda nc: imagenet_shufflenetv2(nc, "shufflenetv2"),
+}
+
 ARCHS = {
     "resnet20": lambda nc: cifar_resnet(20, nc, "resnet20"),
     "resnet32": lambda nc: cifar_resnet(32, nc, "resnet32"),
@@ -192,17 +236,23 @@ ARCHS = {
     "wrn_28_10": lambda nc: wide_resnet(28, 10, nc, "wrn_28_10"),
     "resnet18": lambda nc: tv_resnet("resnet18", nc, "resnet18"),
     "resnet34": lambda nc: tv_resnet("resnet34", nc, "resnet34"),
+    "resnet50": lambda nc: tv_resnet("resnet50", nc, "resnet50"),
     "mobilenetv2": lambda nc: tv_mobilenetv2(nc, "mobilenetv2"),
     "shufflenetv2": lambda nc: tv_shufflenetv2(nc, "shufflenetv2"),
-    "vgg16": lambda nc: tv_vgg16(nc, "vgg16"),
+    "vgg16": lambda nc: tv_vgg16(nc, "vgg16"),  # torchvision's layers unchanged: the same at every size
+    "densenet121": lambda nc: densenet121(nc, "densenet121"),
 }
 
 
-def build_model(arch: str, num_classes: int) -> Backbone:
-    """A backbone by zoo name; forward(x) -> (logits, [stage outputs])."""
+def build_model(arch: str, num_classes: int, image_size=32) -> Backbone:
+    """A backbone by zoo name for inputs of image_size px (an int or (H, W)); forward(x) -> (logits, [stage
+    outputs]). From IMAGENET_SIZE px up, the names of IMAGENET_ARCHS mean torchvision's native definition."""
     if arch not in ARCHS:
         raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
-    return ARCHS[arch](num_classes)
+    size = min(image_size) if isinstance(image_size, (tuple, list)) else image_size
+    model = (IMAGENET_ARCHS if size >= IMAGENET_SIZE and arch in IMAGENET_ARCHS else ARCHS)[arch](num_classes)
+    model.image_size = int(size)  # recorded in the exported payload, so load_backbone rebuilds the same shape
+    return model
 
 
 def count_params(module: nn.Module) -> int:
@@ -212,7 +262,8 @@ def count_params(module: nn.Module) -> int:
 def backbone_payload(model: Backbone) -> dict:
     """A deployable backbone as plain data: load it with `load_backbone` (no method code needed)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"kind": "backbone", "arch": model.arch, "num_classes": model.num_classes, "state_dict": state}
+    return {"kind": "backbone", "arch": model.arch, "num_classes": model.num_classes,
+            "image_size": getattr(model, "image_size", 32), "state_dict": state}
 
 
 def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backbone:
@@ -224,14 +275,15 @@ def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backb
         raise UsageError(f"{path} holds a {payload['arch']}, but {arch} was asked for")
     if num_classes is not None and payload["num_classes"] != num_classes:
         raise UsageError(f"{path} was trained for {payload['num_classes']} classes, but the data has {num_classes}")
-    model = build_model(payload["arch"], payload["num_classes"])
+    model = build_model(payload["arch"], payload["num_classes"], payload.get("image_size", 32))
     model.load_state_dict(payload["state_dict"])
     return model
 
 
 def build_students(args, num_classes: int) -> list:
-    """One backbone per student from --arch (one name, or a comma list as long as --students)."""
-    return [build_model(arch, num_classes) for arch in args.archs]
+    """One backbone per student from --arch (one name, or a comma list as long as --students), shaped for
+    args.input_size (the data's (H, W), set by main; 32 px where it is missing)."""
+    return [build_model(arch, num_classes, getattr(args, "input_size", 32)) for arch in args.archs]
 
 
 class Student(nn.Module):
@@ -284,15 +336,25 @@ def as_student(model: nn.Module, stage_nodes=None, image_size=(32, 32)) -> Stude
 # ==================================================================================================
 # Data
 # ==================================================================================================
-# The whole dataset lives on the training device as uint8 (N, 3, H, W). Augmentation (random crop from the
-# 4-pixel zero-padded image, horizontal flip, drawn per sample) and normalisation are batched tensor ops
-# there: no DataLoader, no per-image Python in the training loop.
+# Two data paths with one interface, which the loop uses: train_batches(gen, batch, steps, num_views) yields
+# ([num_views normalised views], y) on the device for one epoch, test_batches() and holdout_batches() yield
+# (normalised x, y); train_y / test_y hold the labels, image_size the (H, W) the networks see.
+# - Data (CIFAR, MNIST, STL-10, small folder data sets): the whole dataset lives on the training device as
+#   uint8 (N, 3, H, W). Augmentation (random crop from the zero-padded image, H/8 pixels of padding, and a
+#   horizontal flip, drawn per sample) and normalisation are batched tensor ops there: no DataLoader, no
+#   per-image Python in the training loop.
+# - StreamedData (ImageNet, --stream): images stay JPEG files on disk; DataLoader workers decode and augment
+#   them (RandomResizedCrop + flip; test: resize to 8/7 of the size + center crop), uint8 into pinned memory;
+#   the device normalises. Each epoch's order and every image's augmentation come from `gen`, so a resumed
+#   run continues exactly, whatever the number of workers.
 
 class Data:
-    def __init__(self, train_x, train_y, test_x, test_y, num_classes, device, mean=None, std=None):
+    def __init__(self, train_x, train_y, test_x, test_y, num_classes, device, mean=None, std=None, flip=True):
         self.train_x, self.train_y = train_x.to(device), train_y.to(device)
         self.test_x, self.test_y = test_x.to(device), test_y.to(device)
-        self.num_classes, self.device = num_classes, device
+        self.num_classes, self.device, self.flip = num_classes, device, flip
+        self.image_size = tuple(self.train_x.shape[-2:])
+        self.pad = max(1, self.image_size[0] // 8)  # 4 px at 32 px (the CIFAR recipe), 12 at STL-10's 96
         if mean is None:  # statistics of the training images themselves, in chunks (no float copy of it all)
             total = torch.zeros(2, 3, dtype=torch.float64, device=device)
             for chunk in self.train_x.split(10000):
@@ -321,8 +383,26 @@ class Data:
         self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
         return self.holdout_x, self.holdout_y
 
+    def train_batches(self, gen, batch, steps, num_views=1):
+        """One epoch: `steps` batches of a fresh permutation, each image augmented num_views times."""
+        perm = torch.randperm(len(self.train_y), device=self.device, generator=gen)
+        for step in range(steps):
+            idx = perm[step * batch:(step + 1) * batch]
+            x = self.train_x[idx]
+            yield [self.normalize(augment(x, gen, self.pad, self.flip)) for _ in range(num_views)], self.train_y[idx]
 
-def augment(x, generator, pad=4):
+    def test_batches(self, batch_size=None):
+        yield from self._batches(self.test_x, self.test_y, batch_size or 1000)
+
+    def holdout_batches(self, batch_size=None):
+        yield from self._batches(self.holdout_x, self.holdout_y, batch_size or 1000)
+
+    def _batches(self, x, y, batch_size):
+        for i in range(0, len(y), batch_size):
+            yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
+
+
+def augment(x, generator, pad=4, flip=True):
     """Per-sample random crop of the zero-padded batch and random horizontal flip; uint8 in, uint8 out."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
@@ -333,8 +413,10 @@ def augment(x, generator, pad=4):
     batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
     chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
     crops = padded[batch, chan, rows, cols]
-    flip = torch.rand(b, 1, 1, 1, device=x.device, generator=generator) < 0.5
-    return torch.where(flip, crops.flip(3), crops)
+    if not flip:  # digits (MNIST) are not mirror-symmetric
+        return crops
+    flips = torch.rand(b, 1, 1, 1, device=x.device, generator=generator) < 0.5
+    return torch.where(flips, crops.flip(3), crops)
 
 
 def balanced_indices(y, per_class: int, num_classes: int, seed: int = 0):
@@ -426,56 +508,242 @@ def load_folder(data_dir, workers):
     return train_x, train_y, test_x, test_y, len(classes)
 
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def list_image_folder(root):
+    """ImageFolder layout root/<class>/<image>: the sorted class names and the (path, class index) list."""
+    if not os.path.isdir(root):
+        raise UsageError(f"{root} does not exist (expected {root}/<class>/<image>)")
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    if not classes:
+        raise UsageError(f"{root} holds no class folders (expected {root}/<class>/<image>)")
+    files = []
+    for i, c in enumerate(classes):
+        found = sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not found:
+            raise UsageError(f"class folder {os.path.join(root, c)} holds no images")
+        files += [(os.path.join(root, c, f), i) for f in found]
+    return classes, files
+
+
+def open_rgb(path):
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as e:
+        raise UsageError(f"cannot read image {path} ({type(e).__name__})") from None
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Item i of a (path, label) list: (view_1, ..., view_n, label), uint8 (3, H, W) views. With `seed` set,
+    view v of item i is drawn with torch's RNG seeded from (seed, i, v): the same in any worker, any order."""
+
+    def __init__(self, files, transform):
+        self.files, self.transform = files, transform
+        self.seed, self.num_views = None, 1
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        import torchvision.transforms.functional as TF
+        path, label = self.files[i]
+        img = open_rgb(path)
+        if self.seed is None:
+            return TF.pil_to_tensor(self.transform(img)), label
+        views = []
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG (workers 0: the main process) alone
+            for v in range(self.num_views):
+                torch.manual_seed((self.seed + i * self.num_views + v) % 2 ** 63)
+                views.append(TF.pil_to_tensor(self.transform(img)))
+        return (*views, label)
+
+
+class StreamedData:
+    """An ImageFolder pair streamed from disk (see the banner above); the same interface as Data."""
+
+    def __init__(self, train_dir, test_dir, device, image_size=224, workers=4, mean=IMAGENET_STATS[0],
+                 std=IMAGENET_STATS[1], limit_train=0, limit_test=0):
+        import torchvision.transforms as T
+        classes, train_files = list_image_folder(train_dir)
+        test_classes, test_files = list_image_folder(test_dir)
+        if test_classes != classes:
+            raise UsageError(f"{train_dir} and {test_dir} have different class folders")
+        self.num_classes, self.device, self.workers = len(classes), device, workers
+        if limit_train:
+            train_files = [train_files[i] for i in subset([c for _, c in train_files], limit_train, "--limit-train")]
+        if limit_test:
+            test_files = [test_files[i] for i in subset([c for _, c in test_files], limit_test, "--limit-test")]
+        self.image_size = (image_size, image_size)
+        eval_transform = T.Compose([T.Resize(round(image_size * 8 / 7)), T.CenterCrop(image_size)])  # 256 -> 224
+        self.train_set = ImageFiles(train_files, T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]))
+        self.test_set = ImageFiles(test_files, eval_transform)
+        self.holdout_set = None
+        self.train_y = torch.tensor([c for _, c in train_files])
+        self.test_y = torch.tensor([c for _, c in test_files])
+        self.mean = 255 * torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = 255 * torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    def normalize(self, x):
+        return (x.float() - self.mean) / self.std
+
+    def hold_out(self, per_class: int):
+        """Move a class-balanced set of `per_class` images per class out of the training set (fixed choice);
+        they are read like the test images."""
+        if per_class < 1 or per_class * self.num_classes >= len(self.train_y):
+            raise UsageError(f"cannot hold out {per_class} images per class from {len(self.train_y)} training images")
+        idx = set(balanced_indices(self.train_y, per_class, self.num_classes).tolist())
+        files = self.train_set.files
+        self.holdout_set = ImageFiles([f for i, f in enumerate(files) if i in idx], self.test_set.transform)
+        self.train_set.files = [f for i, f in enumerate(files) if i not in idx]
+        self.train_y = torch.tensor([c for _, c in self.train_set.files])
+
+    def loader(self, dataset, batch_sampler):
+        from torch.utils.data import DataLoader
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))  # not the global RNG: ImageFiles seeds
+        try:
+            for *views, y in loader:
+                yield [v.to(self.device, non_blocking=True) for v in views], y.to(self.device, non_blocking=True)
+        except UsageError as e:  # raised in a worker: DataLoader re-raises it with the worker's traceback
+            raise UsageError(str(e).strip().splitlines()[-1].split("UsageError: ", 1)[-1]) from None
+
+    def train_batches(self, gen, batch, steps, num_views=1):
+        """One epoch: `steps` batches of a permutation drawn from gen, each image augmented num_views times
+        with seeds drawn from gen. (A distributed run would take rank r's share: perm[r::world].)"""
+        perm = torch.randperm(len(self.train_y), device=gen.device, generator=gen)[:steps * batch].cpu()
+        self.train_set.seed = int(torch.randint(2 ** 62, (), device=gen.device, generator=gen))
+        self.train_set.num_views = num_views
+        for views, y in self.loader(self.train_set, perm.view(steps, batch).tolist()):
+            yield [self.normalize(v) for v in views], y
+
+    def test_batches(self, batch_size=None):
+        yield from self._batches(self.test_set, batch_size)
+
+    def holdout_batches(self, batch_size=None):
+        yield from self._batches(self.holdout_set, batch_size)
+
+    def _batches(self, dataset, batch_size):
+        n, b = len(dataset), batch_size or 256
+        for (x,), y in self.loader(dataset, [list(range(i, min(i + b, n))) for i in range(0, n, b)]):
+            yield self.normalize(x), y
+
+
+def subset(labels, n, flag):
+    """The indices of a class-balanced subset of n of these labels (the same for every run); all for n = 0."""
+    y = torch.as_tensor(labels).cpu()
+    num_classes = int(y.max()) + 1
+    if not n:
+        return slice(None)
+    if n < num_classes:
+        raise UsageError(f"{flag} {n} is below the number of classes ({num_classes}); "
+                         f"a balanced subset needs one per class")
+    return balanced_indices(y, n // num_classes, num_classes).tolist()
+
+
 CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
                "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
 
 
-def load_cifar(name, data_dir):
+def torchvision_set(cls, data_dir, name, hint, **kw):
+    """A torchvision data set from data_dir, downloaded when missing (20 s socket timeout); offline, one
+    sentence saying what to put there."""
     import socket
+    try:
+        return cls(data_dir, download=False, **kw)
+    except RuntimeError:
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            return cls(data_dir, download=True, **kw)
+        except Exception as e:
+            raise UsageError(f"{name} is not in {data_dir} and could not be downloaded ({type(e).__name__}); "
+                             f"{hint}") from None
+        finally:
+            socket.setdefaulttimeout(old)
+
+
+def load_cifar(name, data_dir):
     import torchvision
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    hint = (f"put the python version of {name} there, or pass --dataset folder --data-dir DIR with an "
+            f"ImageFolder copy (DIR/train/<class>/*, DIR/test/<class>/*)")
     sets = []
     for train in (True, False):
-        try:
-            ds = cls(data_dir, train=train, download=False)
-        except RuntimeError:
-            old = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(20)
-            try:
-                ds = cls(data_dir, train=train, download=True)
-            except Exception as e:
-                raise UsageError(
-                    f"{name} is not in {data_dir} and could not be downloaded ({type(e).__name__}); put the "
-                    f"python version of {name} there, or pass --dataset folder --data-dir DIR with an "
-                    f"ImageFolder copy (DIR/train/<class>/*, DIR/test/<class>/*)") from None
-            finally:
-                socket.setdefaulttimeout(old)
+        ds = torchvision_set(cls, data_dir, name, hint, train=train)
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         sets += [x, torch.as_tensor(ds.targets, dtype=torch.int64)]
     return (*sets, len(ds.classes))
 
 
-def load_data(args, device) -> Data:
+def load_mnist(data_dir):
+    """MNIST's 28x28 grey digits as 3-channel 32x32 images (2 px of black border, the grey copied thrice)."""
+    import torchvision
+    sets = []
+    for train in (True, False):
+        ds = torchvision_set(torchvision.datasets.MNIST, data_dir, "mnist",
+                             f"put torchvision's MNIST/raw/*-ubyte files under {data_dir}", train=train)
+        x = F.pad(torch.as_tensor(ds.data), (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1).contiguous()
+        sets += [x, torch.as_tensor(ds.targets, dtype=torch.int64)]
+    return (*sets, 10)
+
+
+def load_stl10(data_dir):
+    """STL-10's labelled 96x96 images (5,000 train, 8,000 test; the unlabelled split is not used)."""
+    import torchvision
+    sets = []
+    for split in ("train", "test"):
+        ds = torchvision_set(torchvision.datasets.STL10, data_dir, "stl10",
+                             f"put torchvision's stl10_binary/ folder under {data_dir}", split=split)
+        sets += [torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels, dtype=torch.int64)]
+    return (*sets, 10)
+
+
+CINIC_STATS = ((0.4789, 0.4723, 0.4305), (0.2421, 0.2383, 0.2587))
+IN_MEMORY = ("cifar10", "cifar100", "cinic10", "folder", "mnist", "stl10", "synthetic")
+DATASETS = IN_MEMORY + ("imagenet",)
+
+
+def load_data(args, device):
+    """The data set of --dataset: a StreamedData for imagenet (and a folder data set with --stream), a Data
+    (everything on the device) for the others."""
     mean = std = None
+    if args.dataset in ("folder", "cinic10", "imagenet") and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir {args.data_dir} does not exist")
+    if args.dataset == "imagenet" or getattr(args, "stream", False):
+        names = ("val",) if args.dataset == "imagenet" else ("test", "val")
+        test_name = next((n for n in names if os.path.isdir(os.path.join(args.data_dir, n))), None)
+        if not os.path.isdir(os.path.join(args.data_dir, "train")) or test_name is None:
+            raise UsageError(f"--data-dir {args.data_dir} must hold train/<class>/* and "
+                             f"{'/'.join(names)}/<class>/* (ImageNet's validation images sorted into class folders)")
+        stats = CINIC_STATS if args.dataset == "cinic10" else IMAGENET_STATS
+        return StreamedData(os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, test_name), device,
+                            args.image_size or 224, args.workers, *stats, args.limit_train, args.limit_test)
+    if getattr(args, "image_size", None):
+        raise UsageError("--image-size is for streamed data (--dataset imagenet, or --stream); "
+                         f"{args.dataset} is used at its own size")
+    flip = True
     if args.dataset == "synthetic":
         train_x, train_y, test_x, test_y, nc = synthetic()
-    elif args.dataset == "folder":
-        if not os.path.isdir(args.data_dir):
-            raise UsageError(f"--data-dir {args.data_dir} does not exist")
+    elif args.dataset in ("folder", "cinic10"):
         train_x, train_y, test_x, test_y, nc = load_folder(args.data_dir, args.workers)
+        if args.dataset == "cinic10":
+            mean, std = CINIC_STATS
+    elif args.dataset == "mnist":
+        (train_x, train_y, test_x, test_y, nc), flip = load_mnist(args.data_dir), False
+    elif args.dataset == "stl10":
+        train_x, train_y, test_x, test_y, nc = load_stl10(args.data_dir)
     else:
         train_x, train_y, test_x, test_y, nc = load_cifar(args.dataset, args.data_dir)
         mean, std = CIFAR_STATS[args.dataset]
-    for flag, n, y in (("--limit-train", args.limit_train, train_y), ("--limit-test", args.limit_test, test_y)):
-        if n:
-            if n < nc:
-                raise UsageError(f"{flag} {n} is below the number of classes ({nc}); a balanced subset needs one per class")
-            idx = balanced_indices(y, n // nc, nc)
-            if y is train_y:
-                train_x, train_y = train_x[idx], train_y[idx]
-            else:
-                test_x, test_y = test_x[idx], test_y[idx]
-    return Data(train_x, train_y, test_x, test_y, nc, device, mean, std)
+    train = subset(train_y, args.limit_train, "--limit-train")
+    test = subset(test_y, args.limit_test, "--limit-test")
+    train_x, train_y, test_x, test_y = train_x[train], train_y[train], test_x[test], test_y[test]
+    return Data(train_x, train_y, test_x, test_y, nc, device, mean, std, flip)
 
 
 # ==================================================================================================
@@ -530,7 +798,7 @@ def autocast(args):
 
 
 @torch.no_grad()
-def evaluate(module, data, args=None, batch_size=1000, with_top_share=False):
+def evaluate(module, data, args=None, batch_size=None, with_top_share=False):
     """Top-1 (%) of every head on the test set. `module`'s eval forward may return a dict of heads, a
     (logits, features) tuple (a plain backbone, head `top1`) or a logits tensor (head `top1`).
     with_top_share: also return, per head, the share of test images given its most common prediction
@@ -538,8 +806,7 @@ def evaluate(module, data, args=None, batch_size=1000, with_top_share=False):
     was_training = module.training
     module.eval()
     correct, counts, n = {}, {}, len(data.test_y)
-    for i in range(0, n, batch_size):
-        x = data.normalize(data.test_x[i:i + batch_size])
+    for x, y in data.test_batches(batch_size):
         if args is not None and args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(args) if args is not None else torch.autocast("cpu", enabled=False):
@@ -548,7 +815,7 @@ def evaluate(module, data, args=None, batch_size=1000, with_top_share=False):
             out = {"top1": out[0] if isinstance(out, tuple) else out}
         for head, logits in out.items():
             pred = logits.argmax(1)
-            correct[head] = correct.get(head, 0) + (pred == data.test_y[i:i + batch_size]).sum()
+            correct[head] = correct.get(head, 0) + (pred == y).sum()
             counts[head] = counts.get(head, 0) + torch.bincount(pred, minlength=logits.shape[1])
     module.train(was_training)
     top1 = {head: 100.0 * float(c) / n for head, c in correct.items()}
@@ -573,7 +840,8 @@ def lr_factor(args, epoch, step=0, steps=1):
         factor = args.gamma ** sum(epoch >= m for m in args.milestone_epochs)
     warmup_steps = args.lr_warmup * steps
     done = epoch * steps + step + 1
-    return factor * done / warmup_steps if done < warmup_steps else factor
+    start = getattr(args, "lr_warmup_start", 0.0)  # KDCL's ImageNet recipe warms up from 0.1 to 0.8: 0.125
+    return factor * (start + (1 - start) * done / warmup_steps) if done < warmup_steps else factor
 
 
 def set_lr(optimizers, factor):
@@ -622,13 +890,9 @@ def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, e
     device = data.device
     sums = bad_step = bad_parts = names = None
     warming = epoch < args.lr_warmup  # the lr changes every step of this epoch
-    perm = torch.randperm(len(data.train_y), device=device, generator=gen)
-    for step in range(steps):
+    for step, (views, y) in enumerate(data.train_batches(gen, batch, steps, num_views)):
         if warming:
             set_lr(optimizers, lr_factor(args, epoch, step, steps))
-        idx = perm[step * batch:(step + 1) * batch]
-        x, y = data.train_x[idx], data.train_y[idx]
-        views = [data.normalize(augment(x, gen)) for _ in range(num_views)]
         if args.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         with autocast(args):
@@ -675,7 +939,7 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
         ckpt = load_checkpoint(last_path)
         if ckpt.get("method") != name:
             raise UsageError(f"{last_path} was written by '{ckpt.get('method')}', not '{name}'")
-        for key in ("arch", "students", "dataset", "limit_train"):
+        for key in ("arch", "students", "dataset", "limit_train", "image_size"):
             if ckpt["args"].get(key) != getattr(args, key):
                 raise UsageError(f"{last_path} was trained with --{key.replace('_', '-')} {ckpt['args'].get(key)}, "
                                  f"but this run asks for {getattr(args, key)}")
@@ -818,9 +1082,13 @@ def make_parser(doc=None):
     a = p.add_argument
     a("--arch", default="resnet32", help="backbone of every student, or a comma list, one per student")
     a("--students", type=int, default=2, help="number of students (networks trained together)")
-    a("--dataset", default="cifar100", choices=["cifar10", "cifar100", "folder", "synthetic"],
-      help="folder = ImageFolder layout DIR/train/<class>/*, DIR/test/<class>/*; synthetic needs no files")
-    a("--data-dir", default="./data", help="where the dataset is (downloaded to, for cifar10/100)")
+    a("--dataset", default="cifar100", choices=DATASETS,
+      help="folder, cinic10 = ImageFolder layout DIR/train/<class>/*, DIR/test/<class>/*; imagenet = DIR/train, "
+           "DIR/val, streamed from disk; synthetic needs no files")
+    a("--data-dir", default="./data", help="where the dataset is (downloaded to, for cifar10/100, mnist, stl10)")
+    a("--stream", action="store_true",
+      help="folder, cinic10: stream the images from disk like imagenet instead of holding them on the device")
+    a("--image-size", type=int, default=None, help="streamed data: the crop the networks see (default 224)")
     a("--epochs", type=int, default=200, help="training epochs")
     a("--batch-size", type=int, default=128, help="images per step (each student sees all of them)")
     a("--lr", type=float, default=0.1, help="initial SGD learning rate")
@@ -833,12 +1101,14 @@ def make_parser(doc=None):
     a("--gamma", type=float, default=0.1, help="multistep decay factor")
     a("--lr-warmup", type=float, default=5.0,
       help="epochs (fractions allowed) of linear per-step lr warm-up from 0, for every optimizer; 0: none")
+    a("--lr-warmup-start", type=float, default=0.0, help="the fraction of --lr the warm-up starts from")
     a("--T", type=float, default=None, help="distillation temperature (each method sets its paper's default)")
     a("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
     a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     a("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on for CUDA)")
     a("--compile", action="store_true", help="torch.compile the training step")
-    a("--workers", type=int, default=os.cpu_count() or 1, help="threads decoding a folder dataset (once)")
+    a("--workers", type=int, default=os.cpu_count() or 1,
+      help="threads decoding a folder data set once (in memory); DataLoader worker processes (streamed)")
     a("--out-dir", default=None, help="output folder (default runs/<method>_<arch>_<dataset>_seed<seed>)")
     a("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
     a("--limit-train", type=int, default=0, help="class-balanced subset of N training images (0: all)")
@@ -870,12 +1140,19 @@ def check_args(args, name):
         raise UsageError("--lr and --gamma must be positive, --wd non-negative and --momentum in [0, 1)")
     if not 0 <= args.lr_warmup < math.inf:
         raise UsageError(f"--lr-warmup must be a non-negative number of epochs, got {args.lr_warmup}")
+    if not 0 <= args.lr_warmup_start <= 1:
+        raise UsageError(f"--lr-warmup-start must be a fraction of --lr in [0, 1], got {args.lr_warmup_start}")
     if args.nesterov and args.momentum == 0:
         raise UsageError("Nesterov momentum needs --momentum above 0; pass --no-nesterov for plain SGD")
     if args.T is not None and not 0 < args.T < math.inf:
         raise UsageError(f"--T must be a positive number, got {args.T}")
     if args.limit_train < 0 or args.limit_test < 0:
         raise UsageError("--limit-train and --limit-test must be non-negative")
+    if args.stream and args.dataset not in ("folder", "cinic10"):
+        raise UsageError(f"--stream is for folder data sets (folder, cinic10); {args.dataset} "
+                         f"{'is always streamed' if args.dataset == 'imagenet' else 'is held in memory'}")
+    if args.image_size is not None and args.image_size < 16 or args.workers < 0:
+        raise UsageError("--image-size must be at least 16 and --workers non-negative")
     try:
         ms = [float(m) for m in args.milestones.split(",") if m.strip()]
     except ValueError:
@@ -912,6 +1189,7 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
         torch.manual_seed(args.seed)
         device = torch.device(args.device)
         data = load_data(args, device)
+        args.input_size = list(data.image_size)  # build_students shapes the backbones for it
         try:  # a method refuses a configuration its modules cannot be built for with one sentence (ValueError)
             method = build(args, data) if build is not None else Vanilla(build_students(args, data.num_classes))
         except ValueError as e:

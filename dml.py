@@ -123,7 +123,7 @@ def build(args, data):
     if args.students < 2:
         raise common.UsageError(f"DML needs at least two students to learn from each other, "
                                 f"got --students {args.students}")
-    return DML(common.build_students(args, data.num_classes), args.T, tuple(data.train_x.shape[-2:]))
+    return DML(common.build_students(args, data.num_classes), args.T, tuple(data.image_size))
 
 
 def main(argv=None):

@@ -40,6 +40,11 @@ x0.1 at 150 and 225, wd 1e-4, fusion branch wd 1e-5, no lr warm-up) is the defau
 
     python fefr.py --arch resnet32 --epochs 300 --batch-size 128 --wd 1e-4 --milestones 150,225 --lr-warmup 0
 
+ImageNet 2012 (reported beside FFL, no recipe in the text): FFL's recipe, with the default 5-epoch lr warm-up:
+
+    python fefr.py --dataset imagenet --data-dir DIR --arch resnet18 --epochs 300 --batch-size 128 --wd 1e-4 \
+        --milestones 150,225
+
 Decisions where the paper is silent:
 - F1, F2 = the outputs of the third- and second-to-last stages, F3 = the last (resnet/wrn: 16x32x32,
   32x16x16, 64x8x8 for resnet32). conv = 3x3 conv, stride = the size ratio, + BN, no activation (the
@@ -273,7 +278,7 @@ def build(args, data):
         raise common.UsageError(f"feature fusion needs at least 2 students, got --students {args.students}")
     return FEFR(common.build_students(args, data.num_classes), data.num_classes, args.T, args.rampup, args.groups,
                 args.early_fusion, args.reconstruction, args.attention, args.detach_fusion_input, args.fusion_wd,
-                tuple(data.train_x.shape[-2:]))
+                tuple(data.image_size))
 
 
 def main(argv=None):

@@ -268,7 +268,7 @@ def build(args, data):
     if min(args.T, args.T_resp, args.T_reg) <= 0 or min(args.lambda_feature, args.lambda_response, args.lambda_reg) < 0:
         raise common.UsageError("temperatures must be positive and --lambda-* weights non-negative")
     students = common.build_students(args, data.num_classes)
-    stages = [len(stage_shapes(s, tuple(data.train_x.shape[-2:]))) for s in students]
+    stages = [len(stage_shapes(s, tuple(data.image_size))) for s in students]
     if not all(-n <= args.fusion_stage < n for n in stages):
         raise common.UsageError(f"--fusion-stage {args.fusion_stage} is not a stage of every peer "
                                 f"({', '.join(f'{a}: {n} stages' for a, n in zip(args.archs, stages))})")
@@ -283,7 +283,7 @@ def build(args, data):
     return FFCL(students, data.num_classes, pretrained, args.fusion_stage, args.T, args.T_resp, args.T_reg,
                 args.lambda_feature * args.feature, args.lambda_response * args.response,
                 args.lambda_reg * args.regularization, args.detach_fusion_input, args.fusion_wd,
-                tuple(data.train_x.shape[-2:]))
+                tuple(data.image_size))
 
 
 def main(argv=None):

@@ -189,7 +189,7 @@ def build(args, data):
     if args.fusion_wd < 0 or args.rampup < 0:
         raise common.UsageError("--fusion-wd and --rampup must be non-negative")
     return FFL(common.build_students(args, data.num_classes), data.num_classes, args.T, args.rampup,
-               args.detach_fusion_input, args.fusion_wd, tuple(data.train_x.shape[-2:]))
+               args.detach_fusion_input, args.fusion_wd, tuple(data.image_size))
 
 
 def main(argv=None):

@@ -60,6 +60,12 @@ module 1e-5), T = 2, 2 common students; no lr warm-up on CIFAR (ImageNet: 5 epoc
 (without a warm-up the common students collapse in their first steps and drag the leader with them, README
 'Learning-rate warm-up'; drop --lr-warmup 0 to keep the default 5 epochs)
 
+ImageNet (ResNet-18; ResNet-34 likewise): 90 epochs, batch 256, Nesterov, wd 1e-4, lr warmed up linearly to 0.8
+over 5 epochs, /10 at 30 and 60, SD modules Adam 1e-3 on the same schedule, 2 common students, T = 2:
+
+    python ffsd.py --dataset imagenet --data-dir DIR --arch resnet18 --students 3 --epochs 90 --batch-size 256 \
+        --lr 0.8 --lr-warmup 5 --milestones 30,60 --wd 1e-4 --T 2
+
 Heads: `leader`; `s1`..`s{N-1}` the common students (s_k = students[k], so s0 would be the leader);
 `ens` = log mean softmax of the common students only, the leader excluded: it is the ensemble the paper
 reports ("Ens", Table I) and the fused classifier distils from, so the leader can be compared with it;
@@ -364,7 +370,7 @@ def build(args, data):
         raise common.UsageError("--rampup must be non-negative and --sd-lr positive")
     return FFSD(common.build_students(args, data.num_classes), data.num_classes, args.T, args.lambda_div,
                 args.lambda_fusion, args.lambda_sd, args.lambda_kl, args.rampup, args.fusion_wd, args.sd_lr, args.sd_wd,
-                tuple(data.train_x.shape[-2:]))
+                tuple(data.image_size))
 
 
 def main(argv=None):

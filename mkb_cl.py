@@ -45,6 +45,12 @@ by 10 when the error plateaus, alpha 0.2, no augmentation on CIFAR-100 (crop onl
     python mkb_cl.py --arch resnet32,wrn_16_2 --no-nesterov --wd 1e-4 --batch-size 128 --epochs 200 \
         --milestones 100,150 --alpha 0.2 --lr-warmup 0
 
+ImageNet (ResNet-34 / DenseNet-121): batch 256, 300 epochs, lr 0.1 /10 on plateaus (milestones 100, 200 here),
+wd 1e-4; at 224 px stage 1 is 28 x 28, so --embed-dim 3136 (4 channels, as 1024 is at CIFAR's 16 x 16):
+
+    python mkb_cl.py --dataset imagenet --data-dir DIR --arch resnet34,densenet121 --no-nesterov --wd 1e-4 \
+        --batch-size 256 --epochs 300 --milestones 100,200 --alpha 0.2 --embed-dim 3136 --lr-warmup 0
+
 Decisions where the paper is silent or unclear:
 - Position. `--mkb-at i` puts an MKB on stage output i (0-based, the student's list); its routed output is
   what the next stage (or the classifier after the last stage) consumes. The paper's best position
@@ -282,7 +288,7 @@ def load_network(path):
     payload = common.load_checkpoint(path)
     if payload.get("kind") != "mkb_network":
         raise common.UsageError(f"{path} is not a network saved by MKB-CL (it has no 'kind: mkb_network' entry)")
-    backbone = common.build_model(payload["arch"], payload["num_classes"])
+    backbone = common.build_model(payload["arch"], payload["num_classes"], payload.get("image_size", 32))
     halves = {int(i): MKBHalf(**cfg) for i, cfg in payload["mkb"].items()}
     net = MKBNetwork(backbone, halves, payload.get("image_size", (32, 32)))
     net.load_state_dict(payload["state_dict"])
@@ -317,7 +323,7 @@ def build(args, data):
     if args.embed_dim < 1 or args.mkb_width < 1 or args.alpha < 0:
         raise common.UsageError("--embed-dim and --mkb-width must be positive and --alpha non-negative")
     return MKBCL(common.build_students(args, data.num_classes), data.num_classes, mkb_at, args.embed_dim,
-                 args.mkb_width, args.route, args.alpha, args.metric_detach, tuple(data.train_x.shape[-2:]))
+                 args.mkb_width, args.route, args.alpha, args.metric_detach, tuple(data.image_size))
 
 
 def main(argv=None):

@@ -80,7 +80,7 @@ def method_args(module, argv, tmp_path):
 
 def fake_data(num_classes=10, n=8, size=32):
     """What a method's build() reads from the data: the number of classes and the image size."""
-    return SimpleNamespace(num_classes=num_classes, train_x=torch.zeros(n, 3, size, size, dtype=torch.uint8))
+    return SimpleNamespace(num_classes=num_classes, image_size=(size, size))
 
 
 def build_method(module, argv, tmp_path, num_classes=10):
@@ -240,6 +240,159 @@ def test_exported_student_loads_alone_and_reproduces_its_head(tmp_path):
 
 
 # ================================================================================================
+# Streamed data (ImageNet layout), backbones at ImageNet shape, the papers' other data sets
+# ================================================================================================
+
+def write_image_folder(root, splits=(("train", 8), ("val", 2)), classes=3, seed=0):
+    """A tiny ImageFolder of random JPEGs of random sizes (40-90 px), each class its own brightness."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, n in splits:
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = rng.integers(40, 90, 2)
+                Image.fromarray((rng.random((h, w, 3)) * 80 + 60 * c).astype("uint8")).save(folder / f"{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    """3 classes x (8 train, 2 val) random JPEGs in ImageNet's layout (DIR/train, DIR/val)."""
+    return write_image_folder(tmp_path_factory.mktemp("imagenet"))
+
+
+# one step on 6 training images (2 per class), batch 4, the 6 val images; no worker processes
+STREAMED = ["--dataset", "imagenet", "--epochs", "1", "--batch-size", "4", "--limit-train", "6", "--workers", "0",
+            "--device", "cpu"]
+
+
+@pytest.mark.parametrize("name,arch,stages", [
+    ("resnet18", "resnet18", [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]),
+    ("resnet50", "resnet50", [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]),
+    ("mobilenetv2", "mobilenetv2", [(24, 56, 56), (32, 28, 28), (96, 14, 14), (1280, 7, 7)]),
+    ("densenet121", "densenet121", [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (1024, 7, 7)]),
+])
+def test_torchvision_backbones_at_imagenet_shape_expose_their_stages(name, arch, stages):
+    import torchvision
+    model = common.build_model(arch, 1000, 224).eval()
+    logits, features = model(torch.randn(1, 3, 224, 224))
+    assert logits.shape == (1, 1000) and [tuple(f.shape[1:]) for f in features] == stages
+    reference = getattr(torchvision.models, "mobilenet_v2" if name == "mobilenetv2" else name)(num_classes=1000)
+    assert common.count_params(model) == common.count_params(reference)  # torchvision's definition, unchanged
+    assert common.build_model(arch, 10, 32)(torch.randn(2, 3, 32, 32))[0].shape == (2, 10)  # CIFAR names work
+
+
+def test_streamed_data_yields_independent_views_and_seeded_batches(tiny_imagenet):
+    data = common.StreamedData(str(tiny_imagenet / "train"), str(tiny_imagenet / "val"), torch.device("cpu"),
+                               image_size=64, workers=0)
+    assert data.num_classes == 3 and len(data.train_y) == 24 and len(data.test_y) == 6
+    g = torch.Generator().manual_seed(0)
+    before = torch.get_rng_state()
+    (views, y), = list(data.train_batches(g, 8, 1, num_views=2))
+    assert torch.equal(torch.get_rng_state(), before)  # augmentation leaves the main process's RNG alone
+    assert [v.shape for v in views] == [(8, 3, 64, 64)] * 2 and y.shape == (8,)
+    assert not torch.equal(views[0], views[1])  # each student its own augmentation of the same images
+    again, = list(data.train_batches(torch.Generator().manual_seed(0), 8, 1, num_views=2))
+    assert all(torch.equal(a, b) for a, b in zip(views + [y], again[0] + [again[1]]))
+    (x, yt), = list(data.test_batches())
+    assert x.shape == (6, 3, 64, 64) and torch.equal(yt, data.test_y)
+    data.hold_out(2)
+    assert len(data.train_y) == 18 and sum(len(y) for _, y in data.holdout_batches()) == 6
+
+
+def test_streamed_imagefolder_trains_and_a_resumed_run_continues_exactly(tiny_imagenet, tmp_path):
+    argv = STREAMED + ["--data-dir", str(tiny_imagenet), "--arch", "resnet18", "--image-size", "64",
+                       "--limit-train", "12", "--milestones", "1"]
+    run_main(vanilla, argv + ["--epochs", "2"], tmp_path / "a")
+    run_main(vanilla, argv + ["--workers", "1"], tmp_path / "b")  # 1 epoch, decoded in a worker process ...
+    run_main(vanilla, argv + ["--epochs", "2", "--resume"], tmp_path / "b")  # ... + resume to 2
+    a, b = (without_timing(read_metrics(tmp_path / d)) for d in "ab")
+    assert len(a) == 2 and a == b
+    model = common.load_backbone(str(tmp_path / "a" / "s0.pt"), "resnet18", 3)
+    assert model.image_size == 64 and model.stages[0][0][0].kernel_size == (7, 7)  # the ImageNet shape
+
+
+@pytest.mark.parametrize("module,argv", [
+    (None, []), (dml, []), (kdcl, ["--holdout-per-class", "1"]), (ffl, []), (ffcl, ["--pretrain-epochs", "1"]),
+    (fefr, []), (ffsd, ["--students", "3"]), (mkb_cl, ["--embed-dim", "3136"]),  # stage 1 is 28 x 28 at 224 px
+], ids=lambda v: getattr(v, "__name__", "vanilla") if not isinstance(v, list) else "")
+def test_every_method_trains_streamed_resnet18_at_224(tiny_imagenet, tmp_path, module, argv):
+    main = vanilla if module is None else module.main
+    results = run_main(main, STREAMED + ["--data-dir", str(tiny_imagenet), "--arch", "resnet18"] + argv, tmp_path)
+    assert results["args"]["input_size"] == [224, 224] and all(0 <= a <= 100 for a in results["final"].values())
+
+
+@pytest.mark.parametrize("make,argv,expected", [
+    (lambda d: (d / "val").rename(d / "test"), [], "must hold train/<class>/* and val/<class>/*"),
+    (lambda d: (d / "train" / "class3").mkdir(), [], "class folder"),
+    (lambda d: (d / "train" / "class0" / "0.jpg").write_bytes(b"not a jpeg"), [], "cannot read image"),
+    (lambda d: (d / "train" / "class0" / "0.jpg").write_bytes(b"not a jpeg"), ["--workers", "1"], "cannot read image"),
+    (lambda d: None, ["--stream", "--dataset", "cifar10"], "--stream is for folder data sets"),
+    (lambda d: None, ["--dataset", "synthetic", "--image-size", "64"], "--image-size is for streamed data"),
+])
+def test_bad_streamed_input_ends_in_one_sentence(tmp_path, capsys, make, argv, expected):
+    root = write_image_folder(tmp_path / "d", splits=(("train", 2), ("val", 1)))
+    make(root)
+    err = usage_error(capsys, lambda: vanilla(["--dataset", "imagenet", "--data-dir", str(root), "--arch", "resnet20",
+                                               "--image-size", "32", "--batch-size", "2", "--epochs", "1", "--device",
+                                               "cpu", "--workers", "0", "--out-dir", str(tmp_path / "run")] + argv))
+    assert expected in err
+
+
+def test_cinic10_is_a_folder_in_memory_or_streamed(tmp_path):
+    root = write_image_folder(tmp_path / "cinic", splits=(("train", 4), ("valid", 2), ("test", 2)), classes=10)
+    for stream in ([], ["--stream", "--image-size", "32"]):
+        args = common.check_args(common.make_parser().parse_args(
+            ["--dataset", "cinic10", "--data-dir", str(root), "--workers", "0", "--out-dir", str(tmp_path / "r")]
+            + stream), "vanilla")
+        data = common.load_data(args, torch.device("cpu"))
+        assert data.num_classes == 10 and len(data.train_y) == 40 and len(data.test_y) == 20
+        assert type(data) is (common.StreamedData if stream else common.Data) and data.image_size == (32, 32)
+
+
+def test_mnist_from_torchvision_files_is_grey_in_three_channels_at_32px(tmp_path):
+    """MNIST in torchvision's own on-disk format (idx files, written here: no download)."""
+    import numpy as np
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 50), ("t10k", 20)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        header = np.array([2051, n, 28, 28], ">i4").tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, n], ">i4").tobytes() + labels.tobytes())
+    results = run_main(vanilla, ["--dataset", "mnist", "--data-dir", str(tmp_path), "--arch", "resnet20",
+                                 "--epochs", "1", "--batch-size", "25", "--device", "cpu"], tmp_path / "run")
+    assert results["args"]["input_size"] == [32, 32]
+    x = common.load_mnist(str(tmp_path))[0]
+    assert x.shape == (50, 3, 32, 32) and torch.equal(x[:, 0], x[:, 2]) and x[:, :, :2].sum() == 0
+
+
+def test_stl10_through_torchvision_at_96px(tmp_path, monkeypatch):
+    """STL-10 in torchvision's binary layout (written here); its md5 check is patched out (the files differ)."""
+    import numpy as np
+    import torchvision
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 10)):
+        (folder / f"{split}_X.bin").write_bytes(rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8).tobytes())
+        (folder / f"{split}_y.bin").write_bytes((np.arange(n) % 10 + 1).astype(np.uint8).tobytes())
+    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
+    monkeypatch.setattr(torchvision.datasets.STL10, "_check_integrity", lambda self: True)
+    train_x, train_y, test_x, test_y, nc = common.load_stl10(str(tmp_path))
+    assert train_x.shape == (20, 3, 96, 96) and test_x.shape == (10, 3, 96, 96) and nc == 10
+    assert sorted(train_y.tolist()) == sorted(list(range(10)) * 2)
+    model = common.build_model("resnet18", 10, 96)  # 96 px is ImageNet-shaped: 24, 12, 6, 3 px stages
+    assert [f.shape[-1] for f in model(common.Data(train_x, train_y, test_x, test_y, nc, "cpu").normalize(
+        train_x[:2]))[1]] == [24, 12, 6, 3]
+
+
+# ================================================================================================
 # Bad input: one sentence, non-zero exit, no traceback, nothing saved is lost
 # ================================================================================================
 
@@ -251,7 +404,7 @@ def test_exported_student_loads_alone_and_reproduces_its_head(tmp_path):
     (["--limit-train", "5"], "--limit-train 5 is below the number of classes"),
     (["--resume"], "does not exist"),
     (["--device", "cuda:0"], "no CUDA device"),
-    (["--dataset", "imagenet"], "invalid choice"),
+    (["--dataset", "imagenet21k"], "invalid choice"),
 ])
 def test_bad_input_ends_in_one_sentence(tmp_path, argv, expected):
     if "cuda" in argv and torch.cuda.is_available():
@@ -347,6 +500,15 @@ def test_lr_warmup_is_linear_per_step_for_every_optimizer(tmp_path):
     assert all(row == pytest.approx([row[0]] * len(row)) for row in seen)  # every group of both optimizers
 
 
+def test_lr_warmup_start_is_where_the_line_begins(tmp_path):
+    """KDCL's ImageNet warm-up, 0.1 to 0.8: --lr 0.8 --lr-warmup-start 0.125; 0 and 1 are refused outside."""
+    args = method_args(kdcl, ["--lr", "0.8", "--lr-warmup", "1", "--lr-warmup-start", "0.125"], tmp_path)
+    lrs = [0.8 * common.lr_factor(args, 0, step, 4) for step in range(4)] + [0.8 * common.lr_factor(args, 1, 0, 4)]
+    assert lrs == pytest.approx([0.1 + 0.7 * g / 4 for g in (1, 2, 3)] + [0.8, 0.8])
+    with pytest.raises(common.UsageError, match="--lr-warmup-start"):
+        method_args(kdcl, ["--lr-warmup-start", "1.5"], tmp_path)
+
+
 def test_lr_warmup_resumes_onto_the_same_curve(tmp_path):
     argv = SMOKE + ["--epochs", "3", "--lr-warmup", "2.5", "--milestones", "9"]  # 2 steps an epoch, 5 warming
     run_main(vanilla, argv, tmp_path / "a")
@@ -359,8 +521,8 @@ def test_lr_warmup_resumes_onto_the_same_curve(tmp_path):
 def test_collapse_signal_is_the_share_of_the_most_common_prediction(tmp_path):
     assert common.collapsed_heads({"s0": 0.56, "s1": 0.54, "ens": 1.0}, 10) == ["s0", "ens"]
     assert common.collapsed_heads({"s0": 0.74}, 2) == [] and common.collapsed_heads({"s0": 0.75}, 2) == ["s0"]
-    data = SimpleNamespace(test_x=torch.zeros(6, 3, 4, 4, dtype=torch.uint8), test_y=torch.tensor([0, 1, 2, 0, 1, 2]),
-                           normalize=lambda x: x.float())
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    data = SimpleNamespace(test_y=y, test_batches=lambda batch_size=None: [(torch.zeros(6, 3, 4, 4), y)])
     constant = lambda x: torch.tensor([[0.0, 1.0, 0.0]]).expand(len(x), 3)  # noqa: E731
     module = nn.Module()
     module.forward = constant
@@ -399,7 +561,8 @@ def test_with_default_warmup_no_method_collapses_on_real_cifar10(cifar10_real, t
     no collapse warning, and the best deployable network within COLLAPSE_MARGIN points of vanilla's best."""
     argv = ["--dataset", "folder", "--data-dir", str(cifar10_real), "--limit-train", "1000", "--batch-size", "32",
             "--epochs", "7", "--milestones", "6", "--arch", "resnet20", "--device", "cpu"]
-    base = max(run_main(vanilla, argv, tmp_path / "vanilla")["final"][h] for h in ("s0", "s1"))
+    base_final = run_main(vanilla, argv, tmp_path / "vanilla")["final"]  # one run (not one per head)
+    base = max(base_final[h] for h in ("s0", "s1"))
     for name, main, extra in (("dml", dml.main, []), ("ffcl", ffcl.main, ["--no-regularization"]),
                               ("ffsd", ffsd.main, [])):
         results = run_main(main, argv + extra, tmp_path / name)

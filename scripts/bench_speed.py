@@ -124,7 +124,8 @@ def measure_method(name, opts, data, tmp):
     method.train()
 
     def run(steps):
-        names, sums = common.train_epoch(step_fn, optimizers, data, args, gen, views, opts.batch_size, steps)
+        names, sums = common.train_epoch(step_fn, optimizers, data, args, gen, views, opts.batch_size, steps,
+                                         epoch=10)  # past the lr warm-up too
         float(sums.sum())
 
     run(opts.warmup)
