@@ -833,7 +833,8 @@ def collapsed_heads(top_share, num_classes):
 
 def lr_factor(args, epoch, step=0, steps=1):
     """The learning rate at `step` of `epoch` (both from 0) as a fraction of --lr: the epoch's schedule value
-    times a linear warm-up, per step, over the first --lr-warmup epochs (step g of W gets (g + 1) / W)."""
+    times a linear warm-up, per step, over the first --lr-warmup epochs: step g of W gets s + (1 - s)(g + 1) / W,
+    s = --lr-warmup-start (0 by default)."""
     if args.schedule == "cosine":
         factor = 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
     else:

@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -1786,3 +1787,16 @@ def test_compare_writes_a_table_and_reuses_finished_runs(tmp_path):
     assert output.count("finished earlier, re-using") == 2, output
     assert {m: path.stat().st_mtime_ns for m, path in finished.items()} == mtimes
     assert (out / "table.md").exists()
+    # --results keeps each run's small summary; --render rebuilds the same table from them alone
+    results = tmp_path / "results"
+    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv, "--results", str(results))
+    assert status == 0, output[-2000:]
+    summary = json.loads((results / "dml" / "seed0.json").read_text())
+    assert summary["seed"] == 0 and summary["curve"][0]["epoch"] == 1 and "top_share_s0" in summary["curve"][0]
+    assert not any(name.endswith(".pt") for _, _, files in os.walk(results) for name in files)
+    rows = lambda path: [line for line in path.read_text().splitlines() if line.startswith("| ")]  # noqa: E731
+    before = rows(results / "table.md")
+    shutil.rmtree(out)  # the runs are gone: only the summaries are left
+    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", str(results))
+    assert status == 0, output[-2000:]
+    assert rows(results / "table.md") == before and len(before) == 3  # the header, vanilla, dml

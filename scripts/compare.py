@@ -15,9 +15,9 @@ first.
 
 Writes OUT/table.md (one row per method: mean ± std over seeds of every head's final and best top-1, the
 best student and its gain over vanilla's, paired by seed), OUT/summary.json, and OUT/accuracy.png (test
-accuracy per epoch) when matplotlib is installed. With --results DIR it also writes each finished run's
-summary (results.json plus the per-epoch test curve, a few KB, no weights) as DIR/<method>/seed<S>.json
-and the table as DIR/table.md, so the table can be checked and re-rendered (--render DIR) without the runs.
+accuracy per epoch) when matplotlib is installed. With --results DIR it also writes each run's summary
+(results.json plus the per-epoch test curve, a few KB, no weights) as DIR/<method>/seed<S>.json as soon as
+the run has finished, and the table as DIR/table.md, so the table can be checked and re-rendered (--render DIR) without the runs.
 """
 import argparse
 import json
@@ -103,6 +103,14 @@ def command(opts, common_flags, method, seed):
     return cmd
 
 
+def save_summary(opts, method, seed):
+    """With --results, the run's summary goes there as soon as the run has finished."""
+    if opts.results:
+        os.makedirs(os.path.join(opts.results, method), exist_ok=True)
+        with open(os.path.join(opts.results, method, f"seed{seed}.json"), "w") as f:
+            json.dump(run_summary(opts, method, seed), f, indent=1)
+
+
 def run_all(opts, common_flags):
     """Every (method, seed) not finished yet, up to --jobs at once; FFCL waits for its vanilla run.
     Returns the runs that failed."""
@@ -111,6 +119,7 @@ def run_all(opts, common_flags):
         for method in opts.methods:
             if finished(opts, method, seed):
                 print(f"{method} seed {seed}: finished earlier, re-using {run_dir(opts, method, seed)}", flush=True)
+                save_summary(opts, method, seed)
             else:
                 todo.append((method, seed))
     env = dict(os.environ)  # an OMP_NUM_THREADS already set wins; otherwise the cores are shared out
@@ -145,6 +154,7 @@ def run_all(opts, common_flags):
                 failed.append(run)
             else:
                 print(f"{run[0]} seed {run[1]}: done", flush=True)
+                save_summary(opts, *run)
     return failed
 
 
@@ -273,11 +283,6 @@ def main():
     header = f"Flags: `{' '.join(common_flags)}`; seeds {opts.seeds}; extras {opts.extras or 'none'}"
     text, _ = write_table(opts.out_dir, header, runs_by_method)
     if opts.results:
-        for method, runs in runs_by_method.items():
-            os.makedirs(os.path.join(opts.results, method), exist_ok=True)
-            for run in runs:
-                with open(os.path.join(opts.results, method, f"seed{run['seed']}.json"), "w") as f:
-                    json.dump(run, f, indent=1)
         write_table(opts.results, header, runs_by_method)
     plot_path = plot(os.path.join(opts.out_dir, "accuracy.png"), runs_by_method) if any(runs_by_method.values()) else None
     print("\n" + text + (f"\nplot: {plot_path}" if plot_path else ""))
