@@ -172,15 +172,16 @@ def run_summary(opts, method, seed):
 
 
 def mean_std(values):
+    """(mean, std) over seeds; the std is None for a single seed (no spread was measured)."""
     if not values:
         return None
-    m = statistics.mean(values)
-    s = statistics.stdev(values) if len(values) > 1 else 0.0
-    return m, s
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def fmt(ms):
-    return "—" if ms is None else f"{ms[0]:.2f} ± {ms[1]:.2f}"
+def fmt(ms, sign=""):
+    if ms is None:
+        return "—"
+    return f"{ms[0]:{sign}.2f}" + ("" if ms[1] is None else f" ± {ms[1]:.2f}")
 
 
 def best_student(run):
@@ -218,7 +219,7 @@ def table(summary):
     for method, s in summary.items():
         final = ", ".join(f"{h} {fmt(v)}" for h, v in s["final"].items())
         best = ", ".join(f"{h} {fmt(v)}" for h, v in s["best"].items())
-        gain = "—" if s["gain_over_vanilla"] is None else f"{s['gain_over_vanilla'][0]:+.2f} ± {s['gain_over_vanilla'][1]:.2f}"
+        gain = fmt(s["gain_over_vanilla"], "+")
         params = f"{s['params_student'] / 1e6:.2f} / {s['params_total'] / 1e6:.2f}" if s["params_student"] else \
             f"— / {s['params_total'] / 1e6:.2f}"
         lines.append(f"| {method} | {len(s['seeds'])} | {final} | {best} | {fmt(s['best_student_final'])} | {gain} | "
