@@ -841,7 +841,7 @@ def lr_factor(args, epoch, step=0, steps=1):
         factor = args.gamma ** sum(epoch >= m for m in args.milestone_epochs)
     warmup_steps = args.lr_warmup * steps
     done = epoch * steps + step + 1
-    start = getattr(args, "lr_warmup_start", 0.0)  # KDCL's ImageNet recipe warms up from 0.1 to 0.8: 0.125
+    start = args.lr_warmup_start  # KDCL's ImageNet recipe warms up from 0.1 to 0.8: 0.125
     return factor * (start + (1 - start) * done / warmup_steps) if done < warmup_steps else factor
 
 
