@@ -31,6 +31,7 @@ alone into another project: a method file needs nothing from here for its module
                               (default: every student in method.students as OUT/s<i>.pt)
 """
 import argparse
+import itertools
 import json
 import math
 import os
@@ -39,12 +40,17 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 
 class UsageError(Exception):
     """A mistake the user can fix (bad flag, missing data, wrong checkpoint): printed as one sentence."""
+
+
+class SharedError(UsageError):
+    """A stop every process of a torchrun run finds at the same time (a non-finite loss): printed once."""
 
 
 # ==================================================================================================
@@ -383,13 +389,15 @@ class Data:
         self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
         return self.holdout_x, self.holdout_y
 
-    def train_batches(self, gen, batch, steps, num_views=1):
-        """One epoch: `steps` batches of a fresh permutation, each image augmented num_views times."""
+    def train_batches(self, gen, batch, steps, num_views=1, rank=0, world=1):
+        """One epoch: `steps` batches of `batch` images from a fresh permutation, each image augmented
+        num_views times; process `rank` of `world` gets images rank, rank + world, ... of every batch."""
         perm = torch.randperm(len(self.train_y), device=self.device, generator=gen)
         for step in range(steps):
-            idx = perm[step * batch:(step + 1) * batch]
+            idx = perm[step * batch:(step + 1) * batch][rank::world]
             x = self.train_x[idx]
-            yield [self.normalize(augment(x, gen, self.pad, self.flip)) for _ in range(num_views)], self.train_y[idx]
+            yield ([self.normalize(augment(x, gen, self.pad, self.flip, rank, world)) for _ in range(num_views)],
+                   self.train_y[idx])
 
     def test_batches(self, batch_size=None):
         yield from self._batches(self.test_x, self.test_y, batch_size or 1000)
@@ -402,12 +410,14 @@ class Data:
             yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
 
 
-def augment(x, generator, pad=4, flip=True):
-    """Per-sample random crop of the zero-padded batch and random horizontal flip; uint8 in, uint8 out."""
+def augment(x, generator, pad=4, flip=True, rank=0, world=1):
+    """Per-sample random crop of the zero-padded batch and random horizontal flip; uint8 in, uint8 out.
+    x is share `rank` of `world` (images rank, rank + world, ...) of a batch: the draws are made for the
+    whole batch and this share's are kept, so every process's generator stays the same."""
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1, 1), device=x.device, generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1, 1), device=x.device, generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
+    dx = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
     rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
     cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
     batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
@@ -415,7 +425,7 @@ def augment(x, generator, pad=4, flip=True):
     crops = padded[batch, chan, rows, cols]
     if not flip:  # digits (MNIST) are not mirror-symmetric
         return crops
-    flips = torch.rand(b, 1, 1, 1, device=x.device, generator=generator) < 0.5
+    flips = torch.rand(b * world, 1, 1, 1, device=x.device, generator=generator)[rank::world] < 0.5
     return torch.where(flips, crops.flip(3), crops)
 
 
@@ -612,13 +622,14 @@ class StreamedData:
         except UsageError as e:  # raised in a worker: DataLoader re-raises it with the worker's traceback
             raise UsageError(str(e).strip().splitlines()[-1].split("UsageError: ", 1)[-1]) from None
 
-    def train_batches(self, gen, batch, steps, num_views=1):
+    def train_batches(self, gen, batch, steps, num_views=1, rank=0, world=1):
         """One epoch: `steps` batches of a permutation drawn from gen, each image augmented num_views times
-        with seeds drawn from gen. (A distributed run would take rank r's share: perm[r::world].)"""
+        with seeds drawn from gen (per image, so the same on any process); process `rank` of `world` gets
+        images rank, rank + world, ... of every batch."""
         perm = torch.randperm(len(self.train_y), device=gen.device, generator=gen)[:steps * batch].cpu()
         self.train_set.seed = int(torch.randint(2 ** 62, (), device=gen.device, generator=gen))
         self.train_set.num_views = num_views
-        for views, y in self.loader(self.train_set, perm.view(steps, batch).tolist()):
+        for views, y in self.loader(self.train_set, perm.view(steps, batch)[:, rank::world].tolist()):
             yield [self.normalize(v) for v in views], y
 
     def test_batches(self, batch_size=None):
@@ -885,13 +896,15 @@ class NonFinite(Exception):
 
 
 def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, epoch, check_every=50):
-    """`steps` optimisation steps over a fresh permutation of the training set. Returns the loss parts'
-    names and their sums (a device tensor). Non-finite losses are recorded on the device and checked every
-    `check_every` steps, so the step itself never waits for the host."""
+    """`steps` optimisation steps over a fresh permutation of the training set (of every batch, this
+    process's share). Returns the loss parts' names and their sums over the steps (a device tensor).
+    Non-finite losses are recorded on the device and checked every `check_every` steps, so the step itself
+    never waits for the host; several processes check together, so that they all stop at the same step."""
     device = data.device
     sums = bad_step = bad_parts = names = None
     warming = epoch < args.lr_warmup  # the lr changes every step of this epoch
-    for step, (views, y) in enumerate(data.train_batches(gen, batch, steps, num_views)):
+    batches = data.train_batches(gen, batch, steps, num_views, args.rank, args.world_size)
+    for step, (views, y) in enumerate(batches):
         if warming:
             set_lr(optimizers, lr_factor(args, epoch, step, steps))
         if args.channels_last:
@@ -907,71 +920,117 @@ def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, e
         if sums is None:
             names = ["loss"] + list(parts)
             sums, bad_step = torch.zeros_like(values), torch.full((), -1, device=device)
-            bad_parts = torch.zeros_like(values, dtype=torch.bool)
+            bad_parts = torch.zeros_like(values, dtype=torch.int32)
         finite = torch.isfinite(values)
         first_bad = (bad_step < 0) & ~finite.all()
         bad_step = torch.where(first_bad, step, bad_step)
-        bad_parts = torch.where(first_bad, ~finite, bad_parts)
+        bad_parts = torch.where(first_bad, (~finite).int(), bad_parts)
         sums += values
         if (step + 1) % check_every == 0 or step + 1 == steps:
-            if int(bad_step) >= 0:
-                bad = [n for n, b in zip(names, bad_parts.tolist()) if b]
-                raise NonFinite(next((n for n in bad if n != "loss"), "loss"), int(bad_step) + 1)
+            first, which = torch.where(bad_step >= 0, bad_step, steps), bad_parts.clone()
+            if args.world_size > 1:  # the earliest bad step of any process, and the parts that went bad
+                dist.all_reduce(first, dist.ReduceOp.MIN)
+                dist.all_reduce(which, dist.ReduceOp.MAX)
+            if int(first) < steps:
+                bad = [n for n, b in zip(names, which.tolist()) if b]
+                raise NonFinite(next((n for n in bad if n != "loss"), "loss"), int(first) + 1)
+    if args.world_size > 1:  # the loss logged is the mean over every process's share
+        dist.all_reduce(sums)
+        sums /= args.world_size
     return names, sums
+
+
+def restore(path, name, args, method, optimizers, gen):
+    """Load a last.pt into the method, its optimizers and the generators; return the run's record."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("method") != name:
+        raise UsageError(f"{path} was written by '{ckpt.get('method')}', not '{name}'")
+    for key in ("arch", "students", "dataset", "limit_train", "image_size"):
+        if ckpt["args"].get(key) != getattr(args, key):
+            raise UsageError(f"{path} was trained with --{key.replace('_', '-')} {ckpt['args'].get(key)}, "
+                             f"but this run asks for {getattr(args, key)}")
+    try:
+        method.load_state_dict(ckpt["model"])
+        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
+            opt.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UsageError(f"{path} does not match this model ({str(e).splitlines()[0][:200]})") from None
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    gen.set_state(ckpt["rng"]["gen"].to(gen.get_state().device))
+    if gen.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], gen.device)
+    if ckpt["epoch"] >= args.epochs:
+        raise UsageError(f"{path} already finished {ckpt['epoch']} epochs; raise --epochs to train further")
+    return {key: ckpt.get(key, {}) for key in RUN_RECORD}
+
+
+RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "collapsed")  # what a checkpoint carries on
+
+
+def evaluate_epoch(method, data, args, epoch, run):
+    """After a training epoch (rank 0 only): the method's epoch_end, then every head on the test set. Updates
+    run's best figures and collapse record and warns once per collapsed head; returns what to log."""
+    logged = (method.epoch_end(epoch, data) or {}) if hasattr(method, "epoch_end") else {}
+    final, top_share = evaluate(method, data, args, with_top_share=True)
+    for head, acc in final.items():
+        if acc > run["best"].get(head, -1.0):
+            run["best"][head], run["best_epoch"][head] = acc, epoch + 1
+    warmed_up = epoch >= args.lr_warmup  # checked from the first epoch after the warm-up: before it, a
+    # network that has barely started often predicts one class for most images without having collapsed
+    for head in collapsed_heads(top_share, data.num_classes) if warmed_up else []:
+        if head not in run["collapsed"]:
+            run["collapsed"][head] = epoch + 1
+            print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of "
+                  f"the test images: its predictions no longer depend on the input (a collapse); try a longer "
+                  f"--lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
+    run["final"] = final
+    return {**logged, **{f"top1_{h}": a for h, a in final.items()},
+            **{f"top_share_{h}": v for h, v in top_share.items()}}
+
+
+def share_state(method, args):
+    """Every process takes rank 0's parameters and buffers (what epoch_end changed there: KDCL's ensemble
+    weights; batch-norm statistics, which each process gathers from its own share)."""
+    if args.world_size > 1:
+        for t in itertools.chain(method.parameters(), method.buffers()):
+            dist.broadcast(t.data, 0)
 
 
 def fit(method, data, args, out_dir, name="vanilla") -> dict:
     """Train `method` on `data` for args.epochs (resuming from out_dir/last.pt with --resume), evaluating
-    every head every epoch; write metrics.jsonl, last.pt, best.pt and results.json into out_dir."""
-    os.makedirs(out_dir, exist_ok=True)
-    device = data.device
+    every head every epoch; write metrics.jsonl, last.pt, best.pt and results.json into out_dir. Under torchrun
+    every process calls it and returns the same results; rank 0 evaluates and writes, the others wait."""
+    main_rank, device = args.rank == 0, data.device
+    if main_rank:
+        os.makedirs(out_dir, exist_ok=True)
     method.to(device)
+    if args.sync_bn and args.world_size > 1:  # batch statistics over the global batch (CUDA only)
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if args.channels_last:
         method.to(memory_format=torch.channels_last)
     optimizers = make_optimizers(method, args)
-    step_fn = torch.compile(method) if args.compile else method
-    gen = torch.Generator(device=device).manual_seed(args.seed)
+    gen = torch.Generator(device=device).manual_seed(args.seed)  # the same on every process
+    last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
+    run = {"epoch": 0, "best": {}, "best_epoch": {}, "elapsed": 0.0, "final": {}, "collapsed": {}}
+    if args.resume:
+        run = restore(last_path, name, args, method, optimizers, gen)
+        print(f"resumed {last_path} at epoch {run['epoch']}")
+    train_module = method  # one DistributedDataParallel around everything that trains: one backward a step
+    if args.world_size > 1:
+        train_module = nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    step_fn = torch.compile(train_module) if args.compile else train_module
     num_views = getattr(method, "num_views", 1)
     primary = getattr(method, "primary_head", None)
-    last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
-    start, best, best_epoch, elapsed, final, collapsed = 0, {}, {}, 0.0, {}, {}
-
-    if args.resume:
-        ckpt = load_checkpoint(last_path)
-        if ckpt.get("method") != name:
-            raise UsageError(f"{last_path} was written by '{ckpt.get('method')}', not '{name}'")
-        for key in ("arch", "students", "dataset", "limit_train", "image_size"):
-            if ckpt["args"].get(key) != getattr(args, key):
-                raise UsageError(f"{last_path} was trained with --{key.replace('_', '-')} {ckpt['args'].get(key)}, "
-                                 f"but this run asks for {getattr(args, key)}")
-        try:
-            method.load_state_dict(ckpt["model"])
-            for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
-                opt.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UsageError(f"{last_path} does not match this model ({str(e).splitlines()[0][:200]})") from None
-        start, best, best_epoch, elapsed = ckpt["epoch"], ckpt["best"], ckpt["best_epoch"], ckpt["elapsed"]
-        final, collapsed = ckpt.get("final", {}), ckpt.get("collapsed", {})
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        gen.set_state(ckpt["rng"]["gen"].to(gen.get_state().device))
-        if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        if start >= args.epochs:
-            raise UsageError(f"{last_path} already finished {start} epochs; raise --epochs to train further")
-        print(f"resumed {last_path} at epoch {start}")
 
     n_train = len(data.train_y)
-    batch = min(args.batch_size, n_train)
+    batch = min(args.batch_size, n_train)  # the global batch: each of the world_size processes gets its share
+    batch -= batch % args.world_size
     steps = n_train // batch  # the last incomplete batch is dropped; every epoch reshuffles
-    metrics_path = os.path.join(out_dir, "metrics.jsonl")
-    kept_lines = []
-    if args.resume and os.path.exists(metrics_path):  # drop lines of epochs the checkpoint does not hold
-        with open(metrics_path) as f:
-            kept_lines = [line for line in f if line.strip() and json.loads(line)["epoch"] <= start]
-    metrics_file = open(metrics_path, "w")
-    metrics_file.writelines(kept_lines)
-    saved_epoch = start  # the epoch the last good checkpoint holds
-    for epoch in range(start, args.epochs):
+    metrics_file = open_metrics(os.path.join(out_dir, "metrics.jsonl"), run["epoch"] if args.resume else 0) \
+        if main_rank else None
+    saved_epoch = run["epoch"]  # the epoch the last good checkpoint holds
+    for epoch in range(run["epoch"], args.epochs):
         set_lr(optimizers, lr_factor(args, epoch, 0, steps))
         if hasattr(method, "set_epoch"):
             method.set_epoch(epoch)
@@ -982,59 +1041,70 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
         except NonFinite as e:
             kept = (f"the last good checkpoint {last_path} (epoch {saved_epoch}) is untouched"
                     if os.path.exists(last_path) else "no checkpoint had been written")
-            raise UsageError(f"training stopped: the loss part '{e.part}' became non-finite at epoch "
-                             f"{epoch + 1}, step {e.step}; {kept}") from None
+            raise SharedError(f"training stopped: the loss part '{e.part}' became non-finite at epoch "
+                              f"{epoch + 1}, step {e.step}; {kept}") from None
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time = time.perf_counter() - t0
-        elapsed += train_time
-        logged = {}
-        if hasattr(method, "epoch_end"):
-            logged = method.epoch_end(epoch, data) or {}
-        final, top_share = evaluate(method, data, args, with_top_share=True)
-        for head, acc in final.items():
-            if acc > best.get(head, -1.0):
-                best[head], best_epoch[head] = acc, epoch + 1
-        warmed_up = epoch >= args.lr_warmup  # checked from the first epoch after the warm-up: before it, a
-        # network that has barely started often predicts one class for most images without having collapsed
-        for head in collapsed_heads(top_share, data.num_classes) if warmed_up else []:
-            if head not in collapsed:
-                collapsed[head] = epoch + 1
-                print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of "
-                      f"the test images: its predictions no longer depend on the input (a collapse); try a longer "
-                      f"--lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
-        key = primary if primary in final else ("ens" if "ens" in final else next(iter(final)))
-        lr = args.lr * lr_factor(args, epoch, steps - 1, steps)  # where the epoch ended
-        record = {"epoch": epoch + 1, "lr": lr,
-                  **{n: float(v) / steps for n, v in zip(names, sums.tolist())}, **logged,
-                  **{f"top1_{h}": a for h, a in final.items()},
-                  **{f"top_share_{h}": v for h, v in top_share.items()},
-                  "seconds": train_time, "images_per_s": steps * batch / train_time}
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        ckpt = {"method": name, "epoch": epoch + 1, "model": method.state_dict(),
-                "optimizers": [o.state_dict() for o in optimizers], "best": best, "best_epoch": best_epoch,
-                "final": final, "collapsed": collapsed, "elapsed": elapsed, "args": plain_args(args),
-                "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state().cpu(),
-                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
-        atomic_save(ckpt, last_path)
-        if best_epoch.get(key) == epoch + 1:
-            atomic_save(ckpt, best_path)
-        saved_epoch = epoch + 1
-        eta = elapsed / (epoch + 1) * (args.epochs - epoch - 1)
-        heads = "  ".join(f"{h} {a:.2f}" for h, a in final.items())
-        print(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  loss {record['loss']:.4f}  "
-              f"top1 {heads}  |  {train_time:.1f}s  {record['images_per_s']:.0f} img/s  eta {format_eta(eta)}",
-              flush=True)
-    metrics_file.close()
+        run["elapsed"] += train_time
+        run["epoch"] = saved_epoch = epoch + 1
+        if main_rank:
+            logged = evaluate_epoch(method, data, args, epoch, run)
+            lr = args.lr * lr_factor(args, epoch, steps - 1, steps)  # where the epoch ended
+            record = {"epoch": epoch + 1, "lr": lr, **{n: float(v) / steps for n, v in zip(names, sums.tolist())},
+                      **logged, "seconds": train_time, "images_per_s": steps * batch / train_time}
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            ckpt = {**run, "method": name, "model": method.state_dict(),
+                    "optimizers": [o.state_dict() for o in optimizers], "args": plain_args(args),
+                    "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state().cpu(),
+                            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+            atomic_save(ckpt, last_path)
+            final = run["final"]
+            key = primary if primary in final else ("ens" if "ens" in final else next(iter(final)))
+            if run["best_epoch"].get(key) == epoch + 1:
+                atomic_save(ckpt, best_path)
+            eta = run["elapsed"] / (epoch + 1) * (args.epochs - epoch - 1)
+            heads = "  ".join(f"{h} {a:.2f}" for h, a in run["final"].items())
+            print(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  loss {record['loss']:.4f}  "
+                  f"top1 {heads}  |  {train_time:.1f}s  {record['images_per_s']:.0f} img/s  eta {format_eta(eta)}",
+                  flush=True)
+        share_state(method, args)
+    results = None
+    if main_rank:
+        metrics_file.close()
+        results = write_results(method, run, args, out_dir, name, steps * batch)
+    if args.world_size > 1:  # the others wait for rank 0's files, and return what it wrote
+        results = [results]
+        dist.broadcast_object_list(results, 0)
+        results = results[0]
+    return results
 
-    results = {"method": name, "final": final, "best": best, "best_epoch": best_epoch, "epochs": args.epochs,
-               "collapsed": collapsed,
-               "train_seconds": elapsed, "images_per_s": args.epochs * steps * batch / elapsed if elapsed else None,
+
+def open_metrics(path, keep_epochs):
+    """metrics.jsonl for writing, keeping the lines of the first `keep_epochs` epochs (those a resumed
+    checkpoint holds)."""
+    kept = []
+    if keep_epochs and os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= keep_epochs]
+    metrics_file = open(path, "w")
+    metrics_file.writelines(kept)
+    return metrics_file
+
+
+def write_results(method, run, args, out_dir, name, images_per_epoch):
+    """results.json and the exported networks, at the end of a run."""
+    elapsed = run["elapsed"]
+    device = torch.device(args.device)
+    results = {"method": name, "final": run["final"], "best": run["best"], "best_epoch": run["best_epoch"],
+               "epochs": args.epochs, "collapsed": run["collapsed"], "train_seconds": elapsed,
+               "images_per_s": args.epochs * images_per_epoch / elapsed if elapsed else None,
                "params": {**{f"s{i}": count_params(s) for i, s in enumerate(getattr(method, "students", []))},
                           "total": count_params(method),
                           "trainable": sum(p.numel() for p in method.parameters() if p.requires_grad)},
-               "device": device_name(device), "torch": torch.__version__, "torchvision": tv_version(),
+               "device": (f"{args.world_size} x " if args.world_size > 1 else "") + device_name(device),
+               "torch": torch.__version__, "torchvision": tv_version(),
                "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": plain_args(args)}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
@@ -1070,12 +1140,56 @@ def tv_version():
 
 
 # ==================================================================================================
+# Several processes: torchrun
+# ==================================================================================================
+# `torchrun --nproc_per_node=N script.py ...` starts N copies of a script, each with its RANK, LOCAL_RANK and
+# WORLD_SIZE in the environment. Every process holds all the students and the method's own modules, wrapped
+# once in DistributedDataParallel (a step's gradients are averaged over the processes in its one backward).
+# --batch-size stays the global batch: process r trains on images r, r + N, r + 2N, ... of every batch, with
+# the augmentation one process would draw for them, so the order of the images, every process's generator
+# and the checkpoint are the same for any N, and a run resumes on another number of processes. What N
+# changes: batch-norm statistics come from each process's share (--sync-bn: from the global batch, on GPUs),
+# and so does anything a method computes per batch (KDCL linear's ensemble weights). Rank 0 evaluates, logs,
+# writes checkpoints and exports; after every epoch the others take its state.
+
+def check_world(args):
+    """This process's place in a torchrun run (args.rank, args.world_size: 0 and 1 without torchrun) and its
+    device (cuda:LOCAL_RANK on GPUs)."""
+    args.world_size, args.rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if args.world_size == 1:
+        return
+    if args.device_type == "cuda":
+        if args.device != "cuda" and args.device != f"cuda:{os.environ.get('LOCAL_RANK', '0')}":
+            raise UsageError(f"under torchrun each process takes the GPU of its LOCAL_RANK: pass --device cuda "
+                             f"(or auto), not {args.device}")
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    elif args.sync_bn:
+        raise UsageError("--sync-bn needs GPUs (torch's SyncBatchNorm does not run on CPU)")
+    if args.batch_size % args.world_size or args.batch_size // args.world_size < 2:
+        raise UsageError(f"--batch-size {args.batch_size} is the global batch: it must split into equal shares of "
+                         f"at least 2 images over the {args.world_size} processes")
+
+
+def start_processes(args):
+    """Join the torchrun run's process group (NCCL on GPUs, gloo on CPU), unless the caller already has;
+    from here only rank 0 prints. True when this call made the group (and its caller ends it)."""
+    if args.world_size == 1 or dist.is_initialized():
+        return False
+    if args.device_type == "cuda":
+        torch.cuda.set_device(torch.device(args.device))
+    dist.init_process_group("nccl" if args.device_type == "cuda" else "gloo")
+    if args.rank != 0:
+        sys.stdout = open(os.devnull, "w")
+    return True
+
+
+# ==================================================================================================
 # Flags, set-up and the entry point shared by every method script
 # ==================================================================================================
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one sentence, no usage dump
-        self.exit(2, f"error: {message} (see --help)\n")
+    def error(self, message):  # one sentence, no usage dump; under torchrun rank 0 says it for every process
+        self.exit(2, f"error: {message} (see --help)\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
 def make_parser(doc=None):
@@ -1108,6 +1222,8 @@ def make_parser(doc=None):
     a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     a("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on for CUDA)")
     a("--compile", action="store_true", help="torch.compile the training step")
+    a("--sync-bn", action="store_true",
+      help="under torchrun on GPUs: batch-norm statistics over the global batch, not each process's share")
     a("--workers", type=int, default=os.cpu_count() or 1,
       help="threads decoding a folder data set once (in memory); DataLoader worker processes (streamed)")
     a("--out-dir", default=None, help="output folder (default runs/<method>_<arch>_<dataset>_seed<seed>)")
@@ -1167,6 +1283,7 @@ def check_args(args, name):
     if args.device != "cpu" and not args.device.startswith("cuda"):
         raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got '{args.device}'")
     args.device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    check_world(args)
     args.bf16 = args.amp == "bf16" or (args.amp == "auto" and args.device_type == "cuda")
     args.channels_last = args.device_type == "cuda"
     if args.out_dir is None:
@@ -1178,6 +1295,53 @@ def check_args(args, name):
     return args
 
 
+def lost_contact(error):
+    """Whether an error raised by a collective means that another process is gone."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"))
+
+
+def end_processes(own_group):
+    """Leave the process group before exiting on an error (not leaving it aborts the process on exit)."""
+    if own_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def set_up(args, device, build):
+    """The data and the method (a configuration a method's modules cannot be built for: one sentence)."""
+    data = load_data(args, device)
+    args.input_size = list(data.image_size)  # build_students shapes the backbones for it
+    try:  # a method refuses a configuration its modules cannot be built for with one sentence (ValueError)
+        method = build(args, data) if build is not None else Vanilla(build_students(args, data.num_classes))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return data, method
+
+
+def agree(args, work):
+    """work() on every process; if it failed on any, every process stops with the failures' sentences,
+    said once by rank 0 (a data folder missing on one node stops the run before training starts)."""
+    try:
+        result, failure = work(), None
+    except UsageError as e:
+        result, failure = None, str(e)
+    if args.world_size > 1:
+        failures = [None] * args.world_size
+        dist.all_gather_object(failures, failure)
+        said = {}
+        for r, f in enumerate(failures):
+            if f is not None:
+                said.setdefault(f, []).append(r)
+        if said:
+            everyone = len(said) == 1 and len(next(iter(said.values()))) == args.world_size
+            raise SharedError("; ".join(f if everyone else f"{f} (rank {', '.join(map(str, ranks))})"
+                                        for f, ranks in said.items()))
+    if failure is not None:
+        raise UsageError(failure)
+    return result
+
+
 def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
     """Parse the shared flags and the method's own, load data, build the method, train, save. Errors a user
     can cause end in one sentence and exit status 2."""
@@ -1185,30 +1349,49 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
     try:
         args = check_args(args, name)
+    except UsageError as e:  # a flag mistake is the same for every process: rank 0 says it
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        own_group = start_processes(args)
         torch.manual_seed(args.seed)
         device = torch.device(args.device)
-        data = load_data(args, device)
-        args.input_size = list(data.image_size)  # build_students shapes the backbones for it
-        try:  # a method refuses a configuration its modules cannot be built for with one sentence (ValueError)
-            method = build(args, data) if build is not None else Vanilla(build_students(args, data.num_classes))
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        os.makedirs(args.out_dir, exist_ok=True)
-        if not args.resume:
+        data, method = agree(args, lambda: set_up(args, device, build))
+        if rank == 0:
+            os.makedirs(args.out_dir, exist_ok=True)
+        if rank == 0 and not args.resume:
             with open(os.path.join(args.out_dir, "args.json"), "w") as f:
                 json.dump(plain_args(args), f, indent=2)
         print(f"{name}: {args.arch} x{args.students} on {args.dataset} ({len(data.train_y)} train / "
               f"{len(data.test_y)} test images, {data.num_classes} classes), {device_name(device)}, "
               f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}", flush=True)
         results = fit(method, data, args, args.out_dir, name)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except UsageError as e:  # under torchrun: one line from rank 0, or from the one process that failed
+        if rank == 0 or not isinstance(e, SharedError):
+            print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
+        end_processes(own_group)
+        sys.exit(2)
+    except RuntimeError as e:  # under torchrun: a collective that lost another process says so in one line
+        if args.world_size == 1 or not lost_contact(e):
+            raise
+        print(f"error (rank {rank}): another process of this run stopped (its message is above); "
+              f"continue from the last checkpoint with --resume --out-dir {args.out_dir}", file=sys.stderr)
+        sys.exit(1)
+    except torch.OutOfMemoryError:
+        print(f"error{f' (rank {rank})' if rank else ''}: out of memory on {args.device} at --batch-size "
+              f"{args.batch_size}{f' over {args.world_size} processes' if args.world_size > 1 else ''}; "
+              f"lower it (and --lr with it), or use more GPUs", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"interrupted; continue with --resume --out-dir {args.out_dir}", file=sys.stderr)
+        if rank == 0:
+            print(f"interrupted; continue with --resume --out-dir {args.out_dir}", file=sys.stderr)
         sys.exit(130)
+    if own_group:
+        dist.destroy_process_group()
     heads = "  ".join(f"{h} {a:.2f}" for h, a in results["final"].items())
     print(f"done in {format_eta(results['train_seconds'])}: final top-1 {heads}  (results in {args.out_dir})")
     return results

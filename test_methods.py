@@ -1800,3 +1800,147 @@ def test_compare_writes_a_table_and_reuses_finished_runs(tmp_path):
     status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", str(results))
     assert status == 0, output[-2000:]
     assert rows(results / "table.md") == before and len(before) == 3  # the header, vanilla, dml
+
+
+# ================================================================================================
+# Several processes: torchrun on CPU (gloo), the same scripts and flags
+# ================================================================================================
+
+def test_process_shares_of_a_batch_make_up_the_single_process_batch(tiny_imagenet):
+    """Process r of N gets images r, r + N, ... of every global batch, augmented exactly as one process
+    would augment them, and every process's generator ends where one process's does."""
+    cpu = torch.device("cpu")
+    x, y, *_ = common.synthetic(n_train=60, n_test=10)
+    in_memory = common.Data(x, y, x[:10], y[:10], 10, cpu)
+    streamed = common.StreamedData(str(tiny_imagenet / "train"), str(tiny_imagenet / "val"), cpu, 64, workers=0)
+    for data, batch, steps in ((in_memory, 12, 4), (streamed, 6, 3)):
+        def epoch(rank, world):
+            gen = torch.Generator().manual_seed(0)
+            return list(data.train_batches(gen, batch, steps, 2, rank, world)), gen.get_state()
+        whole, state = epoch(0, 1)
+        for world in (2, 3):
+            shares = [epoch(rank, world) for rank in range(world)]
+            for step, (views, labels) in enumerate(whole):
+                for rank, (share, share_state) in enumerate(shares):
+                    share_views, share_labels = share[step]
+                    assert len(share_labels) == batch // world
+                    assert torch.equal(share_labels, labels[rank::world])
+                    assert all(torch.equal(a, b[rank::world]) for a, b in zip(share_views, views))
+                    assert torch.equal(share_state, state)
+
+
+DDP = ["--dataset", "synthetic", "--limit-train", "160", "--limit-test", "64", "--batch-size", "32",
+       "--arch", "resnet20", "--device", "cpu", "--epochs", "1"]
+DDP_RUNS = {  # run name: (script, its flags); kdcl_linear and ffcl_rk check that DDP finds every parameter used
+    "vanilla": ("common", []), "dml": ("dml", []), "kdcl": ("kdcl", ["--holdout-per-class", "2"]),
+    "kdcl_linear": ("kdcl", ["--ensemble", "linear", "--no-icl"]), "ffl": ("ffl", []),
+    "ffcl": ("ffcl", ["--pretrain-epochs", "1"]), "ffcl_rk": ("ffcl", ["--no-feature", "--no-regularization"]),
+    "fefr": ("fefr", []), "ffsd": ("ffsd", []), "mkb_cl": ("mkb_cl", []),
+    "resumed": ("common", ["--resume", "--epochs", "2"]),  # a 1-process checkpoint, continued on 2 processes
+}
+
+
+class FailsOnRank1(common.Vanilla):
+    """Vanilla whose second epoch fails on rank 1 only: a NaN loss, or a crash."""
+
+    def __init__(self, students, how):
+        super().__init__(students)
+        self.how, self.epoch = how, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def forward(self, views, y=None):
+        out = super().forward(views, y)
+        if self.training and self.epoch == 1 and torch.distributed.is_initialized() \
+                and torch.distributed.get_rank() == 1:
+            if self.how == "crash":
+                raise RuntimeError("rank 1 crashes")
+            loss, parts = out
+            parts["ce_s1"] = parts["ce_s1"] * float("nan")
+            return loss + parts["ce_s1"], parts
+        return out
+
+
+def torchrun_driver(mode, out):
+    """Run by the tests below under torchrun, in every process. `every`: each run of DDP_RUNS through its
+    script's main(), saving what this process trained on and its parameters after each training epoch
+    (before rank 0's state is shared) to OUT/<run>/rank<r>.pt. `nan`, `crash`: a run that fails on rank 1."""
+    import importlib
+    torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank()
+    if mode != "every":
+        build = lambda args, data: FailsOnRank1(common.build_students(args, data.num_classes), mode)  # noqa: E731
+        common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", out])
+    real_batches, real_epoch = common.Data.train_batches, common.train_epoch
+    seen, params = [], []
+
+    def counted_batches(self, *args, **kw):
+        for views, y in real_batches(self, *args, **kw):
+            seen.append(len(y))
+            yield views, y
+
+    def recorded_epoch(step_fn, *args, **kw):
+        result = real_epoch(step_fn, *args, **kw)
+        params.append({n: p.detach().clone() for n, p in step_fn.module.named_parameters()})
+        return result
+
+    common.Data.train_batches, common.train_epoch = counted_batches, recorded_epoch
+    for name, (script, flags) in DDP_RUNS.items():
+        seen.clear(), params.clear()
+        importlib.import_module(script).main(argv=DDP + flags + ["--out-dir", os.path.join(out, name)])
+        torch.save({"images": sum(seen), "params": params}, os.path.join(out, name, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def torchrun(*argv, timeout=600):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           *argv], capture_output=True, text=True, cwd=HERE, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_torchrun_trains_every_method_on_two_processes_and_resumes_across_process_counts(tmp_path):
+    run_main(vanilla, DDP, tmp_path / "resumed")  # 1 process, 1 epoch: continued to 2 on 2 processes
+    status, output = torchrun(__file__, "every", str(tmp_path))
+    assert status == 0, output[-3000:]
+    for name in DDP_RUNS:
+        run = tmp_path / name
+        assert (run / "results.json").exists(), name
+        assert sorted(r["epoch"] for r in read_metrics(run)) == ([1, 2] if name == "resumed" else [1])
+        ranks = [torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+        held_out = 20 if name == "kdcl" else 0  # KDCL General's 2 images per class never trained on
+        epochs = 2 if name == "ffcl" else 1  # FFCL's pre-training epoch, then its own
+        images = epochs * (160 - held_out) // 32 * 32  # 5 (KDCL: 4) steps of the global batch of 32 an epoch
+        assert [r["images"] for r in ranks] == [images // 2] * 2, name  # the global batch split, not repeated
+        assert len(ranks[0]["params"]) == epochs
+        for after_0, after_1 in zip(ranks[0]["params"], ranks[1]["params"], strict=True):
+            assert after_0.keys() == after_1.keys()
+            assert all(torch.equal(after_0[k], after_1[k]) for k in after_0), name  # the same after each epoch
+    results = json.loads((tmp_path / "vanilla" / "results.json").read_text())
+    assert results["args"]["world_size"] == 2 and results["device"].startswith("2 x cpu")
+    # a checkpoint written by 2 processes continues in 1
+    run_main(vanilla, DDP + ["--resume", "--epochs", "2"], tmp_path / "vanilla")
+    assert [r["epoch"] for r in read_metrics(tmp_path / "vanilla")] == [1, 2]
+
+
+@pytest.mark.parametrize("how", ["nan", "crash"])
+def test_a_failure_on_one_process_ends_every_process_and_keeps_the_checkpoint(tmp_path, how):
+    status, output = torchrun(__file__, how, str(tmp_path), timeout=300)
+    assert status != 0
+    if how == "nan":  # found by both processes together: one sentence, from rank 0
+        errors = [line for line in output.splitlines() if line.startswith("error")]
+        assert len(errors) == 1 and "'ce_s1' became non-finite at epoch 2, step 1" in errors[0], output[-3000:]
+    else:
+        assert "rank 1 crashes" in output
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "results.json").exists()
+    # the run continues with --resume (here in one process, where nothing fails)
+    build = lambda args, data: FailsOnRank1(common.build_students(args, data.num_classes), how)  # noqa: E731
+    common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", str(tmp_path), "--resume"])
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
+    torchrun_driver(*sys.argv[1:])
