@@ -1224,8 +1224,9 @@ def make_parser(doc=None):
     a("--compile", action="store_true", help="torch.compile the training step")
     a("--sync-bn", action="store_true",
       help="under torchrun on GPUs: batch-norm statistics over the global batch, not each process's share")
-    a("--workers", type=int, default=os.cpu_count() or 1,
-      help="threads decoding a folder data set once (in memory); DataLoader worker processes (streamed)")
+    a("--workers", type=int, default=max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
+      help="threads decoding a folder data set once (in memory); DataLoader worker processes (streamed), per "
+           "process under torchrun (the default shares the cores out)")
     a("--out-dir", default=None, help="output folder (default runs/<method>_<arch>_<dataset>_seed<seed>)")
     a("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
     a("--limit-train", type=int, default=0, help="class-balanced subset of N training images (0: all)")

@@ -58,6 +58,10 @@ Decisions where the paper is silent:
   mean(diag C) guards a singular C (identical students get equal weights). The held-out images are removed
   from training for --ensemble general only; --holdout-per-class sets their number.
 - Defaults --ensemble general --icl: the paper's best CIFAR setting (Table 7: 74.3 / 75.5).
+- Several GPUs (torchrun, common.py's loop): General's w is estimated by rank 0 after each epoch and shared,
+  so every process distils from the same w; Linear solves its weights on each process's share of the batch
+  (per process, not per global batch), as Naive and MinLogit pick per sample anyway. The paper's ImageNet
+  batch of 2048 is the global --batch-size.
 
 Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """

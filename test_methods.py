@@ -1793,6 +1793,7 @@ def test_compare_writes_a_table_and_reuses_finished_runs(tmp_path):
     assert status == 0, output[-2000:]
     summary = json.loads((results / "dml" / "seed0.json").read_text())
     assert summary["seed"] == 0 and summary["curve"][0]["epoch"] == 1 and "top_share_s0" in summary["curve"][0]
+    assert "kd_s0" in summary["curve"][0] and "seconds" not in summary["curve"][0]  # loss parts, no timings
     assert not any(name.endswith(".pt") for _, _, files in os.walk(results) for name in files)
     rows = lambda path: [line for line in path.read_text().splitlines() if line.startswith("| ")]  # noqa: E731
     before = rows(results / "table.md")

@@ -16,8 +16,9 @@ first.
 Writes OUT/table.md (one row per method: mean ± std over seeds of every head's final and best top-1, the
 best student and its gain over vanilla's, paired by seed), OUT/summary.json, and OUT/accuracy.png (test
 accuracy per epoch) when matplotlib is installed. With --results DIR it also writes each run's summary
-(results.json plus the per-epoch test curve, a few KB, no weights) as DIR/<method>/seed<S>.json as soon as
-the run has finished, and the table as DIR/table.md, so the table can be checked and re-rendered (--render DIR) without the runs.
+(results.json plus the per-epoch curve: lr, every loss part on the training batches, every head's test
+top-1 and top share; a few KB, no weights) as DIR/<method>/seed<S>.json as soon as the run has finished,
+and the table as DIR/table.md, so the table can be checked and re-rendered (--render DIR) without the runs.
 """
 import argparse
 import json
@@ -31,7 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
 STUDENT_HEADS = ("s", "leader")  # heads that are one deployable network
-CURVE_KEYS = ("epoch", "lr", "loss")  # kept per epoch in a run's summary, beside top1_* and top_share_*
+TIMING_KEYS = ("seconds", "images_per_s")  # left out of a run's summary curve (they vary between machines)
 
 
 def die(message):
@@ -159,15 +160,14 @@ def run_all(opts, common_flags):
 
 
 def run_summary(opts, method, seed):
-    """results.json of a finished run plus its per-epoch test curve: small enough to commit."""
+    """results.json of a finished run plus its per-epoch curve (metrics.jsonl less timings): small enough to commit."""
     out = run_dir(opts, method, seed)
     with open(os.path.join(out, "results.json")) as f:
         summary = json.load(f)
     with open(os.path.join(out, "metrics.jsonl")) as f:
         records = [json.loads(line) for line in f if line.strip()]
     summary["seed"] = seed
-    summary["curve"] = [{k: v for k, v in r.items() if k in CURVE_KEYS or k.startswith(("top1_", "top_share_"))}
-                        for r in records]
+    summary["curve"] = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
     return summary
 
 
