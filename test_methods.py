@@ -537,18 +537,31 @@ def cifar10_real(tmp_path_factory):
     return extract_cifar10(tmp_path_factory.mktemp("cifar10_real"), {"train": 400, "test": 50})
 
 
-def test_without_warmup_students_that_teach_each_other_collapse_and_the_warning_names_them(cifar10_real, tmp_path,
-                                                                                             capsys):
+def run_side_by_side(runs, tmp_path):
+    """Run scripts as a user would, all at once, one thread each (on 2 cores, faster than one after the other
+    on two threads); {name: (results.json, output)} once every run has finished."""
+    procs = {name: subprocess.Popen([sys.executable, os.path.join(HERE, script), *argv, "--out-dir",
+                                     str(tmp_path / name)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for name, (script, argv) in runs.items()}
+    done = {}
+    for name, proc in procs.items():
+        output = proc.communicate(timeout=1200)[0]
+        assert proc.returncode == 0, (name, output[-2000:])
+        done[name] = json.loads((tmp_path / name / "results.json").read_text()), output
+    return done
+
+
+def test_without_warmup_students_that_teach_each_other_collapse_and_the_warning_names_them(cifar10_real, tmp_path):
     """DML from full lr at the first step: after one epoch of 62 steps its students give most test images one
     class; independent students from the same start do not. The warning names the head and the fix."""
     argv = ["--dataset", "folder", "--data-dir", str(cifar10_real), "--limit-train", "4000", "--batch-size", "64",
             "--epochs", "1", "--lr-warmup", "0", "--arch", "resnet20", "--device", "cpu"]
-    collapsed = run_main(dml.main, argv, tmp_path / "dml")
-    out = capsys.readouterr().out
+    runs = run_side_by_side({"dml": ("dml.py", argv), "vanilla": ("common.py", argv)}, tmp_path)
+    (collapsed, out), (independent, independent_out) = runs["dml"], runs["vanilla"]
     assert collapsed["collapsed"], out
     assert "warning: epoch 1: head s" in out and "try a longer --lr-warmup (now 0)" in out
-    independent = run_main(vanilla, argv, tmp_path / "vanilla")
-    assert independent["collapsed"] == {} and "warning" not in capsys.readouterr().out
+    assert independent["collapsed"] == {} and "warning" not in independent_out
 
 
 # Measured on these settings (with --limit-test 500 drawn at random, seeds 0, 1, 2): best deployable network
@@ -557,17 +570,17 @@ def test_without_warmup_students_that_teach_each_other_collapse_and_the_warning_
 COLLAPSE_MARGIN = 5.0
 
 
-def test_with_default_warmup_no_method_collapses_on_real_cifar10(cifar10_real, tmp_path, capsys):
+def test_with_default_warmup_no_method_collapses_on_real_cifar10(cifar10_real, tmp_path):
     """DML, FFCL (response and feature terms on) and FFSD with the default warm-up on 1,000 real images:
     no collapse warning, and the best deployable network within COLLAPSE_MARGIN points of vanilla's best."""
     argv = ["--dataset", "folder", "--data-dir", str(cifar10_real), "--limit-train", "1000", "--batch-size", "32",
             "--epochs", "7", "--milestones", "6", "--arch", "resnet20", "--device", "cpu"]
-    base_final = run_main(vanilla, argv, tmp_path / "vanilla")["final"]  # one run (not one per head)
+    runs = run_side_by_side({"vanilla": ("common.py", argv), "dml": ("dml.py", argv),
+                             "ffcl": ("ffcl.py", argv + ["--no-regularization"]), "ffsd": ("ffsd.py", argv)}, tmp_path)
+    base_final = runs.pop("vanilla")[0]["final"]  # one run (not one per head)
     base = max(base_final[h] for h in ("s0", "s1"))
-    for name, main, extra in (("dml", dml.main, []), ("ffcl", ffcl.main, ["--no-regularization"]),
-                              ("ffsd", ffsd.main, [])):
-        results = run_main(main, argv + extra, tmp_path / name)
-        assert results["collapsed"] == {}, (name, capsys.readouterr().out)
+    for name, (results, output) in runs.items():
+        assert results["collapsed"] == {} and "warning" not in output, (name, output[-2000:])
         best = max(v for h, v in results["final"].items() if h.startswith(("s", "leader")))
         assert best >= base - COLLAPSE_MARGIN, (name, results["final"], base)
 

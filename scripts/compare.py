@@ -14,8 +14,8 @@ it takes the vanilla run of the same seed (the paper's baselines are its pre-tra
 first.
 
 Writes OUT/table.md (one row per method: mean ± std over seeds of every head's final and best top-1, the
-best student and its gain over vanilla's, paired by seed), OUT/summary.json, and OUT/accuracy.png (test
-accuracy per epoch) when matplotlib is installed. With --results DIR it also writes each run's summary
+best and the mean deployed network and their gains over vanilla's, paired by seed), OUT/summary.json, and
+OUT/accuracy.png (test accuracy per epoch) when matplotlib is installed. With --results DIR it also writes each run's summary
 (results.json plus the per-epoch curve: lr, every loss part on the training batches, every head's test
 top-1 and top share; a few KB, no weights) as DIR/<method>/seed<S>.json as soon as the run has finished,
 and the table as DIR/table.md, so the table can be checked and re-rendered (--render DIR) without the runs.
@@ -31,7 +31,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
-STUDENT_HEADS = ("s", "leader")  # heads that are one deployable network
 TIMING_KEYS = ("seconds", "images_per_s")  # left out of a run's summary curve (they vary between machines)
 
 
@@ -184,25 +183,42 @@ def fmt(ms, sign=""):
     return f"{ms[0]:{sign}.2f}" + ("" if ms[1] is None else f" ± {ms[1]:.2f}")
 
 
+def deployed(run):
+    """Final top-1 of the networks a run deploys, one each: FFSD's leader alone, else every student s<i>."""
+    final = run["final"]
+    return [final["leader"]] if "leader" in final else [v for h, v in final.items() if h[0] == "s" and h[1:].isdigit()]
+
+
 def best_student(run):
-    return max(v for h, v in run["final"].items() if h.startswith(STUDENT_HEADS))
+    return max(deployed(run))
+
+
+def mean_student(run):
+    return statistics.mean(deployed(run))
+
+
+def paired_gain(runs, vanilla, of):
+    """Mean ± std over seeds of of(run) - of(vanilla's run of the same seed)."""
+    return mean_std([of(r) - of(vanilla[r["seed"]]) for r in runs if r["seed"] in vanilla])
 
 
 def summarise(runs_by_method):
-    """{method: [run summaries]} -> {method: mean ± std of every head, best student, gain over vanilla}."""
-    vanilla = {r["seed"]: best_student(r) for r in runs_by_method.get("vanilla", [])}
+    """{method: [run summaries]} -> {method: mean ± std of every head, the best and the mean deployed network
+    and their gains over vanilla's}."""
+    vanilla = {r["seed"]: r for r in runs_by_method.get("vanilla", [])}
     summary = {}
     for method, runs in runs_by_method.items():
         if not runs:
             continue
         heads = list(runs[0]["final"])
-        paired = [best_student(r) - vanilla[r["seed"]] for r in runs if r["seed"] in vanilla]
         summary[method] = {
             "seeds": [r["seed"] for r in runs],
             "final": {h: mean_std([r["final"][h] for r in runs]) for h in heads},
             "best": {h: mean_std([r["best"][h] for r in runs]) for h in heads},
             "best_student_final": mean_std([best_student(r) for r in runs]),
-            "gain_over_vanilla": mean_std(paired),
+            "gain_over_vanilla": paired_gain(runs, vanilla, best_student),
+            "mean_student_final": mean_std([mean_student(r) for r in runs]),
+            "mean_gain_over_vanilla": paired_gain(runs, vanilla, mean_student),
             "collapsed": sorted({f"{h}@{e}" for r in runs for h, e in r.get("collapsed", {}).items()}),
             "params_student": runs[0]["params"].get("s0") or runs[0]["params"].get("s1"),
             "params_total": runs[0]["params"]["total"],
@@ -214,8 +230,9 @@ def summarise(runs_by_method):
 
 def table(summary):
     lines = ["| method | seeds | final top-1 per head (mean ± std) | best-epoch top-1 per head | best student "
-             "(final) | vs vanilla (paired by seed) | collapse warnings | params: student / all (M) | train h |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "(final) | vs vanilla (paired by seed) | mean student (final) | vs vanilla | collapse warnings | "
+             "params: student / all (M) | train h |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, s in summary.items():
         final = ", ".join(f"{h} {fmt(v)}" for h, v in s["final"].items())
         best = ", ".join(f"{h} {fmt(v)}" for h, v in s["best"].items())
@@ -223,6 +240,7 @@ def table(summary):
         params = f"{s['params_student'] / 1e6:.2f} / {s['params_total'] / 1e6:.2f}" if s["params_student"] else \
             f"— / {s['params_total'] / 1e6:.2f}"
         lines.append(f"| {method} | {len(s['seeds'])} | {final} | {best} | {fmt(s['best_student_final'])} | {gain} | "
+                     f"{fmt(s['mean_student_final'])} | {fmt(s['mean_gain_over_vanilla'], '+')} | "
                      f"{', '.join(s['collapsed']) or 'none'} | {params} | {s['hours']:.2f} |")
     return "\n".join(lines) + "\n"
 
