@@ -1843,6 +1843,21 @@ def test_process_shares_of_a_batch_make_up_the_single_process_batch(tiny_imagene
                     assert torch.equal(share_state, state)
 
 
+@pytest.mark.parametrize("argv,expected", [
+    (["--sync-bn"], "--sync-bn needs GPUs"),
+    (["--batch-size", "63"], "--batch-size 63 is the global batch: it must split into equal shares"),
+])
+def test_flags_torchrun_cannot_honour_end_in_one_sentence_said_by_rank_0(tmp_path, capsys, monkeypatch, argv, expected):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):  # the same mistake on every process: only rank 0 says it
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as stop:
+            vanilla(SMOKE + argv + ["--out-dir", str(tmp_path / "run")])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert (expected in err and len(err.strip().splitlines()) == 1) if rank == "0" else err == "", err
+
+
 DDP = ["--dataset", "synthetic", "--limit-train", "160", "--limit-test", "64", "--batch-size", "32",
        "--arch", "resnet20", "--device", "cpu", "--epochs", "1"]
 DDP_RUNS = {  # run name: (script, its flags); kdcl_linear and ffcl_rk check that DDP finds every parameter used
