@@ -4,6 +4,7 @@ Run alone it trains K independent students, the *vanilla* baseline every method 
 
     python common.py --arch resnet32 --students 2                 # CIFAR-100
     python common.py --dataset synthetic --epochs 2 --arch resnet20   # zero-setup demo on CPU
+    torchrun --standalone --nproc_per_node=4 common.py --arch resnet32   # 4 GPUs (every script; see below)
 
 The method contract (duck-typed; every method file states it again at its top, for whoever copies that file
 alone into another project: a method file needs nothing from here for its modules and loss):
