@@ -1900,7 +1900,8 @@ def torchrun_driver(mode, out):
     rank = torch.distributed.get_rank()
     if mode != "every":
         build = lambda args, data: FailsOnRank1(common.build_students(args, data.num_classes), mode)  # noqa: E731
-        common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", out])
+        common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", out])  # exits on the failure
+        return
     real_batches, real_epoch = common.Data.train_batches, common.train_epoch
     seen, params = [], []
 
