@@ -941,6 +941,9 @@ def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, e
     return names, sums
 
 
+RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "collapsed")  # what a checkpoint carries on
+
+
 def restore(path, name, args, method, optimizers, gen):
     """Load a last.pt into the method, its optimizers and the generators; return the run's record."""
     ckpt = load_checkpoint(path)
@@ -963,9 +966,6 @@ def restore(path, name, args, method, optimizers, gen):
     if ckpt["epoch"] >= args.epochs:
         raise UsageError(f"{path} already finished {ckpt['epoch']} epochs; raise --epochs to train further")
     return {key: ckpt.get(key, {}) for key in RUN_RECORD}
-
-
-RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "collapsed")  # what a checkpoint carries on
 
 
 def evaluate_epoch(method, data, args, epoch, run):
