@@ -9,16 +9,17 @@ Every other flag is passed unchanged to every script (common flags such as --lim
 Per-method extras: `--extra ffsd=--students=3 --extra "kdcl=--ensemble naive"`.
 Each run goes to OUT/<method>/seed<S>; a run with a results.json is re-used, one with only a last.pt is
 resumed, so an interrupted comparison continues where it stopped. `--jobs N` runs N at once, each on
-cores/N threads unless OMP_NUM_THREADS says otherwise. FFCL's regularization knowledge needs pre-trained peers: unless its extras say otherwise
-it takes the vanilla run of the same seed (the paper's baselines are its pre-training), so that run comes
-first.
+cores/N threads unless OMP_NUM_THREADS says otherwise. FFCL's regularization knowledge needs pre-trained
+peers: unless its extras say otherwise it takes the vanilla run of the same seed (the paper's baselines are
+its pre-training), so that run comes first.
 
 Writes OUT/table.md (one row per method: mean ± std over seeds of every head's final and best top-1, the
 best and the mean deployed network and their gains over vanilla's, paired by seed), OUT/summary.json, and
-OUT/accuracy.png (test accuracy per epoch) when matplotlib is installed. With --results DIR it also writes each run's summary
-(results.json plus the per-epoch curve: lr, every loss part on the training batches, every head's test
-top-1 and top share; a few KB, no weights) as DIR/<method>/seed<S>.json as soon as the run has finished,
-and the table as DIR/table.md, so the table can be checked and re-rendered (--render DIR) without the runs.
+OUT/accuracy.png (test accuracy per epoch) when matplotlib is installed. With --results DIR it also writes
+each run's summary (results.json plus the per-epoch curve: lr, every loss part on the training batches,
+every head's test top-1 and top share; a few KB, no weights) as DIR/<method>/seed<S>.json as soon as the
+run has finished, and the table as DIR/table.md, so the table can be checked and re-rendered (--render DIR)
+without the runs.
 """
 import argparse
 import json
