@@ -55,753 +55,6 @@ class SharedError(UsageError):
 
 
 # ==================================================================================================
-# Backbones
-# ==================================================================================================
-# Every backbone is a `Backbone`: `stages` run one after another (stage 0 holds the stem), `classifier`
-# maps the last stage's output to logits. forward(x) -> (logits, [stage outputs]). A method that needs to
-# change a stage's output before the next stage consumes it (MKB-CL) runs `stages` itself.
-
-class Backbone(nn.Module):
-    def __init__(self, stages, classifier, arch, num_classes):
-        super().__init__()
-        self.stages = nn.ModuleList(stages)
-        self.classifier = classifier
-        self.arch, self.num_classes = arch, num_classes
-
-    def forward(self, x):
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return self.classifier(x), features
-
-
-def pool_fc(channels, num_classes):
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
-
-
-class BasicBlock(nn.Module):
-    """CIFAR ResNet block (post-activation), 1x1-conv + BN shortcut where the shape changes."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
-def cifar_resnet(depth, num_classes, arch):
-    n = (depth - 2) // 6
-    stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
-    stages, cin = [], 16
-    for i, (width, stride) in enumerate([(16, 1), (32, 2), (64, 2)]):
-        blocks = []
-        for b in range(n):
-            blocks.append(BasicBlock(cin, width, stride if b == 0 else 1))
-            cin = width
-        stages.append(nn.Sequential(stem, *blocks) if i == 0 else nn.Sequential(*blocks))
-    model = Backbone(stages, pool_fc(64, num_classes), arch, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return model
-
-
-class WideBlock(nn.Module):
-    """Pre-activation wide-ResNet block (BN-ReLU-conv twice), 1x1-conv shortcut where the shape changes."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride, bias=False)
-
-    def forward(self, x):
-        act = F.relu(self.bn1(x))
-        out = self.conv2(F.relu(self.bn2(self.conv1(act))))
-        return out + (x if self.shortcut is None else self.shortcut(act))
-
-
-def wide_resnet(depth, k, num_classes, arch):
-    n = (depth - 4) // 6
-    stages, cin = [], 16
-    for i, (width, stride) in enumerate([(16 * k, 1), (32 * k, 2), (64 * k, 2)]):
-        blocks = [nn.Conv2d(3, 16, 3, 1, 1, bias=False)] if i == 0 else []
-        for b in range(n):
-            blocks.append(WideBlock(cin, width, stride if b == 0 else 1))
-            cin = width
-        if i == 2:  # the final BN-ReLU belongs to the last stage, so its output is the activated feature map
-            blocks += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True)]
-        stages.append(nn.Sequential(*blocks))
-    model = Backbone(stages, pool_fc(cin, num_classes), arch, num_classes)
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
-    return model
-
-
-# torchvision's ImageNet definitions adapted to 32x32 input: 3x3 stride-1 stem, no max-pool.
-def tv_resnet(name, num_classes, arch):
-    import torchvision
-    net = getattr(torchvision.models, name)(num_classes=num_classes)
-    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    stem = nn.Sequential(net.conv1, net.bn1, net.relu)
-    stages = [nn.Sequential(stem, net.layer1), net.layer2, net.layer3, net.layer4]
-    return Backbone(stages, nn.Sequential(net.avgpool, nn.Flatten(), net.fc), arch, num_classes)
-
-
-def tv_mobilenetv2(num_classes, arch):
-    import torchvision
-    net = torchvision.models.mobilenet_v2(num_classes=num_classes)
-    f = net.features
-    f[0][0].stride = (1, 1)              # stem: stride 2 -> 1
-    f[2].conv[1][0].stride = (1, 1)      # first stride-2 block -> 1 (the usual CIFAR setting): 32->16->8->4
-    # stage ends where the resolution halves next: 32x32 (24 ch), 16x16 (32 ch), 8x8 (96 ch), 4x4 (1280 ch)
-    stages = [f[0:4], f[4:7], f[7:14], f[14:]]
-    return Backbone(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier), arch, num_classes)
-
-
-def tv_shufflenetv2(num_classes, arch):
-    import torchvision
-    net = torchvision.models.shufflenet_v2_x1_0(num_classes=num_classes)
-    net.conv1[0] = nn.Conv2d(3, 24, 3, 1, 1, bias=False)
-    stages = [nn.Sequential(net.conv1, net.stage2), net.stage3, nn.Sequential(net.stage4, net.conv5)]
-    return Backbone(stages, pool_fc(1024, num_classes), arch, num_classes)
-
-
-def tv_vgg16(num_classes, arch):
-    import torchvision
-    f = list(torchvision.models.vgg16_bn().features)
-    pools = [i for i, m in enumerate(f) if isinstance(m, nn.MaxPool2d)]
-    # stages end before each of the first four max-pools (32, 16, 8, 4 px); the last pool ends at 1 px.
-    bounds = [0] + pools[:4] + [len(f)]
-    stages = [nn.Sequential(*f[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    return Backbone(stages, pool_fc(512, num_classes), arch, num_classes)
-
-
-# torchvision's definitions at their native ImageNet shape (7x7 stride-2 stem and max-pool): chosen by
-# build_model for inputs of 64 px or more; the stages end where the resolution halves next (/4 .. /32).
-def imagenet_resnet(name, num_classes, arch):
-    import torchvision
-    net = getattr(torchvision.models, name)(num_classes=num_classes)
-    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-    stages = [nn.Sequential(stem, net.layer1), net.layer2, net.layer3, net.layer4]
-    return Backbone(stages, nn.Sequential(net.avgpool, nn.Flatten(), net.fc), arch, num_classes)
-
-
-def imagenet_mobilenetv2(num_classes, arch):
-    import torchvision
-    net = torchvision.models.mobilenet_v2(num_classes=num_classes)
-    f = net.features  # 224 px: 56x56 (24 ch), 28x28 (32 ch), 14x14 (96 ch), 7x7 (1280 ch)
-    stages = [f[0:4], f[4:7], f[7:14], f[14:]]
-    return Backbone(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier), arch, num_classes)
-
-
-def imagenet_shufflenetv2(num_classes, arch):
-    import torchvision
-    net = torchvision.models.shufflenet_v2_x1_0(num_classes=num_classes)
-    stages = [nn.Sequential(net.conv1, net.maxpool, net.stage2), net.stage3, nn.Sequential(net.stage4, net.conv5)]
-    return Backbone(stages, pool_fc(1024, num_classes), arch, num_classes)
-
-
-def densenet121(num_classes, arch):
-    """torchvision's DenseNet-121 as it is (any input size): a stage ends after each dense block."""
-    import torchvision
-    net = torchvision.models.densenet121(num_classes=num_classes)
-    f = list(net.features)  # conv0 norm0 relu0 pool0 block1 trans1 block2 trans2 block3 trans3 block4 norm5
-    stages = [nn.Sequential(*f[0:5]), nn.Sequential(*f[5:7]), nn.Sequential(*f[7:9]),
-              nn.Sequential(*f[9:], nn.ReLU(inplace=True))]
-    return Backbone(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier), arch, num_classes)
-
-
-IMAGENET_SIZE = 64  # inputs at least this large (shorter side, px) get the ImageNet-shape definitions below
-IMAGENET_ARCHS = {
-    "resnet18": lambda nc: imagenet_resnet("resnet18", nc, "resnet18"),
-    "resnet34": lambda nc: imagenet_resnet("resnet34", nc, "resnet34"),
-    "resnet50": lambda nc: imagenet_resnet("resnet50", nc, "resnet50"),
-    "mobilenetv2": lambda nc: imagenet_mobilenetv2(nc, "mobilenetv2"),
-    "shufflenetv2": lambda nc: imagenet_shufflenetv2(nc, "shufflenetv2"),
-}
-
-ARCHS = {
-    "resnet20": lambda nc: cifar_resnet(20, nc, "resnet20"),
-    "resnet32": lambda nc: cifar_resnet(32, nc, "resnet32"),
-    "resnet56": lambda nc: cifar_resnet(56, nc, "resnet56"),
-    "resnet110": lambda nc: cifar_resnet(110, nc, "resnet110"),
-    "wrn_16_2": lambda nc: wide_resnet(16, 2, nc, "wrn_16_2"),
-    "wrn_40_2": lambda nc: wide_resnet(40, 2, nc, "wrn_40_2"),
-    "wrn_28_10": lambda nc: wide_resnet(28, 10, nc, "wrn_28_10"),
-    "resnet18": lambda nc: tv_resnet("resnet18", nc, "resnet18"),
-    "resnet34": lambda nc: tv_resnet("resnet34", nc, "resnet34"),
-    "resnet50": lambda nc: tv_resnet("resnet50", nc, "resnet50"),
-    "mobilenetv2": lambda nc: tv_mobilenetv2(nc, "mobilenetv2"),
-    "shufflenetv2": lambda nc: tv_shufflenetv2(nc, "shufflenetv2"),
-    "vgg16": lambda nc: tv_vgg16(nc, "vgg16"),  # torchvision's layers unchanged: the same at every size
-    "densenet121": lambda nc: densenet121(nc, "densenet121"),
-}
-
-
-def build_model(arch: str, num_classes: int, image_size=32) -> Backbone:
-    """A backbone by zoo name for inputs of image_size px (an int or (H, W)); forward(x) -> (logits, [stage
-    outputs]). From IMAGENET_SIZE px up, the names of IMAGENET_ARCHS mean torchvision's native definition."""
-    if arch not in ARCHS:
-        raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
-    size = min(image_size) if isinstance(image_size, (tuple, list)) else image_size
-    model = (IMAGENET_ARCHS if size >= IMAGENET_SIZE and arch in IMAGENET_ARCHS else ARCHS)[arch](num_classes)
-    model.image_size = int(size)  # recorded in the exported payload, so load_backbone rebuilds the same shape
-    return model
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def backbone_payload(model: Backbone) -> dict:
-    """A deployable backbone as plain data: load it with `load_backbone` (no method code needed)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"kind": "backbone", "arch": model.arch, "num_classes": model.num_classes,
-            "image_size": getattr(model, "image_size", 32), "state_dict": state}
-
-
-def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backbone:
-    """Load a file written from `backbone_payload`; optionally insist on its architecture and class count."""
-    payload = load_checkpoint(path)
-    if payload.get("kind") != "backbone":
-        raise UsageError(f"{path} is not a saved backbone (it has no 'kind: backbone' entry)")
-    if arch is not None and payload["arch"] != arch:
-        raise UsageError(f"{path} holds a {payload['arch']}, but {arch} was asked for")
-    if num_classes is not None and payload["num_classes"] != num_classes:
-        raise UsageError(f"{path} was trained for {payload['num_classes']} classes, but the data has {num_classes}")
-    model = build_model(payload["arch"], payload["num_classes"], payload.get("image_size", 32))
-    model.load_state_dict(payload["state_dict"])
-    return model
-
-
-def build_students(args, num_classes: int) -> list:
-    """One backbone per student from --arch (one name, or a comma list as long as --students), shaped for
-    args.input_size (the data's (H, W), set by main; 32 px where it is missing)."""
-    return [build_model(arch, num_classes, getattr(args, "input_size", 32)) for arch in args.archs]
-
-
-class Student(nn.Module):
-    """A classifier made a student: forward(x) -> (logits, [the outputs of the graph nodes `stage_nodes`]),
-    picked out of its traced graph by torchvision's feature extraction (the parameters stay the model's)."""
-
-    def __init__(self, model, stage_nodes):
-        super().__init__()
-        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-        logits_node = get_graph_node_names(model)[1][-1]  # the eval graph's last node
-        self.stage_nodes = list(stage_nodes)
-        self.body = create_feature_extractor(model, {**{n: n for n in self.stage_nodes}, logits_node: "logits"})
-
-    def forward(self, x):
-        out = self.body(x)
-        return out["logits"], [out[n] for n in self.stage_nodes]
-
-
-@torch.no_grad()
-def stage_nodes_of(model, image_size=(32, 32)):
-    """The stage outputs of a classifier: of its direct children (of `model.features` where it has that),
-    the last one at each spatial size, global pools left out: layer1..layer4 and the stem for a ResNet."""
-    parent, prefix = (model.features, "features.") if isinstance(getattr(model, "features", None), nn.Sequential) \
-        else (model, "")
-    last = {}  # spatial size -> the last child that produced a 4-D output of that size (in forward order)
-    hooks = [m.register_forward_hook(lambda m, i, out, name=name: last.__setitem__(tuple(out.shape[-2:]), name)
-                                     if torch.is_tensor(out) and out.dim() == 4 else None)
-             for name, m in parent.named_children() if not isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
-    mode, p = model.training, next(model.parameters())
-    try:
-        model.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
-    finally:
-        model.train(mode)
-        for h in hooks:
-            h.remove()
-    return [prefix + name for name in last.values()]
-
-
-def as_student(model: nn.Module, stage_nodes=None, image_size=(32, 32)) -> Student:
-    """Any torchvision classifier (or other FX-traceable one) as a student for every method here:
-    `stage_nodes` are graph node names as torchvision.models.feature_extraction.get_graph_node_names lists
-    them (default: `stage_nodes_of(model, image_size)`)."""
-    if stage_nodes is None:
-        stage_nodes = stage_nodes_of(model, image_size)
-    if not stage_nodes:
-        raise UsageError(f"no stage outputs found in {type(model).__name__}; pass stage_nodes=[...] by name")
-    return Student(model, stage_nodes)
-
-
-# ==================================================================================================
-# Data
-# ==================================================================================================
-# Two data paths with one interface, which the loop uses: train_batches(gen, batch, steps, num_views) yields
-# ([num_views normalised views], y) on the device for one epoch, test_batches() and holdout_batches() yield
-# (normalised x, y); train_y / test_y hold the labels, image_size the (H, W) the networks see.
-# - Data (CIFAR, MNIST, STL-10, small folder data sets): the whole dataset lives on the training device as
-#   uint8 (N, 3, H, W). Augmentation (random crop from the zero-padded image, H/8 pixels of padding, and a
-#   horizontal flip, drawn per sample) and normalisation are batched tensor ops there: no DataLoader, no
-#   per-image Python in the training loop.
-# - StreamedData (ImageNet, --stream): images stay JPEG files on disk; DataLoader workers decode and augment
-#   them (RandomResizedCrop + flip; test: resize to 8/7 of the size + center crop), uint8 into pinned memory;
-#   the device normalises. Each epoch's order and every image's augmentation come from `gen`, so a resumed
-#   run continues exactly, whatever the number of workers.
-
-class Data:
-    def __init__(self, train_x, train_y, test_x, test_y, num_classes, device, mean=None, std=None, flip=True):
-        self.train_x, self.train_y = train_x.to(device), train_y.to(device)
-        self.test_x, self.test_y = test_x.to(device), test_y.to(device)
-        self.num_classes, self.device, self.flip = num_classes, device, flip
-        self.image_size = tuple(self.train_x.shape[-2:])
-        self.pad = max(1, self.image_size[0] // 8)  # 4 px at 32 px (the CIFAR recipe), 12 at STL-10's 96
-        if mean is None:  # statistics of the training images themselves, in chunks (no float copy of it all)
-            total = torch.zeros(2, 3, dtype=torch.float64, device=device)
-            for chunk in self.train_x.split(10000):
-                x = chunk.double().transpose(0, 1).flatten(1)
-                total += torch.stack([x.sum(1), x.pow(2).sum(1)])
-            n = self.train_x.numel() / 3
-            mean = total[0] / n
-            std = (total[1] / n - mean ** 2).clamp_min(0).sqrt() * math.sqrt(n / (n - 1))
-            mean, std = mean / 255, std / 255
-        self.mean = 255 * torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = 255 * torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.holdout_x = self.holdout_y = None
-
-    def normalize(self, x):
-        return (x.float() - self.mean) / self.std
-
-    def hold_out(self, per_class: int):
-        """Move a class-balanced set of `per_class` images per class out of the training set (fixed choice)."""
-        if per_class < 1 or per_class * self.num_classes >= len(self.train_y):
-            raise UsageError(f"cannot hold out {per_class} images per class from {len(self.train_y)} training images")
-        idx = balanced_indices(self.train_y.cpu(), per_class, self.num_classes)
-        keep = torch.ones(len(self.train_y), dtype=torch.bool)
-        keep[idx] = False
-        keep, idx = keep.to(self.device), idx.to(self.device)
-        self.holdout_x, self.holdout_y = self.train_x[idx], self.train_y[idx]
-        self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
-        return self.holdout_x, self.holdout_y
-
-    def train_batches(self, gen, batch, steps, num_views=1, rank=0, world=1):
-        """One epoch: `steps` batches of `batch` images from a fresh permutation, each image augmented
-        num_views times; process `rank` of `world` gets images rank, rank + world, ... of every batch."""
-        perm = torch.randperm(len(self.train_y), device=self.device, generator=gen)
-        for step in range(steps):
-            idx = perm[step * batch:(step + 1) * batch][rank::world]
-            x = self.train_x[idx]
-            yield ([self.normalize(augment(x, gen, self.pad, self.flip, rank, world)) for _ in range(num_views)],
-                   self.train_y[idx])
-
-    def test_batches(self, batch_size=None):
-        yield from self._batches(self.test_x, self.test_y, batch_size or 1000)
-
-    def holdout_batches(self, batch_size=None):
-        yield from self._batches(self.holdout_x, self.holdout_y, batch_size or 1000)
-
-    def _batches(self, x, y, batch_size):
-        for i in range(0, len(y), batch_size):
-            yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
-
-
-def augment(x, generator, pad=4, flip=True, rank=0, world=1):
-    """Per-sample random crop of the zero-padded batch and random horizontal flip; uint8 in, uint8 out.
-    x is share `rank` of `world` (images rank, rank + world, ...) of a batch: the draws are made for the
-    whole batch and this share's are kept, so every process's generator stays the same."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
-    dx = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
-    rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
-    cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
-    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    crops = padded[batch, chan, rows, cols]
-    if not flip:  # digits (MNIST) are not mirror-symmetric
-        return crops
-    flips = torch.rand(b * world, 1, 1, 1, device=x.device, generator=generator)[rank::world] < 0.5
-    return torch.where(flips, crops.flip(3), crops)
-
-
-def balanced_indices(y, per_class: int, num_classes: int, seed: int = 0):
-    """`per_class` indices of every class, drawn with a fixed seed (the same subset for every run)."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(y), generator=g)
-    picked = []
-    for c in range(num_classes):
-        members = order[y[order] == c]
-        if len(members) < per_class:
-            raise UsageError(f"class {c} has only {len(members)} images, fewer than the {per_class} asked for")
-        picked.append(members[:per_class])
-    return torch.cat(picked).sort().values
-
-
-def synthetic(n_train=5000, n_test=1000, num_classes=10, size=32, seed=0):
-    """Learnable images from a seed: each class is a smooth random pattern, each image that pattern scaled
-    and drowned in pixel noise. The same images for every run (`--seed` changes the training only)."""
-    g = torch.Generator().manual_seed(seed)
-    protos = F.interpolate(torch.randn(num_classes, 3, 4, 4, generator=g), size=size, mode="bicubic")
-
-    def draw(n):
-        y = torch.arange(n) % num_classes
-        x = protos[y] * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g))
-        x = x + 0.6 * torch.randn(n, 3, size, size, generator=g)
-        return (128 + 50 * x).clamp(0, 255).to(torch.uint8), y
-
-    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
-    return xtr, ytr, xte, yte, num_classes
-
-
-def read_image_folder(root, workers, size=32):
-    """ImageFolder layout root/<class>/<image>; every image decoded to RGB size x size uint8."""
-    from concurrent.futures import ThreadPoolExecutor
-    from PIL import Image
-
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
-    files = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
-             for f in sorted(os.listdir(os.path.join(root, c)))]
-    if not files:
-        raise UsageError(f"{root} holds no images in class folders (expected {root}/<class>/<image>)")
-
-    def decode(path):
-        try:
-            img = Image.open(path).convert("RGB")
-        except Exception as e:
-            raise UsageError(f"cannot read image {path} ({e})") from None
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img)
-
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        x = np.stack(list(pool.map(decode, [f for f, _ in files], chunksize=256)))
-    y = np.array([c for _, c in files], dtype=np.int64)
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), classes
-
-
-def load_folder(data_dir, workers):
-    """DIR/train and DIR/test (or DIR/val), decoded once and cached as DIR/.okd-cache.pt (or under
-    ~/.cache/okd when DIR is read-only); the cache is rebuilt when the image count changes."""
-    test_name = next((n for n in ("test", "val") if os.path.isdir(os.path.join(data_dir, n))), None)
-    if not os.path.isdir(os.path.join(data_dir, "train")) or test_name is None:
-        raise UsageError(f"--data-dir {data_dir} must hold train/<class>/* and test/<class>/* (or val/)")
-    counts = [sum(len(os.listdir(e.path)) for e in os.scandir(os.path.join(data_dir, s)) if e.is_dir())
-              for s in ("train", test_name)]
-    key = os.path.abspath(data_dir)
-    caches = [os.path.join(data_dir, ".okd-cache.pt"),
-              os.path.join(os.path.expanduser("~/.cache/okd"), key.strip("/").replace("/", "_") + ".pt")]
-    for path in caches:
-        if os.path.exists(path):
-            try:
-                c = torch.load(path, weights_only=True)
-                if c["counts"] == counts:
-                    return c["train_x"], c["train_y"], c["test_x"], c["test_y"], len(c["classes"])
-            except Exception:
-                pass  # unreadable or stale cache: decode again
-    train_x, train_y, classes = read_image_folder(os.path.join(data_dir, "train"), workers)
-    test_x, test_y, test_classes = read_image_folder(os.path.join(data_dir, test_name), workers)
-    if test_classes != classes:
-        raise UsageError(f"{data_dir}: the train and {test_name} folders have different class folders")
-    blob = dict(counts=counts, classes=classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
-    for path in caches:
-        try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            atomic_save(blob, path)
-            break
-        except OSError:
-            continue
-    return train_x, train_y, test_x, test_y, len(classes)
-
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-def list_image_folder(root):
-    """ImageFolder layout root/<class>/<image>: the sorted class names and the (path, class index) list."""
-    if not os.path.isdir(root):
-        raise UsageError(f"{root} does not exist (expected {root}/<class>/<image>)")
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
-    if not classes:
-        raise UsageError(f"{root} holds no class folders (expected {root}/<class>/<image>)")
-    files = []
-    for i, c in enumerate(classes):
-        found = sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not found:
-            raise UsageError(f"class folder {os.path.join(root, c)} holds no images")
-        files += [(os.path.join(root, c, f), i) for f in found]
-    return classes, files
-
-
-def open_rgb(path):
-    from PIL import Image
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as e:
-        raise UsageError(f"cannot read image {path} ({type(e).__name__})") from None
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    """Item i of a (path, label) list: (view_1, ..., view_n, label), uint8 (3, H, W) views. With `seed` set,
-    view v of item i is drawn with torch's RNG seeded from (seed, i, v): the same in any worker, any order."""
-
-    def __init__(self, files, transform):
-        self.files, self.transform = files, transform
-        self.seed, self.num_views = None, 1
-
-    def __len__(self):
-        return len(self.files)
-
-    def __getitem__(self, i):
-        import torchvision.transforms.functional as TF
-        path, label = self.files[i]
-        img = open_rgb(path)
-        if self.seed is None:
-            return TF.pil_to_tensor(self.transform(img)), label
-        views = []
-        with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG (workers 0: the main process) alone
-            for v in range(self.num_views):
-                torch.manual_seed((self.seed + i * self.num_views + v) % 2 ** 63)
-                views.append(TF.pil_to_tensor(self.transform(img)))
-        return (*views, label)
-
-
-class StreamedData:
-    """An ImageFolder pair streamed from disk (see the banner above); the same interface as Data."""
-
-    def __init__(self, train_dir, test_dir, device, image_size=224, workers=4, mean=IMAGENET_STATS[0],
-                 std=IMAGENET_STATS[1], limit_train=0, limit_test=0):
-        import torchvision.transforms as T
-        classes, train_files = list_image_folder(train_dir)
-        test_classes, test_files = list_image_folder(test_dir)
-        if test_classes != classes:
-            raise UsageError(f"{train_dir} and {test_dir} have different class folders")
-        self.num_classes, self.device, self.workers = len(classes), device, workers
-        if limit_train:
-            train_files = [train_files[i] for i in subset([c for _, c in train_files], limit_train, "--limit-train")]
-        if limit_test:
-            test_files = [test_files[i] for i in subset([c for _, c in test_files], limit_test, "--limit-test")]
-        self.image_size = (image_size, image_size)
-        eval_transform = T.Compose([T.Resize(round(image_size * 8 / 7)), T.CenterCrop(image_size)])  # 256 -> 224
-        self.train_set = ImageFiles(train_files, T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]))
-        self.test_set = ImageFiles(test_files, eval_transform)
-        self.holdout_set = None
-        self.train_y = torch.tensor([c for _, c in train_files])
-        self.test_y = torch.tensor([c for _, c in test_files])
-        self.mean = 255 * torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = 255 * torch.tensor(std, device=device).view(1, 3, 1, 1)
-
-    def normalize(self, x):
-        return (x.float() - self.mean) / self.std
-
-    def hold_out(self, per_class: int):
-        """Move a class-balanced set of `per_class` images per class out of the training set (fixed choice);
-        they are read like the test images."""
-        if per_class < 1 or per_class * self.num_classes >= len(self.train_y):
-            raise UsageError(f"cannot hold out {per_class} images per class from {len(self.train_y)} training images")
-        idx = set(balanced_indices(self.train_y, per_class, self.num_classes).tolist())
-        files = self.train_set.files
-        self.holdout_set = ImageFiles([f for i, f in enumerate(files) if i in idx], self.test_set.transform)
-        self.train_set.files = [f for i, f in enumerate(files) if i not in idx]
-        self.train_y = torch.tensor([c for _, c in self.train_set.files])
-
-    def loader(self, dataset, batch_sampler):
-        from torch.utils.data import DataLoader
-        loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda",
-                            generator=torch.Generator().manual_seed(0))  # not the global RNG: ImageFiles seeds
-        try:
-            for *views, y in loader:
-                yield [v.to(self.device, non_blocking=True) for v in views], y.to(self.device, non_blocking=True)
-        except UsageError as e:  # raised in a worker: DataLoader re-raises it with the worker's traceback
-            raise UsageError(str(e).strip().splitlines()[-1].split("UsageError: ", 1)[-1]) from None
-
-    def train_batches(self, gen, batch, steps, num_views=1, rank=0, world=1):
-        """One epoch: `steps` batches of a permutation drawn from gen, each image augmented num_views times
-        with seeds drawn from gen (per image, so the same on any process); process `rank` of `world` gets
-        images rank, rank + world, ... of every batch."""
-        perm = torch.randperm(len(self.train_y), device=gen.device, generator=gen)[:steps * batch].cpu()
-        self.train_set.seed = int(torch.randint(2 ** 62, (), device=gen.device, generator=gen))
-        self.train_set.num_views = num_views
-        for views, y in self.loader(self.train_set, perm.view(steps, batch)[:, rank::world].tolist()):
-            yield [self.normalize(v) for v in views], y
-
-    def test_batches(self, batch_size=None):
-        yield from self._batches(self.test_set, batch_size)
-
-    def holdout_batches(self, batch_size=None):
-        yield from self._batches(self.holdout_set, batch_size)
-
-    def _batches(self, dataset, batch_size):
-        n, b = len(dataset), batch_size or 256
-        for (x,), y in self.loader(dataset, [list(range(i, min(i + b, n))) for i in range(0, n, b)]):
-            yield self.normalize(x), y
-
-
-def subset(labels, n, flag):
-    """The indices of a class-balanced subset of n of these labels (the same for every run); all for n = 0."""
-    y = torch.as_tensor(labels).cpu()
-    num_classes = int(y.max()) + 1
-    if not n:
-        return slice(None)
-    if n < num_classes:
-        raise UsageError(f"{flag} {n} is below the number of classes ({num_classes}); "
-                         f"a balanced subset needs one per class")
-    return balanced_indices(y, n // num_classes, num_classes).tolist()
-
-
-CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
-
-
-def torchvision_set(cls, data_dir, name, hint, **kw):
-    """A torchvision data set from data_dir, downloaded when missing (20 s socket timeout); offline, one
-    sentence saying what to put there."""
-    import socket
-    try:
-        return cls(data_dir, download=False, **kw)
-    except RuntimeError:
-        old = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(20)
-        try:
-            return cls(data_dir, download=True, **kw)
-        except Exception as e:
-            raise UsageError(f"{name} is not in {data_dir} and could not be downloaded ({type(e).__name__}); "
-                             f"{hint}") from None
-        finally:
-            socket.setdefaulttimeout(old)
-
-
-def load_cifar(name, data_dir):
-    import torchvision
-    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-    hint = (f"put the python version of {name} there, or pass --dataset folder --data-dir DIR with an "
-            f"ImageFolder copy (DIR/train/<class>/*, DIR/test/<class>/*)")
-    sets = []
-    for train in (True, False):
-        ds = torchvision_set(cls, data_dir, name, hint, train=train)
-        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        sets += [x, torch.as_tensor(ds.targets, dtype=torch.int64)]
-    return (*sets, len(ds.classes))
-
-
-def load_mnist(data_dir):
-    """MNIST's 28x28 grey digits as 3-channel 32x32 images (2 px of black border, the grey copied thrice)."""
-    import torchvision
-    sets = []
-    for train in (True, False):
-        ds = torchvision_set(torchvision.datasets.MNIST, data_dir, "mnist",
-                             f"put torchvision's MNIST/raw/*-ubyte files under {data_dir}", train=train)
-        x = F.pad(torch.as_tensor(ds.data), (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1).contiguous()
-        sets += [x, torch.as_tensor(ds.targets, dtype=torch.int64)]
-    return (*sets, 10)
-
-
-def load_stl10(data_dir):
-    """STL-10's labelled 96x96 images (5,000 train, 8,000 test; the unlabelled split is not used)."""
-    import torchvision
-    sets = []
-    for split in ("train", "test"):
-        ds = torchvision_set(torchvision.datasets.STL10, data_dir, "stl10",
-                             f"put torchvision's stl10_binary/ folder under {data_dir}", split=split)
-        sets += [torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels, dtype=torch.int64)]
-    return (*sets, 10)
-
-
-CINIC_STATS = ((0.4789, 0.4723, 0.4305), (0.2421, 0.2383, 0.2587))
-IN_MEMORY = ("cifar10", "cifar100", "cinic10", "folder", "mnist", "stl10", "synthetic")
-DATASETS = IN_MEMORY + ("imagenet",)
-
-
-def load_data(args, device):
-    """The data set of --dataset: a StreamedData for imagenet (and a folder data set with --stream), a Data
-    (everything on the device) for the others."""
-    mean = std = None
-    if args.dataset in ("folder", "cinic10", "imagenet") and not os.path.isdir(args.data_dir):
-        raise UsageError(f"--data-dir {args.data_dir} does not exist")
-    if args.dataset == "imagenet" or getattr(args, "stream", False):
-        names = ("val",) if args.dataset == "imagenet" else ("test", "val")
-        test_name = next((n for n in names if os.path.isdir(os.path.join(args.data_dir, n))), None)
-        if not os.path.isdir(os.path.join(args.data_dir, "train")) or test_name is None:
-            raise UsageError(f"--data-dir {args.data_dir} must hold train/<class>/* and "
-                             f"{'/'.join(names)}/<class>/* (ImageNet's validation images sorted into class folders)")
-        stats = CINIC_STATS if args.dataset == "cinic10" else IMAGENET_STATS
-        return StreamedData(os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, test_name), device,
-                            args.image_size or 224, args.workers, *stats, args.limit_train, args.limit_test)
-    if getattr(args, "image_size", None):
-        raise UsageError("--image-size is for streamed data (--dataset imagenet, or --stream); "
-                         f"{args.dataset} is used at its own size")
-    flip = True
-    if args.dataset == "synthetic":
-        train_x, train_y, test_x, test_y, nc = synthetic()
-    elif args.dataset in ("folder", "cinic10"):
-        train_x, train_y, test_x, test_y, nc = load_folder(args.data_dir, args.workers)
-        if args.dataset == "cinic10":
-            mean, std = CINIC_STATS
-    elif args.dataset == "mnist":
-        (train_x, train_y, test_x, test_y, nc), flip = load_mnist(args.data_dir), False
-    elif args.dataset == "stl10":
-        train_x, train_y, test_x, test_y, nc = load_stl10(args.data_dir)
-    else:
-        train_x, train_y, test_x, test_y, nc = load_cifar(args.dataset, args.data_dir)
-        mean, std = CIFAR_STATS[args.dataset]
-    train = subset(train_y, args.limit_train, "--limit-train")
-    test = subset(test_y, args.limit_test, "--limit-test")
-    train_x, train_y, test_x, test_y = train_x[train], train_y[train], test_x[test], test_y[test]
-    return Data(train_x, train_y, test_x, test_y, nc, device, mean, std, flip)
-
-
-# ==================================================================================================
-# Checkpoints
-# ==================================================================================================
-# Written atomically (temporary file, then rename), plain data only, so `torch.load(weights_only=True)`
-# reads them: modules, optimizers, epoch, RNG states, best figures, args.
-
-def atomic_save(obj, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path):
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt") from None
-
-
-# ==================================================================================================
-# The vanilla baseline: independent students, cross-entropy each
-# ==================================================================================================
-
-def ensemble_head(logits):
-    """The `ens` head: log of the mean of the students' softmax."""
-    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
-
-
-class Vanilla(nn.Module):
-    def __init__(self, students):
-        super().__init__()
-        self.students = nn.ModuleList(students)
-
-    def forward(self, views, y=None):
-        if not self.training:
-            logits = [s(views)[0] for s in self.students]
-            return {**{f"s{i}": z for i, z in enumerate(logits)}, "ens": ensemble_head(logits)}
-        parts = {f"ce_s{i}": F.cross_entropy(s(views[0])[0], y) for i, s in enumerate(self.students)}
-        return sum(parts.values()), parts
-
-
-# ==================================================================================================
 # Train / eval loop
 # ==================================================================================================
 
@@ -943,33 +196,6 @@ def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, e
         dist.all_reduce(sums)
         sums /= args.world_size
     return names, sums
-
-
-RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "collapsed")  # what a checkpoint carries on
-
-
-def restore(path, name, args, method, optimizers, gen):
-    """Load a last.pt into the method, its optimizers and the generators; return the run's record."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("method") != name:
-        raise UsageError(f"{path} was written by '{ckpt.get('method')}', not '{name}'")
-    for key in ("arch", "students", "dataset", "limit_train", "image_size"):
-        if ckpt["args"].get(key) != getattr(args, key):
-            raise UsageError(f"{path} was trained with --{key.replace('_', '-')} {ckpt['args'].get(key)}, "
-                             f"but this run asks for {getattr(args, key)}")
-    try:
-        method.load_state_dict(ckpt["model"])
-        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
-            opt.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise UsageError(f"{path} does not match this model ({str(e).splitlines()[0][:200]})") from None
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    gen.set_state(ckpt["rng"]["gen"].to(gen.get_state().device))
-    if gen.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], gen.device)
-    if ckpt["epoch"] >= args.epochs:
-        raise UsageError(f"{path} already finished {ckpt['epoch']} epochs; raise --epochs to train further")
-    return {key: ckpt.get(key, {}) for key in RUN_RECORD}
 
 
 def evaluate_epoch(method, data, args, epoch, run):
@@ -1142,6 +368,789 @@ def tv_version():
         return torchvision.__version__
     except Exception:
         return None
+
+
+# ==================================================================================================
+# The vanilla baseline: independent students, cross-entropy each
+# ==================================================================================================
+
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+
+
+class Vanilla(nn.Module):
+    def __init__(self, students):
+        super().__init__()
+        self.students = nn.ModuleList(students)
+
+    def forward(self, views, y=None):
+        if not self.training:
+            logits = [s(views)[0] for s in self.students]
+            return {**{f"s{i}": z for i, z in enumerate(logits)}, "ens": ensemble_head(logits)}
+        parts = {f"ce_s{i}": F.cross_entropy(s(views[0])[0], y) for i, s in enumerate(self.students)}
+        return sum(parts.values()), parts
+
+
+# ==================================================================================================
+# Checkpoints
+# ==================================================================================================
+# Written atomically (temporary file, then rename), plain data only, so `torch.load(weights_only=True)`
+# reads them: modules, optimizers, epoch, RNG states, best figures, args.
+
+def atomic_save(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path):
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt") from None
+
+
+RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "collapsed")  # what a checkpoint carries on
+
+
+def restore(path, name, args, method, optimizers, gen):
+    """Load a last.pt into the method, its optimizers and the generators; return the run's record."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("method") != name:
+        raise UsageError(f"{path} was written by '{ckpt.get('method')}', not '{name}'")
+    for key in ("arch", "students", "dataset", "limit_train", "image_size"):
+        if ckpt["args"].get(key) != getattr(args, key):
+            raise UsageError(f"{path} was trained with --{key.replace('_', '-')} {ckpt['args'].get(key)}, "
+                             f"but this run asks for {getattr(args, key)}")
+    try:
+        method.load_state_dict(ckpt["model"])
+        for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
+            opt.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UsageError(f"{path} does not match this model ({str(e).splitlines()[0][:200]})") from None
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    gen.set_state(ckpt["rng"]["gen"].to(gen.get_state().device))
+    if gen.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], gen.device)
+    if ckpt["epoch"] >= args.epochs:
+        raise UsageError(f"{path} already finished {ckpt['epoch']} epochs; raise --epochs to train further")
+    return {key: ckpt.get(key, {}) for key in RUN_RECORD}
+
+
+# ==================================================================================================
+# Backbones
+# ==================================================================================================
+# Every backbone is a `Backbone`: `stages` run one after another (stage 0 holds the stem), `classifier`
+# maps the last stage's output to logits. forward(x) -> (logits, [stage outputs]). A method that needs to
+# change a stage's output before the next stage consumes it (MKB-CL) runs `stages` itself.
+
+class Backbone(nn.Module):
+    def __init__(self, stages, classifier, arch, num_classes):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.classifier = classifier
+        self.arch, self.num_classes = arch, num_classes
+
+    def forward(self, x):
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return self.classifier(x), features
+
+
+def pool_fc(channels, num_classes):
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+class BasicBlock(nn.Module):
+    """CIFAR ResNet block (post-activation), 1x1-conv + BN shortcut where the shape changes."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+def cifar_resnet(depth, num_classes, arch):
+    n = (depth - 2) // 6
+    stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
+    stages, cin = [], 16
+    for i, (width, stride) in enumerate([(16, 1), (32, 2), (64, 2)]):
+        blocks = []
+        for b in range(n):
+            blocks.append(BasicBlock(cin, width, stride if b == 0 else 1))
+            cin = width
+        stages.append(nn.Sequential(stem, *blocks) if i == 0 else nn.Sequential(*blocks))
+    model = Backbone(stages, pool_fc(64, num_classes), arch, num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
+class WideBlock(nn.Module):
+    """Pre-activation wide-ResNet block (BN-ReLU-conv twice), 1x1-conv shortcut where the shape changes."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x):
+        act = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(act))))
+        return out + (x if self.shortcut is None else self.shortcut(act))
+
+
+def wide_resnet(depth, k, num_classes, arch):
+    n = (depth - 4) // 6
+    stages, cin = [], 16
+    for i, (width, stride) in enumerate([(16 * k, 1), (32 * k, 2), (64 * k, 2)]):
+        blocks = [nn.Conv2d(3, 16, 3, 1, 1, bias=False)] if i == 0 else []
+        for b in range(n):
+            blocks.append(WideBlock(cin, width, stride if b == 0 else 1))
+            cin = width
+        if i == 2:  # the final BN-ReLU belongs to the last stage, so its output is the activated feature map
+            blocks += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True)]
+        stages.append(nn.Sequential(*blocks))
+    model = Backbone(stages, pool_fc(cin, num_classes), arch, num_classes)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+    return model
+
+
+# torchvision's ImageNet definitions adapted to 32x32 input: 3x3 stride-1 stem, no max-pool.
+def tv_resnet(name, num_classes, arch):
+    import torchvision
+    net = getattr(torchvision.models, name)(num_classes=num_classes)
+    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu)
+    stages = [nn.Sequential(stem, net.layer1), net.layer2, net.layer3, net.layer4]
+    return Backbone(stages, nn.Sequential(net.avgpool, nn.Flatten(), net.fc), arch, num_classes)
+
+
+def tv_mobilenetv2(num_classes, arch):
+    import torchvision
+    net = torchvision.models.mobilenet_v2(num_classes=num_classes)
+    f = net.features
+    f[0][0].stride = (1, 1)              # stem: stride 2 -> 1
+    f[2].conv[1][0].stride = (1, 1)      # first stride-2 block -> 1 (the usual CIFAR setting): 32->16->8->4
+    # stage ends where the resolution halves next: 32x32 (24 ch), 16x16 (32 ch), 8x8 (96 ch), 4x4 (1280 ch)
+    stages = [f[0:4], f[4:7], f[7:14], f[14:]]
+    return Backbone(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier), arch, num_classes)
+
+
+def tv_shufflenetv2(num_classes, arch):
+    import torchvision
+    net = torchvision.models.shufflenet_v2_x1_0(num_classes=num_classes)
+    net.conv1[0] = nn.Conv2d(3, 24, 3, 1, 1, bias=False)
+    stages = [nn.Sequential(net.conv1, net.stage2), net.stage3, nn.Sequential(net.stage4, net.conv5)]
+    return Backbone(stages, pool_fc(1024, num_classes), arch, num_classes)
+
+
+def tv_vgg16(num_classes, arch):
+    import torchvision
+    f = list(torchvision.models.vgg16_bn().features)
+    pools = [i for i, m in enumerate(f) if isinstance(m, nn.MaxPool2d)]
+    # stages end before each of the first four max-pools (32, 16, 8, 4 px); the last pool ends at 1 px.
+    bounds = [0] + pools[:4] + [len(f)]
+    stages = [nn.Sequential(*f[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return Backbone(stages, pool_fc(512, num_classes), arch, num_classes)
+
+
+# torchvision's definitions at their native ImageNet shape (7x7 stride-2 stem and max-pool): chosen by
+# build_model for inputs of 64 px or more; the stages end where the resolution halves next (/4 .. /32).
+def imagenet_resnet(name, num_classes, arch):
+    import torchvision
+    net = getattr(torchvision.models, name)(num_classes=num_classes)
+    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+    stages = [nn.Sequential(stem, net.layer1), net.layer2, net.layer3, net.layer4]
+    return Backbone(stages, nn.Sequential(net.avgpool, nn.Flatten(), net.fc), arch, num_classes)
+
+
+def imagenet_mobilenetv2(num_classes, arch):
+    import torchvision
+    net = torchvision.models.mobilenet_v2(num_classes=num_classes)
+    f = net.features  # 224 px: 56x56 (24 ch), 28x28 (32 ch), 14x14 (96 ch), 7x7 (1280 ch)
+    stages = [f[0:4], f[4:7], f[7:14], f[14:]]
+    return Backbone(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier), arch, num_classes)
+
+
+def imagenet_shufflenetv2(num_classes, arch):
+    import torchvision
+    net = torchvision.models.shufflenet_v2_x1_0(num_classes=num_classes)
+    stages = [nn.Sequential(net.conv1, net.maxpool, net.stage2), net.stage3, nn.Sequential(net.stage4, net.conv5)]
+    return Backbone(stages, pool_fc(1024, num_classes), arch, num_classes)
+
+
+def densenet121(num_classes, arch):
+    """torchvision's DenseNet-121 as it is (any input size): a stage ends after each dense block."""
+    import torchvision
+    net = torchvision.models.densenet121(num_classes=num_classes)
+    f = list(net.features)  # conv0 norm0 relu0 pool0 block1 trans1 block2 trans2 block3 trans3 block4 norm5
+    stages = [nn.Sequential(*f[0:5]), nn.Sequential(*f[5:7]), nn.Sequential(*f[7:9]),
+              nn.Sequential(*f[9:], nn.ReLU(inplace=True))]
+    return Backbone(stages, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), net.classifier), arch, num_classes)
+
+
+IMAGENET_SIZE = 64  # inputs at least this large (shorter side, px) get the ImageNet-shape definitions below
+
+IMAGENET_ARCHS = {
+    "resnet18": lambda nc: imagenet_resnet("resnet18", nc, "resnet18"),
+    "resnet34": lambda nc: imagenet_resnet("resnet34", nc, "resnet34"),
+    "resnet50": lambda nc: imagenet_resnet("resnet50", nc, "resnet50"),
+    "mobilenetv2": lambda nc: imagenet_mobilenetv2(nc, "mobilenetv2"),
+    "shufflenetv2": lambda nc: imagenet_shufflenetv2(nc, "shufflenetv2"),
+}
+
+ARCHS = {
+    "resnet20": lambda nc: cifar_resnet(20, nc, "resnet20"),
+    "resnet32": lambda nc: cifar_resnet(32, nc, "resnet32"),
+    "resnet56": lambda nc: cifar_resnet(56, nc, "resnet56"),
+    "resnet110": lambda nc: cifar_resnet(110, nc, "resnet110"),
+    "wrn_16_2": lambda nc: wide_resnet(16, 2, nc, "wrn_16_2"),
+    "wrn_40_2": lambda nc: wide_resnet(40, 2, nc, "wrn_40_2"),
+    "wrn_28_10": lambda nc: wide_resnet(28, 10, nc, "wrn_28_10"),
+    "resnet18": lambda nc: tv_resnet("resnet18", nc, "resnet18"),
+    "resnet34": lambda nc: tv_resnet("resnet34", nc, "resnet34"),
+    "resnet50": lambda nc: tv_resnet("resnet50", nc, "resnet50"),
+    "mobilenetv2": lambda nc: tv_mobilenetv2(nc, "mobilenetv2"),
+    "shufflenetv2": lambda nc: tv_shufflenetv2(nc, "shufflenetv2"),
+    "vgg16": lambda nc: tv_vgg16(nc, "vgg16"),  # torchvision's layers unchanged: the same at every size
+    "densenet121": lambda nc: densenet121(nc, "densenet121"),
+}
+
+
+def build_model(arch: str, num_classes: int, image_size=32) -> Backbone:
+    """A backbone by zoo name for inputs of image_size px (an int or (H, W)); forward(x) -> (logits, [stage
+    outputs]). From IMAGENET_SIZE px up, the names of IMAGENET_ARCHS mean torchvision's native definition."""
+    if arch not in ARCHS:
+        raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
+    size = min(image_size) if isinstance(image_size, (tuple, list)) else image_size
+    model = (IMAGENET_ARCHS if size >= IMAGENET_SIZE and arch in IMAGENET_ARCHS else ARCHS)[arch](num_classes)
+    model.image_size = int(size)  # recorded in the exported payload, so load_backbone rebuilds the same shape
+    return model
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def backbone_payload(model: Backbone) -> dict:
+    """A deployable backbone as plain data: load it with `load_backbone` (no method code needed)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"kind": "backbone", "arch": model.arch, "num_classes": model.num_classes,
+            "image_size": getattr(model, "image_size", 32), "state_dict": state}
+
+
+def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backbone:
+    """Load a file written from `backbone_payload`; optionally insist on its architecture and class count."""
+    payload = load_checkpoint(path)
+    if payload.get("kind") != "backbone":
+        raise UsageError(f"{path} is not a saved backbone (it has no 'kind: backbone' entry)")
+    if arch is not None and payload["arch"] != arch:
+        raise UsageError(f"{path} holds a {payload['arch']}, but {arch} was asked for")
+    if num_classes is not None and payload["num_classes"] != num_classes:
+        raise UsageError(f"{path} was trained for {payload['num_classes']} classes, but the data has {num_classes}")
+    model = build_model(payload["arch"], payload["num_classes"], payload.get("image_size", 32))
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
+def build_students(args, num_classes: int) -> list:
+    """One backbone per student from --arch (one name, or a comma list as long as --students), shaped for
+    args.input_size (the data's (H, W), set by main; 32 px where it is missing)."""
+    return [build_model(arch, num_classes, getattr(args, "input_size", 32)) for arch in args.archs]
+
+
+class Student(nn.Module):
+    """A classifier made a student: forward(x) -> (logits, [the outputs of the graph nodes `stage_nodes`]),
+    picked out of its traced graph by torchvision's feature extraction (the parameters stay the model's)."""
+
+    def __init__(self, model, stage_nodes):
+        super().__init__()
+        from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+        logits_node = get_graph_node_names(model)[1][-1]  # the eval graph's last node
+        self.stage_nodes = list(stage_nodes)
+        self.body = create_feature_extractor(model, {**{n: n for n in self.stage_nodes}, logits_node: "logits"})
+
+    def forward(self, x):
+        out = self.body(x)
+        return out["logits"], [out[n] for n in self.stage_nodes]
+
+
+@torch.no_grad()
+def stage_nodes_of(model, image_size=(32, 32)):
+    """The stage outputs of a classifier: of its direct children (of `model.features` where it has that),
+    the last one at each spatial size, global pools left out: layer1..layer4 and the stem for a ResNet."""
+    parent, prefix = (model.features, "features.") if isinstance(getattr(model, "features", None), nn.Sequential) \
+        else (model, "")
+    last = {}  # spatial size -> the last child that produced a 4-D output of that size (in forward order)
+    hooks = [m.register_forward_hook(lambda m, i, out, name=name: last.__setitem__(tuple(out.shape[-2:]), name)
+                                     if torch.is_tensor(out) and out.dim() == 4 else None)
+             for name, m in parent.named_children() if not isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    mode, p = model.training, next(model.parameters())
+    try:
+        model.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    finally:
+        model.train(mode)
+        for h in hooks:
+            h.remove()
+    return [prefix + name for name in last.values()]
+
+
+def as_student(model: nn.Module, stage_nodes=None, image_size=(32, 32)) -> Student:
+    """Any torchvision classifier (or other FX-traceable one) as a student for every method here:
+    `stage_nodes` are graph node names as torchvision.models.feature_extraction.get_graph_node_names lists
+    them (default: `stage_nodes_of(model, image_size)`)."""
+    if stage_nodes is None:
+        stage_nodes = stage_nodes_of(model, image_size)
+    if not stage_nodes:
+        raise UsageError(f"no stage outputs found in {type(model).__name__}; pass stage_nodes=[...] by name")
+    return Student(model, stage_nodes)
+
+
+# ==================================================================================================
+# Data: the in-memory path (CIFAR first; every data set but ImageNet and --stream)
+# ==================================================================================================
+# Two data paths with one interface, which the loop uses: train_batches(gen, batch, steps, num_views) yields
+# ([num_views normalised views], y) on the device for one epoch, test_batches() and holdout_batches() yield
+# (normalised x, y); train_y / test_y hold the labels, image_size the (H, W) the networks see.
+# - Data (CIFAR, MNIST, STL-10, small folder data sets): the whole dataset lives on the training device as
+#   uint8 (N, 3, H, W). Augmentation (random crop from the zero-padded image, H/8 pixels of padding, and a
+#   horizontal flip, drawn per sample) and normalisation are batched tensor ops there: no DataLoader, no
+#   per-image Python in the training loop.
+# - StreamedData (ImageNet, --stream): images stay JPEG files on disk; DataLoader workers decode and augment
+#   them (RandomResizedCrop + flip; test: resize to 8/7 of the size + center crop), uint8 into pinned memory;
+#   the device normalises. Each epoch's order and every image's augmentation come from `gen`, so a resumed
+#   run continues exactly, whatever the number of workers.
+
+class Data:
+    def __init__(self, train_x, train_y, test_x, test_y, num_classes, device, mean=None, std=None, flip=True):
+        self.train_x, self.train_y = train_x.to(device), train_y.to(device)
+        self.test_x, self.test_y = test_x.to(device), test_y.to(device)
+        self.num_classes, self.device, self.flip = num_classes, device, flip
+        self.image_size = tuple(self.train_x.shape[-2:])
+        self.pad = max(1, self.image_size[0] // 8)  # 4 px at 32 px (the CIFAR recipe), 12 at STL-10's 96
+        if mean is None:  # statistics of the training images themselves, in chunks (no float copy of it all)
+            total = torch.zeros(2, 3, dtype=torch.float64, device=device)
+            for chunk in self.train_x.split(10000):
+                x = chunk.double().transpose(0, 1).flatten(1)
+                total += torch.stack([x.sum(1), x.pow(2).sum(1)])
+            n = self.train_x.numel() / 3
+            mean = total[0] / n
+            std = (total[1] / n - mean ** 2).clamp_min(0).sqrt() * math.sqrt(n / (n - 1))
+            mean, std = mean / 255, std / 255
+        self.mean = 255 * torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = 255 * torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.holdout_x = self.holdout_y = None
+
+    def normalize(self, x):
+        return (x.float() - self.mean) / self.std
+
+    def hold_out(self, per_class: int):
+        """Move a class-balanced set of `per_class` images per class out of the training set (fixed choice)."""
+        if per_class < 1 or per_class * self.num_classes >= len(self.train_y):
+            raise UsageError(f"cannot hold out {per_class} images per class from {len(self.train_y)} training images")
+        idx = balanced_indices(self.train_y.cpu(), per_class, self.num_classes)
+        keep = torch.ones(len(self.train_y), dtype=torch.bool)
+        keep[idx] = False
+        keep, idx = keep.to(self.device), idx.to(self.device)
+        self.holdout_x, self.holdout_y = self.train_x[idx], self.train_y[idx]
+        self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
+        return self.holdout_x, self.holdout_y
+
+    def train_batches(self, gen, batch, steps, num_views=1, rank=0, world=1):
+        """One epoch: `steps` batches of `batch` images from a fresh permutation, each image augmented
+        num_views times; process `rank` of `world` gets images rank, rank + world, ... of every batch."""
+        perm = torch.randperm(len(self.train_y), device=self.device, generator=gen)
+        for step in range(steps):
+            idx = perm[step * batch:(step + 1) * batch][rank::world]
+            x = self.train_x[idx]
+            yield ([self.normalize(augment(x, gen, self.pad, self.flip, rank, world)) for _ in range(num_views)],
+                   self.train_y[idx])
+
+    def test_batches(self, batch_size=None):
+        yield from self._batches(self.test_x, self.test_y, batch_size or 1000)
+
+    def holdout_batches(self, batch_size=None):
+        yield from self._batches(self.holdout_x, self.holdout_y, batch_size or 1000)
+
+    def _batches(self, x, y, batch_size):
+        for i in range(0, len(y), batch_size):
+            yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
+
+
+def augment(x, generator, pad=4, flip=True, rank=0, world=1):
+    """Per-sample random crop of the zero-padded batch and random horizontal flip; uint8 in, uint8 out.
+    x is share `rank` of `world` (images rank, rank + world, ...) of a batch: the draws are made for the
+    whole batch and this share's are kept, so every process's generator stays the same."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
+    dx = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
+    rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
+    cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    crops = padded[batch, chan, rows, cols]
+    if not flip:  # digits (MNIST) are not mirror-symmetric
+        return crops
+    flips = torch.rand(b * world, 1, 1, 1, device=x.device, generator=generator)[rank::world] < 0.5
+    return torch.where(flips, crops.flip(3), crops)
+
+
+def balanced_indices(y, per_class: int, num_classes: int, seed: int = 0):
+    """`per_class` indices of every class, drawn with a fixed seed (the same subset for every run)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    picked = []
+    for c in range(num_classes):
+        members = order[y[order] == c]
+        if len(members) < per_class:
+            raise UsageError(f"class {c} has only {len(members)} images, fewer than the {per_class} asked for")
+        picked.append(members[:per_class])
+    return torch.cat(picked).sort().values
+
+
+def subset(labels, n, flag):
+    """The indices of a class-balanced subset of n of these labels (the same for every run); all for n = 0."""
+    y = torch.as_tensor(labels).cpu()
+    num_classes = int(y.max()) + 1
+    if not n:
+        return slice(None)
+    if n < num_classes:
+        raise UsageError(f"{flag} {n} is below the number of classes ({num_classes}); "
+                         f"a balanced subset needs one per class")
+    return balanced_indices(y, n // num_classes, num_classes).tolist()
+
+
+CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+
+
+def torchvision_set(cls, data_dir, name, hint, **kw):
+    """A torchvision data set from data_dir, downloaded when missing (20 s socket timeout); offline, one
+    sentence saying what to put there."""
+    import socket
+    try:
+        return cls(data_dir, download=False, **kw)
+    except RuntimeError:
+        old = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(20)
+        try:
+            return cls(data_dir, download=True, **kw)
+        except Exception as e:
+            raise UsageError(f"{name} is not in {data_dir} and could not be downloaded ({type(e).__name__}); "
+                             f"{hint}") from None
+        finally:
+            socket.setdefaulttimeout(old)
+
+
+def load_cifar(name, data_dir):
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    hint = (f"put the python version of {name} there, or pass --dataset folder --data-dir DIR with an "
+            f"ImageFolder copy (DIR/train/<class>/*, DIR/test/<class>/*)")
+    sets = []
+    for train in (True, False):
+        ds = torchvision_set(cls, data_dir, name, hint, train=train)
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        sets += [x, torch.as_tensor(ds.targets, dtype=torch.int64)]
+    return (*sets, len(ds.classes))
+
+
+def synthetic(n_train=5000, n_test=1000, num_classes=10, size=32, seed=0):
+    """Learnable images from a seed: each class is a smooth random pattern, each image that pattern scaled
+    and drowned in pixel noise. The same images for every run (`--seed` changes the training only)."""
+    g = torch.Generator().manual_seed(seed)
+    protos = F.interpolate(torch.randn(num_classes, 3, 4, 4, generator=g), size=size, mode="bicubic")
+
+    def draw(n):
+        y = torch.arange(n) % num_classes
+        x = protos[y] * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g))
+        x = x + 0.6 * torch.randn(n, 3, size, size, generator=g)
+        return (128 + 50 * x).clamp(0, 255).to(torch.uint8), y
+
+    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
+    return xtr, ytr, xte, yte, num_classes
+
+
+IN_MEMORY = ("cifar10", "cifar100", "cinic10", "folder", "mnist", "stl10", "synthetic")
+
+DATASETS = IN_MEMORY + ("imagenet",)
+
+
+def load_data(args, device):
+    """The data set of --dataset: a StreamedData for imagenet (and a folder data set with --stream), a Data
+    (everything on the device) for the others."""
+    mean = std = None
+    if args.dataset in ("folder", "cinic10", "imagenet") and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir {args.data_dir} does not exist")
+    if args.dataset == "imagenet" or getattr(args, "stream", False):
+        names = ("val",) if args.dataset == "imagenet" else ("test", "val")
+        test_name = next((n for n in names if os.path.isdir(os.path.join(args.data_dir, n))), None)
+        if not os.path.isdir(os.path.join(args.data_dir, "train")) or test_name is None:
+            raise UsageError(f"--data-dir {args.data_dir} must hold train/<class>/* and "
+                             f"{'/'.join(names)}/<class>/* (ImageNet's validation images sorted into class folders)")
+        stats = CINIC_STATS if args.dataset == "cinic10" else IMAGENET_STATS
+        return StreamedData(os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, test_name), device,
+                            args.image_size or 224, args.workers, *stats, args.limit_train, args.limit_test)
+    if getattr(args, "image_size", None):
+        raise UsageError("--image-size is for streamed data (--dataset imagenet, or --stream); "
+                         f"{args.dataset} is used at its own size")
+    flip = True
+    if args.dataset == "synthetic":
+        train_x, train_y, test_x, test_y, nc = synthetic()
+    elif args.dataset in ("folder", "cinic10"):
+        train_x, train_y, test_x, test_y, nc = load_folder(args.data_dir, args.workers)
+        if args.dataset == "cinic10":
+            mean, std = CINIC_STATS
+    elif args.dataset == "mnist":
+        (train_x, train_y, test_x, test_y, nc), flip = load_mnist(args.data_dir), False
+    elif args.dataset == "stl10":
+        train_x, train_y, test_x, test_y, nc = load_stl10(args.data_dir)
+    else:
+        train_x, train_y, test_x, test_y, nc = load_cifar(args.dataset, args.data_dir)
+        mean, std = CIFAR_STATS[args.dataset]
+    train = subset(train_y, args.limit_train, "--limit-train")
+    test = subset(test_y, args.limit_test, "--limit-test")
+    train_x, train_y, test_x, test_y = train_x[train], train_y[train], test_x[test], test_y[test]
+    return Data(train_x, train_y, test_x, test_y, nc, device, mean, std, flip)
+
+
+# ==================================================================================================
+# Data: the streamed path (ImageNet, --stream), folders, MNIST, STL-10, CINIC-10
+# ==================================================================================================
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def list_image_folder(root):
+    """ImageFolder layout root/<class>/<image>: the sorted class names and the (path, class index) list."""
+    if not os.path.isdir(root):
+        raise UsageError(f"{root} does not exist (expected {root}/<class>/<image>)")
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    if not classes:
+        raise UsageError(f"{root} holds no class folders (expected {root}/<class>/<image>)")
+    files = []
+    for i, c in enumerate(classes):
+        found = sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not found:
+            raise UsageError(f"class folder {os.path.join(root, c)} holds no images")
+        files += [(os.path.join(root, c, f), i) for f in found]
+    return classes, files
+
+
+def open_rgb(path):
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as e:
+        raise UsageError(f"cannot read image {path} ({type(e).__name__})") from None
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Item i of a (path, label) list: (view_1, ..., view_n, label), uint8 (3, H, W) views. With `seed` set,
+    view v of item i is drawn with torch's RNG seeded from (seed, i, v): the same in any worker, any order."""
+
+    def __init__(self, files, transform):
+        self.files, self.transform = files, transform
+        self.seed, self.num_views = None, 1
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        import torchvision.transforms.functional as TF
+        path, label = self.files[i]
+        img = open_rgb(path)
+        if self.seed is None:
+            return TF.pil_to_tensor(self.transform(img)), label
+        views = []
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's RNG (workers 0: the main process) alone
+            for v in range(self.num_views):
+                torch.manual_seed((self.seed + i * self.num_views + v) % 2 ** 63)
+                views.append(TF.pil_to_tensor(self.transform(img)))
+        return (*views, label)
+
+
+class StreamedData:
+    """An ImageFolder pair streamed from disk (see the banner above); the same interface as Data."""
+
+    def __init__(self, train_dir, test_dir, device, image_size=224, workers=4, mean=IMAGENET_STATS[0],
+                 std=IMAGENET_STATS[1], limit_train=0, limit_test=0):
+        import torchvision.transforms as T
+        classes, train_files = list_image_folder(train_dir)
+        test_classes, test_files = list_image_folder(test_dir)
+        if test_classes != classes:
+            raise UsageError(f"{train_dir} and {test_dir} have different class folders")
+        self.num_classes, self.device, self.workers = len(classes), device, workers
+        if limit_train:
+            train_files = [train_files[i] for i in subset([c for _, c in train_files], limit_train, "--limit-train")]
+        if limit_test:
+            test_files = [test_files[i] for i in subset([c for _, c in test_files], limit_test, "--limit-test")]
+        self.image_size = (image_size, image_size)
+        eval_transform = T.Compose([T.Resize(round(image_size * 8 / 7)), T.CenterCrop(image_size)])  # 256 -> 224
+        self.train_set = ImageFiles(train_files, T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]))
+        self.test_set = ImageFiles(test_files, eval_transform)
+        self.holdout_set = None
+        self.train_y = torch.tensor([c for _, c in train_files])
+        self.test_y = torch.tensor([c for _, c in test_files])
+        self.mean = 255 * torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        self.std = 255 * torch.tensor(std, device=device).view(1, 3, 1, 1)
+
+    def normalize(self, x):
+        return (x.float() - self.mean) / self.std
+
+    def hold_out(self, per_class: int):
+        """Move a class-balanced set of `per_class` images per class out of the training set (fixed choice);
+        they are read like the test images."""
+        if per_class < 1 or per_class * self.num_classes >= len(self.train_y):
+            raise UsageError(f"cannot hold out {per_class} images per class from {len(self.train_y)} training images")
+        idx = set(balanced_indices(self.train_y, per_class, self.num_classes).tolist())
+        files = self.train_set.files
+        self.holdout_set = ImageFiles([f for i, f in enumerate(files) if i in idx], self.test_set.transform)
+        self.train_set.files = [f for i, f in enumerate(files) if i not in idx]
+        self.train_y = torch.tensor([c for _, c in self.train_set.files])
+
+    def loader(self, dataset, batch_sampler):
+        from torch.utils.data import DataLoader
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.workers,
+                            pin_memory=self.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(0))  # not the global RNG: ImageFiles seeds
+        try:
+            for *views, y in loader:
+                yield [v.to(self.device, non_blocking=True) for v in views], y.to(self.device, non_blocking=True)
+        except UsageError as e:  # raised in a worker: DataLoader re-raises it with the worker's traceback
+            raise UsageError(str(e).strip().splitlines()[-1].split("UsageError: ", 1)[-1]) from None
+
+    def train_batches(self, gen, batch, steps, num_views=1, rank=0, world=1):
+        """One epoch: `steps` batches of a permutation drawn from gen, each image augmented num_views times
+        with seeds drawn from gen (per image, so the same on any process); process `rank` of `world` gets
+        images rank, rank + world, ... of every batch."""
+        perm = torch.randperm(len(self.train_y), device=gen.device, generator=gen)[:steps * batch].cpu()
+        self.train_set.seed = int(torch.randint(2 ** 62, (), device=gen.device, generator=gen))
+        self.train_set.num_views = num_views
+        for views, y in self.loader(self.train_set, perm.view(steps, batch)[:, rank::world].tolist()):
+            yield [self.normalize(v) for v in views], y
+
+    def test_batches(self, batch_size=None):
+        yield from self._batches(self.test_set, batch_size)
+
+    def holdout_batches(self, batch_size=None):
+        yield from self._batches(self.holdout_set, batch_size)
+
+    def _batches(self, dataset, batch_size):
+        n, b = len(dataset), batch_size or 256
+        for (x,), y in self.loader(dataset, [list(range(i, min(i + b, n))) for i in range(0, n, b)]):
+            yield self.normalize(x), y
+
+
+def read_image_folder(root, workers, size=32):
+    """ImageFolder layout root/<class>/<image>; every image decoded to RGB size x size uint8."""
+    from concurrent.futures import ThreadPoolExecutor
+    from PIL import Image
+
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    files = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
+             for f in sorted(os.listdir(os.path.join(root, c)))]
+    if not files:
+        raise UsageError(f"{root} holds no images in class folders (expected {root}/<class>/<image>)")
+
+    def decode(path):
+        try:
+            img = Image.open(path).convert("RGB")
+        except Exception as e:
+            raise UsageError(f"cannot read image {path} ({e})") from None
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img)
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        x = np.stack(list(pool.map(decode, [f for f, _ in files], chunksize=256)))
+    y = np.array([c for _, c in files], dtype=np.int64)
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), classes
+
+
+def load_folder(data_dir, workers):
+    """DIR/train and DIR/test (or DIR/val), decoded once and cached as DIR/.okd-cache.pt (or under
+    ~/.cache/okd when DIR is read-only); the cache is rebuilt when the image count changes."""
+    test_name = next((n for n in ("test", "val") if os.path.isdir(os.path.join(data_dir, n))), None)
+    if not os.path.isdir(os.path.join(data_dir, "train")) or test_name is None:
+        raise UsageError(f"--data-dir {data_dir} must hold train/<class>/* and test/<class>/* (or val/)")
+    counts = [sum(len(os.listdir(e.path)) for e in os.scandir(os.path.join(data_dir, s)) if e.is_dir())
+              for s in ("train", test_name)]
+    key = os.path.abspath(data_dir)
+    caches = [os.path.join(data_dir, ".okd-cache.pt"),
+              os.path.join(os.path.expanduser("~/.cache/okd"), key.strip("/").replace("/", "_") + ".pt")]
+    for path in caches:
+        if os.path.exists(path):
+            try:
+                c = torch.load(path, weights_only=True)
+                if c["counts"] == counts:
+                    return c["train_x"], c["train_y"], c["test_x"], c["test_y"], len(c["classes"])
+            except Exception:
+                pass  # unreadable or stale cache: decode again
+    train_x, train_y, classes = read_image_folder(os.path.join(data_dir, "train"), workers)
+    test_x, test_y, test_classes = read_image_folder(os.path.join(data_dir, test_name), workers)
+    if test_classes != classes:
+        raise UsageError(f"{data_dir}: the train and {test_name} folders have different class folders")
+    blob = dict(counts=counts, classes=classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+    for path in caches:
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            atomic_save(blob, path)
+            break
+        except OSError:
+            continue
+    return train_x, train_y, test_x, test_y, len(classes)
+
+
+CINIC_STATS = ((0.4789, 0.4723, 0.4305), (0.2421, 0.2383, 0.2587))
+
+
+def load_mnist(data_dir):
+    """MNIST's 28x28 grey digits as 3-channel 32x32 images (2 px of black border, the grey copied thrice)."""
+    import torchvision
+    sets = []
+    for train in (True, False):
+        ds = torchvision_set(torchvision.datasets.MNIST, data_dir, "mnist",
+                             f"put torchvision's MNIST/raw/*-ubyte files under {data_dir}", train=train)
+        x = F.pad(torch.as_tensor(ds.data), (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1).contiguous()
+        sets += [x, torch.as_tensor(ds.targets, dtype=torch.int64)]
+    return (*sets, 10)
+
+
+def load_stl10(data_dir):
+    """STL-10's labelled 96x96 images (5,000 train, 8,000 test; the unlabelled split is not used)."""
+    import torchvision
+    sets = []
+    for split in ("train", "test"):
+        ds = torchvision_set(torchvision.datasets.STL10, data_dir, "stl10",
+                             f"put torchvision's stl10_binary/ folder under {data_dir}", split=split)
+        sets += [torch.from_numpy(ds.data).contiguous(), torch.as_tensor(ds.labels, dtype=torch.int64)]
+    return (*sets, 10)
 
 
 # ==================================================================================================

@@ -115,41 +115,15 @@ class Frozen(nn.Module):
         return [net(x)[0] for net in self.nets]
 
 
-@torch.no_grad()
-def stage_shapes(student, image_size):
-    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
-    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
-    mode, p = student.training, next(student.parameters())
-    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
-    student.train(mode)
-    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
-            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
-        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
-                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
-    return [tuple(f.shape[1:]) for f in out[1]]
-
-
 # ==================================================================================================
 # Loss
 # ==================================================================================================
-
-def kd_loss(z_s, z_t, T):
-    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""
-    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
-    log_p_t = F.log_softmax(z_t.detach().float() / T, dim=1)
-    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-
 
 def response_kd(logits, T):
     """DML among the peers: peer i learns from each other peer j (detached), averaged over the K-1 of them."""
     K = len(logits)
     return [sum(kd_loss(z_i, z_j, T) for j, z_j in enumerate(logits) if j != i) / (K - 1)
             for i, z_i in enumerate(logits)]
-
-
-def ensemble_head(logits):
-    """The `ens` head: log of the mean of the students' softmax."""
-    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
 
 
 # ==================================================================================================
@@ -289,6 +263,37 @@ def build(args, data):
 def main(argv=None):
     import common
     return common.main("ffcl", add_arguments, build, argv, __doc__)
+
+
+# ==================================================================================================
+# Shared with the other method files: the same text in each (test_methods.py checks it), so that
+# every file can be copied alone
+# ==================================================================================================
+
+def kd_loss(z_s, z_t, T):
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""
+    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
+    log_p_t = F.log_softmax(z_t.detach().float() / T, dim=1)
+    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+
+
+@torch.no_grad()
+def stage_shapes(student, image_size):
+    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
+    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
+    mode, p = student.training, next(student.parameters())
+    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    student.train(mode)
+    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
+            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
+        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
+                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+    return [tuple(f.shape[1:]) for f in out[1]]
 
 
 if __name__ == "__main__":

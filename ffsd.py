@@ -140,20 +140,6 @@ class FusionModule(nn.Module):
         return self.fc(fused_map.mean((2, 3))), fused_map
 
 
-@torch.no_grad()
-def stage_shapes(student, image_size):
-    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
-    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
-    mode, p = student.training, next(student.parameters())
-    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
-    student.train(mode)
-    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
-            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
-        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
-                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
-    return [tuple(f.shape[1:]) for f in out[1]]
-
-
 class SelfDistillation(nn.Module):
     """Rebuild the shallower stage outputs from the last one: a ConvTranspose2d-BN-ReLU block per stage step.
     channels/sizes: the backbone's stage outputs, shallow to deep. forward(F_last) -> maps shallow to deep."""
@@ -179,18 +165,6 @@ class SelfDistillation(nn.Module):
 # ==================================================================================================
 # Losses (small and pure; float32)
 # ==================================================================================================
-
-def kd_loss(z_s, z_t, T):
-    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""
-    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
-    log_p_t = F.log_softmax(z_t.detach().float() / T, dim=1)
-    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
-
-
-def ensemble_head(logits):
-    """The `ens` head: log of the mean of the students' softmax."""
-    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
-
 
 def attention(f):
     """Eq. 7: mean over channels of the squared activations, flattened to (B, HW)."""
@@ -376,6 +350,37 @@ def build(args, data):
 def main(argv=None):
     import common
     return common.main("ffsd", add_arguments, build, argv, __doc__)
+
+
+# ==================================================================================================
+# Shared with the other method files: the same text in each (test_methods.py checks it), so that
+# every file can be copied alone
+# ==================================================================================================
+
+def kd_loss(z_s, z_t, T):
+    """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""
+    log_p_s = F.log_softmax(z_s.float() / T, dim=1)
+    log_p_t = F.log_softmax(z_t.detach().float() / T, dim=1)
+    return T * T * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+
+
+@torch.no_grad()
+def stage_shapes(student, image_size):
+    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
+    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
+    mode, p = student.training, next(student.parameters())
+    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    student.train(mode)
+    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
+            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
+        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
+                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+    return [tuple(f.shape[1:]) for f in out[1]]
 
 
 if __name__ == "__main__":

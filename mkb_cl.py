@@ -169,20 +169,6 @@ def stage_producers(student, image_size):
     return [next((m for out, m in reversed(returned) if out is f), None) for f in features]
 
 
-@torch.no_grad()
-def stage_shapes(student, image_size):
-    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
-    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
-    mode, p = student.training, next(student.parameters())
-    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
-    student.train(mode)
-    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
-            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
-        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
-                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
-    return [tuple(f.shape[1:]) for f in out[1]]
-
-
 def mkb_configs(shapes, archs, mkb_at, embed_dim, width, route):
     """{stage: [half config per network]} for per-network stage shapes; ValueError on a size mismatch."""
     configs = {}
@@ -228,11 +214,6 @@ def metric_losses(embeddings, detach=True):
 # ==================================================================================================
 # The method
 # ==================================================================================================
-
-def ensemble_head(logits):
-    """The `ens` head: log of the mean of the students' softmax."""
-    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
-
 
 class MKBCL(nn.Module):
     num_views = 1
@@ -329,6 +310,30 @@ def build(args, data):
 def main(argv=None):
     import common
     return common.main("mkb_cl", add_arguments, build, argv, __doc__)
+
+
+# ==================================================================================================
+# Shared with the other method files: the same text in each (test_methods.py checks it), so that
+# every file can be copied alone
+# ==================================================================================================
+
+def ensemble_head(logits):
+    """The `ens` head: log of the mean of the students' softmax."""
+    return torch.stack([z.float().softmax(1) for z in logits]).mean(0).log()
+
+
+@torch.no_grad()
+def stage_shapes(student, image_size):
+    """(C, H, W) of each stage output for one image of image_size (H, W), from an eval-mode forward (the BN
+    statistics stay untouched); a student that breaks the contract above stops here with one sentence."""
+    mode, p = student.training, next(student.parameters())
+    out = student.eval()(torch.zeros(1, 3, *image_size, device=p.device, dtype=p.dtype))
+    student.train(mode)
+    if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
+            and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
+        raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
+                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+    return [tuple(f.shape[1:]) for f in out[1]]
 
 
 if __name__ == "__main__":
