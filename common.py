@@ -1357,6 +1357,9 @@ def agree(args, work):
     return result
 
 
+METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl")  # a new method: its file + its name here
+
+
 def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
     """Parse the shared flags and the method's own, load data, build the method, train, save. Errors a user
     can cause end in one sentence and exit status 2."""

@@ -1,9 +1,10 @@
 """Tests: backbones, data, the loop, checkpoints, bad input, every method (its loss against the paper's
 equations, its gradients, its flags, end to end on tiny budgets) and the two scripts.
 
-Run: python -m pytest -q test_methods.py      (about 2 minutes on 2 CPU cores)
+Run: python -m pytest -q test_methods.py      (about 5 minutes on 2 CPU cores)
 """
 import copy
+import importlib
 import itertools
 import json
 import math
@@ -30,7 +31,7 @@ import ffsd  # noqa: E402
 import kdcl  # noqa: E402
 import mkb_cl  # noqa: E402
 
-METHOD_MODULES = [dml, kdcl, ffl, ffcl, fefr, ffsd, mkb_cl]
+METHOD_MODULES = [importlib.import_module(name) for name in common.METHODS if name != "vanilla"]
 
 SHARED_TAR = os.path.join(HERE, "..", "shared", "data", "cifar10-jpeg.tar.gz")
 # the smallest run that exercises everything: 2 x resnet20, 256 synthetic images, one epoch
@@ -1770,7 +1771,7 @@ def test_an_optimizer_refusal_the_checks_miss_still_ends_in_one_sentence(tmp_pat
 # Scripts
 # ================================================================================================
 
-BENCH_KEYS = ["bare_compute", "conventional", "vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
+BENCH_KEYS = ["bare_compute", "conventional", *common.METHODS]
 
 
 def bench_quick(out, *argv):

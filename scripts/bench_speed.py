@@ -30,7 +30,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
-METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
+METHODS = common.METHODS  # the one list of method scripts
 STUDENTS = {"ffsd": 3}  # the leader and two common students; every other method trains two
 
 

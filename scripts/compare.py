@@ -31,7 +31,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
+sys.path.insert(0, ROOT)
+from common import METHODS  # noqa: E402  (the one list of method scripts)
 TIMING_KEYS = ("seconds", "images_per_s")  # left out of a run's summary curve (they vary between machines)
 
 
