@@ -144,7 +144,7 @@ class Reconstruction(nn.Module):
 class DualAttention(nn.Module):
     """Sec. 3.2.3 (CBAM): channel attention ("what"), then spatial attention ("where")."""
 
-    def __init__(self, channels, reduction=16):
+    def __init__(self, channels, *, reduction=16):
         super().__init__()
         hidden = max(1, channels // reduction)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
@@ -175,7 +175,7 @@ class Refiner(nn.Module):
 
 
 # ==================================================================================================
-# Loss (FFL's)
+# Loss: FFL's
 # ==================================================================================================
 
 # the same text in ffl.py and fefr.py: test_methods.py keeps the copies identical
