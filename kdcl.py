@@ -37,7 +37,7 @@ Picture (two students; [v] = v detached: a target, no gradient flows back throug
                          '--> lambda kd(z_0, [z_t], T) .............. kd_s0
     x_1 --> s1 --> z_1 --+--> CE(z_1, y) ............................ ce_s1
                          '--> lambda kd(z_1, [z_t], T) .............. kd_s1
-    [z_0], [z_1], y --> ensemble (--ensemble; under no_grad, in float32) --> z_t (General: log p_t)
+    [z_0], [z_1], y (General: w) --> ensemble (--ensemble; no_grad, float32) --> z_t (General: log p_t)
     x_i: student i's own view (--icl) or one view for all (--no-icl). General's w is estimated after each
     epoch on the held-out images, students in eval mode, under no_grad (estimate_weights).
 
