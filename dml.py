@@ -15,11 +15,19 @@ each student is pulled towards the class distribution its peers predict for the 
 "dark knowledge" (how they spread probability over the wrong classes) acts as a data-dependent
 regulariser, and every student ends up better than when trained alone, even the largest one.
 
-Loss (student k, K students, all on the same augmented batch):
+Loss (student k of K, all on the same augmented batch; each line is one logged part):
 
-    L_k = CE(z_k, y) + 1/(K-1) * sum_{j != k} kd(z_k, z_j, T)   # the paper's L_Theta_k, KL(p_j || p_k) at T = 1
+    ce_s<k> = CE(z_k, y)
+    kd_s<k> = 1/(K-1) * sum_{j != k} kd(z_k, z_j, T)                      # T = 1: the paper's KL(p_j || p_k)
     kd(z_s, z_t, T) = T^2 * KL(softmax(z_t / T) || softmax(z_s / T))      # batchmean, z_t detached
-    total = sum_k L_k                                                     # one backward for all students
+    loss = sum_k (ce_s<k> + kd_s<k>) = sum_k L_Theta_k (the paper's)      # one backward for all students
+
+Picture (two students; [v] = v detached: a target, no gradient flows back through it):
+
+    x --+--> s0 --> z_0 --+--> CE(z_0, y) ............ ce_s0
+        |                 '--> kd(z_0, [z_1], T) ..... kd_s0
+        '--> s1 --> z_1 --+--> CE(z_1, y) ............ ce_s1
+                          '--> kd(z_1, [z_0], T) ..... kd_s1
 
 Flags: --students K (>= 2), --arch (one name for all, or a comma list, one per student), --T (default 1: the
 paper's plain KL(p_j || p_k)).
@@ -34,11 +42,10 @@ without one the students collapse in their first steps, README 'Learning-rate wa
 to keep the default 5 epochs).
 
 Decisions:
-- One forward, one backward, peers detached. The paper updates the networks one after another (update
-  theta_1, recompute the logits, update theta_2); like most PyTorch reimplementations we do one forward of
-  every student, use the other students' detached logits as targets, and take one joint SGD step. With
-  detached peers, student k's gradient is exactly the paper's dL_k/dtheta_k; only the "recompute after the
-  peer's update" differs.
+- One forward, one backward, peers detached. The paper updates the networks in turn (update theta_1,
+  recompute the logits, update theta_2); like most PyTorch code we do one forward of every student, take the
+  peers' detached logits as targets and one joint SGD step: student k's gradient is exactly the paper's
+  dL_k/dtheta_k; only the "recompute after the peer's update" differs.
 - Temperature: the paper uses none (T = 1); --T generalises it with the usual T^2 scaling.
 - K >= 2 is required (with one student there is no peer); an --arch list is checked against --students by
   common.py.
@@ -50,9 +57,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 # Loss
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 
 def mutual_kd(logits, T):
     """For each student k: 1/(K-1) * sum_{j != k} kd(z_k, z_j, T), the peers as constant targets."""
@@ -60,14 +67,14 @@ def mutual_kd(logits, T):
     return [sum(kd_loss(logits[k], logits[j], T) for j in range(K) if j != k) / (K - 1) for k in range(K)]
 
 
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 # Method
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 
 class DML(nn.Module):
     num_views = 1
 
-    def __init__(self, students, T=1.0, image_size=(32, 32)):
+    def __init__(self, students, *, T=1.0, image_size=(32, 32)):
         super().__init__()
         if len(students) < 2:
             raise ValueError(f"DML needs at least two students to learn from each other, got {len(students)}")
@@ -88,6 +95,10 @@ class DML(nn.Module):
         return sum(parts.values()), parts
 
 
+# ==================================================================================================
+# Flags and entry point
+# ==================================================================================================
+
 def add_arguments(parser):
     parser.set_defaults(T=1.0)  # the paper's plain KL between the peers' probabilities
 
@@ -97,7 +108,7 @@ def build(args, data):
     if args.students < 2:
         raise common.UsageError(f"DML needs at least two students to learn from each other, "
                                 f"got --students {args.students}")
-    return DML(common.build_students(args, data.num_classes), args.T, tuple(data.image_size))
+    return DML(common.build_students(args, data.num_classes), T=args.T, image_size=tuple(data.image_size))
 
 
 def main(argv=None):
@@ -105,10 +116,10 @@ def main(argv=None):
     return common.main("dml", add_arguments, build, argv, __doc__)
 
 
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 # Shared with the other method files: the same text in each (test_methods.py checks it), so that
 # every file can be copied alone
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 
 def kd_loss(z_s, z_t, T):
     """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""

@@ -28,8 +28,22 @@ FC), the fused classifier, which teaches the students and learns from their ense
     rec_k  = (g_k + g_(k+1 mod p)) / 2,  F_i = [g_1..g_p]  p = --groups (4)           (--no-reconstruction)
     F'_i   = SA(CA(F_i) * F_i) * (CA(F_i) * F_i)           CBAM, reduction 16          (--no-attention)
     z_f    = FusionModule([F'_1, ..., F'_K])
-    L      = sum_i CE(z_i) + CE(z_f) + w(e) [ sum_i kd(z_i, z_f, T) + kd(z_f, mean_i z_i, T) ]   (FFL's loss)
+    FFL's loss: the logged parts below (kd's teacher detached), the loss is their sum
+      ce_s<i> = CE(z_i, y)                          ce_fused = CE(z_f, y)
+      kd_s<i> = w(e) kd(z_i, z_f, T)                kd_fused = w(e) kd(z_f, mean_i z_i, T)
     w(e)   = exp(-5 (1 - min(e, R)/R)^2), e = epoch from 0                 R = --rampup (80), T = --T (3)
+
+Picture (two students; F1, F2, F3 = a student's last three stage outputs; [v] = v detached):
+
+    x --+--> s0 --> z_0 ------------------------------------------+--> CE(z_0, y) ............... ce_s0
+        |    '----> F1, F2, F3 --> refiner_0 --> F'_0 ---.        '--> w kd(z_0, [z_f], T) ...... kd_s0
+        '--> s1 --> z_1 ---------------------------------|--------+--> CE(z_1, y) ............... ce_s1
+             '----> F1, F2, F3 --> refiner_1 --> F'_1 ---+        '--> w kd(z_1, [z_f], T) ...... kd_s1
+                                                         v
+                                fusion_module(F'_0, F'_1) --> z_f +--> CE(z_f, y) ............... ce_fused
+                                                                  '--> w kd(z_f, [mean_i z_i], T) kd_fused
+    refiner = early fusion -> reconstruction -> dual attention (each one can be switched off); ce_fused
+    and kd_fused train the refiners and reach the students through F1..F3 (--detach-fusion-input: [F1..F3]).
 
 Ablation (the paper's Table 7): A = early fusion only (`--no-reconstruction --no-attention`),
 B = + reconstruction (`--no-attention`), C = + dual attention (default). With all three switched off the
@@ -72,6 +86,7 @@ import torch.nn.functional as F
 # Modules
 # ==================================================================================================
 
+# the same text in ffl.py, ffcl.py, fefr.py and ffsd.py: test_methods.py keeps the copies identical
 class FusionModule(nn.Module):
     """FFL's fusion module: the maps concatenated (each pooled to the smallest size) -> DW 3x3 -> BN-ReLU -> PW 1x1
     to the mean channel count -> BN-ReLU = the fused map; GAP -> FC = the fused classifier. forward(maps) ->
@@ -129,7 +144,7 @@ class Reconstruction(nn.Module):
 class DualAttention(nn.Module):
     """Sec. 3.2.3 (CBAM): channel attention ("what"), then spatial attention ("where")."""
 
-    def __init__(self, channels, reduction=16):
+    def __init__(self, channels, *, reduction=16):
         super().__init__()
         hidden = max(1, channels // reduction)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
@@ -147,7 +162,7 @@ class DualAttention(nn.Module):
 class Refiner(nn.Module):
     """One student's path to the overall fusion: early fusion -> reconstruction -> dual attention."""
 
-    def __init__(self, shapes, groups=4, early_fusion=True, reconstruction=True, attention=True):
+    def __init__(self, shapes, *, groups=4, early_fusion=True, reconstruction=True, attention=True):
         super().__init__()
         self.early = EarlyFusion(shapes[-3:]) if early_fusion else None
         self.out_channels = self.early.out_channels if early_fusion else shapes[-1][0]
@@ -160,14 +175,15 @@ class Refiner(nn.Module):
 
 
 # ==================================================================================================
-# Loss (FFL's)
+# Loss: FFL's
 # ==================================================================================================
 
+# the same text in ffl.py and fefr.py: test_methods.py keeps the copies identical
 def fusion_loss(logits, z_f, y, T, w):
     """FFL's loss as weighted parts: CE of each student and of z_f; w * kd from z_f to each student and from the
     students' mean logits to z_f."""
-    parts = {f"ce_s{i}": F.cross_entropy(z, y) for i, z in enumerate(logits)}
-    parts["ce_fused"] = F.cross_entropy(z_f, y)
+    parts = {f"ce_s{i}": F.cross_entropy(z.float(), y) for i, z in enumerate(logits)}
+    parts["ce_fused"] = F.cross_entropy(z_f.float(), y)
     parts.update({f"kd_s{i}": w * kd_loss(z, z_f, T) for i, z in enumerate(logits)})  # z_f teaches each student
     parts["kd_fused"] = w * kd_loss(z_f, torch.stack(logits).mean(0), T)                # the students teach z_f
     return parts
@@ -180,7 +196,7 @@ def fusion_loss(logits, z_f, y, T, w):
 class FEFR(nn.Module):
     num_views = 1
 
-    def __init__(self, students, num_classes, T=3.0, rampup=80, groups=4, early_fusion=True, reconstruction=True,
+    def __init__(self, students, num_classes, *, T=3.0, rampup=80, groups=4, early_fusion=True, reconstruction=True,
                  attention=True, detach_fusion_input=False, fusion_wd=1e-5, image_size=(32, 32)):
         super().__init__()
         if len(students) < 2:
@@ -189,7 +205,8 @@ class FEFR(nn.Module):
         if early_fusion and min(len(s) for s in shapes) < 3:
             raise ValueError("early fusion needs three stage outputs per student; turn it off (--no-early-fusion)")
         self.students = nn.ModuleList(students)
-        self.refiners = nn.ModuleList(Refiner(s, groups, early_fusion, reconstruction, attention) for s in shapes)
+        self.refiners = nn.ModuleList(Refiner(s, groups=groups, early_fusion=early_fusion,
+                                              reconstruction=reconstruction, attention=attention) for s in shapes)
         for k, r in enumerate(self.refiners):
             if reconstruction and r.out_channels % groups:
                 raise ValueError(f"student {k}'s fused map has {r.out_channels} channels, "
@@ -243,9 +260,10 @@ def build(args, data):
         raise common.UsageError("--groups must be at least 1, --fusion-wd and --rampup non-negative")
     if args.students < 2:
         raise common.UsageError(f"feature fusion needs at least 2 students, got --students {args.students}")
-    return FEFR(common.build_students(args, data.num_classes), data.num_classes, args.T, args.rampup, args.groups,
-                args.early_fusion, args.reconstruction, args.attention, args.detach_fusion_input, args.fusion_wd,
-                tuple(data.image_size))
+    return FEFR(common.build_students(args, data.num_classes), data.num_classes, T=args.T, rampup=args.rampup,
+                groups=args.groups, early_fusion=args.early_fusion, reconstruction=args.reconstruction,
+                attention=args.attention, detach_fusion_input=args.detach_fusion_input, fusion_wd=args.fusion_wd,
+                image_size=tuple(data.image_size))
 
 
 def main(argv=None):

@@ -23,12 +23,30 @@ peer and is taught by the peers' mean; (b) response knowledge (RK) — DML betwe
 its frozen copy then teaches it (Tf-KD self-training), so a weak peer cannot drag the other one down.
 The peers of the collaborative stage start from scratch ("all networks are trained from scratch").
 
-Loss (one backward; K peers, z_f the fused logits, z_i^pre the frozen pre-trained copy of peer i):
+Loss (one backward; K peers, z_f the fused logits, z_i^pre the frozen pre-trained copy of peer i,
+kd(s, t, T) = T^2 KL(softmax(t/T) || softmax(s/T)) with the teacher t detached; each line is one logged part,
+the loss is their sum):
 
-    peer i:  CE(z_i, y) + l_f kd(z_i, z_f, T)                        (FK)   --lambda-feature, --T (3)
-                        + l_r 1/(K-1) sum_{j!=i} kd(z_i, z_j, T_r)   (RK)   --lambda-response, --T-resp (1)
-                        + l_n kd(z_i, z_i^pre, T_n)                  (NRK)  --lambda-reg, --T-reg (3)
-    fused:   CE(z_f, y) + kd(z_f, mean_i z_i, T)
+    ce_s<i>  = CE(z_i, y)
+    fk_s<i>  = l_f kd(z_i, z_f, T)                        (FK)   --lambda-feature, --T (3)
+    rk_s<i>  = l_r 1/(K-1) sum_{j!=i} kd(z_i, z_j, T_r)   (RK)   --lambda-response, --T-resp (1)
+    nrk_s<i> = l_n kd(z_i, z_i^pre, T_n)                  (NRK)  --lambda-reg, --T-reg (3)
+    ce_fused = CE(z_f, y)
+    kd_fused = kd(z_f, mean_i z_i, T)
+
+Picture (two peers; F_i = peer i's map at --fusion-stage, the last by default; [v] = v detached):
+
+    x --+--> s0 --> z_0 ----------------------------+--> CE(z_0, y) ...................... ce_s0
+        |    '----> F_0 ---.                        +--> l_f kd(z_0, [z_f], T) ........... fk_s0
+        |                  |                        +--> l_r kd(z_0, [z_1], T_r) ......... rk_s0
+        |                  |                        '--> l_n kd(z_0, [z_0^pre], T_n) ..... nrk_s0
+        +--> s1 --> z_1 ---|------------------------+--> likewise ...... ce_s1, fk_s1, rk_s1, nrk_s1
+        |    '----> F_1 ---+
+        |                  v
+        |     fusion_module(F_0, F_1) --> z_f ------+--> CE(z_f, y) ...................... ce_fused
+        |                                           '--> kd(z_f, [mean_i z_i], T) ........ kd_fused
+        '--> frozen pre-trained copies (eval mode, no_grad, outside the optimizer) --> z_0^pre, z_1^pre
+    ce_fused and kd_fused reach the peers through F_i, unless FK is off or --detach-fusion-input: [F_i].
 
 Ablation (the paper's Table 5, ResNet18 pair; RK / FK / NRK kept):
     A  RK FK NRK   (default)
@@ -77,6 +95,7 @@ import torch.nn.functional as F
 # Modules
 # ==================================================================================================
 
+# the same text in ffl.py, ffcl.py, fefr.py and ffsd.py: test_methods.py keeps the copies identical
 class FusionModule(nn.Module):
     """FFL's fusion module: the maps concatenated (each pooled to the smallest size) -> DW 3x3 -> BN-ReLU -> PW 1x1
     to the mean channel count -> BN-ReLU = the fused map; GAP -> FC = the fused classifier. forward(maps) ->
@@ -133,7 +152,7 @@ def response_kd(logits, T):
 class FFCL(nn.Module):
     num_views = 1
 
-    def __init__(self, students, num_classes, pretrained=None, fusion_stage=-1, T=3.0, T_resp=1.0, T_reg=3.0,
+    def __init__(self, students, num_classes, *, pretrained=None, fusion_stage=-1, T=3.0, T_resp=1.0, T_reg=3.0,
                  lambda_feature=1.0, lambda_response=1.0, lambda_reg=1.0, detach_fusion_input=False, fusion_wd=1e-5,
                  image_size=(32, 32)):
         super().__init__()
@@ -165,8 +184,8 @@ class FFCL(nn.Module):
         logits, z_f = self.logits(x)
         if not self.training:
             return {**{f"s{i}": z for i, z in enumerate(logits)}, "ens": ensemble_head(logits), "fused": z_f}
-        parts = {f"ce_s{i}": F.cross_entropy(z, y) for i, z in enumerate(logits)}
-        parts["ce_fused"] = F.cross_entropy(z_f, y)
+        parts = {f"ce_s{i}": F.cross_entropy(z.float(), y) for i, z in enumerate(logits)}
+        parts["ce_fused"] = F.cross_entropy(z_f.float(), y)
         parts["kd_fused"] = kd_loss(z_f, torch.stack(logits).mean(0), self.T)  # fused: kd from the peers' mean
         if self.lambda_feature:                                      # FK: the fused classifier teaches peer i
             parts.update({f"fk_s{i}": self.lambda_feature * kd_loss(z, z_f, self.T) for i, z in enumerate(logits)})
@@ -254,10 +273,11 @@ def build(args, data):
         pretrained = [common.load_backbone(p, arch, data.num_classes) for p, arch in zip(paths, args.archs)]
     elif args.regularization:
         pretrained = pretrain(args, data, args.archs)
-    return FFCL(students, data.num_classes, pretrained, args.fusion_stage, args.T, args.T_resp, args.T_reg,
-                args.lambda_feature * args.feature, args.lambda_response * args.response,
-                args.lambda_reg * args.regularization, args.detach_fusion_input, args.fusion_wd,
-                tuple(data.image_size))
+    return FFCL(students, data.num_classes, pretrained=pretrained, fusion_stage=args.fusion_stage, T=args.T,
+                T_resp=args.T_resp, T_reg=args.T_reg, lambda_feature=args.lambda_feature * args.feature,
+                lambda_response=args.lambda_response * args.response,
+                lambda_reg=args.lambda_reg * args.regularization, detach_fusion_input=args.detach_fusion_input,
+                fusion_wd=args.fusion_wd, image_size=tuple(data.image_size))
 
 
 def main(argv=None):

@@ -22,11 +22,24 @@ student, and the students' ensemble teaches the fused classifier back (mutual kn
 so knowledge flows in both directions every step; one backward updates everything.
 
 Loss (one backward; z_i student logits, z_f fused logits, kd(s, t, T) = T^2 KL(softmax(t/T) || softmax(s/T))
-with the teacher t detached):
+with the teacher t detached; each line is one logged part, the loss is their sum):
 
-    L = sum_i CE(z_i, y) + CE(z_f, y)
-        + w(e) * [ sum_i kd(z_i, z_f, T) + kd(z_f, mean_i z_i, T) ]      T = --T (3)
+    ce_s<i>  = CE(z_i, y)
+    ce_fused = CE(z_f, y)
+    kd_s<i>  = w(e) kd(z_i, z_f, T)               z_f teaches student i              T = --T (3)
+    kd_fused = w(e) kd(z_f, mean_i z_i, T)        the students teach z_f
     w(e) = exp(-5 (1 - min(e, R)/R)^2)                                   R = --rampup (80), e = epoch from 0
+
+Picture (two students; F_i = student i's last feature map; [v] = v detached: no gradient flows back):
+
+    x --+--> s0 --> z_0 ---------------------------+--> CE(z_0, y) .................... ce_s0
+        |    '----> F_0 ---.                       '--> w kd(z_0, [z_f], T) ........... kd_s0
+        '--> s1 --> z_1 ---|-----------------------+--> CE(z_1, y) .................... ce_s1
+             '----> F_1 ---+                       '--> w kd(z_1, [z_f], T) ........... kd_s1
+                           v
+              fusion_module(F_0, F_1) --> z_f -----+--> CE(z_f, y) .................... ce_fused
+                                                   '--> w kd(z_f, [mean_i z_i], T) .... kd_fused
+    ce_fused and kd_fused reach the students through F_i (--detach-fusion-input: [F_i] instead).
 
 Paper recipe (CIFAR-100, official code): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and
 225, wd 1e-4, fusion module wd 1e-5 (its own optimizer in the code; a parameter group here):
@@ -61,6 +74,7 @@ import torch.nn.functional as F
 # Modules
 # ==================================================================================================
 
+# the same text in ffl.py, ffcl.py, fefr.py and ffsd.py: test_methods.py keeps the copies identical
 class FusionModule(nn.Module):
     """FFL's fusion module: the maps concatenated (each pooled to the smallest size) -> DW 3x3 -> BN-ReLU -> PW 1x1
     to the mean channel count -> BN-ReLU = the fused map; GAP -> FC = the fused classifier. forward(maps) ->
@@ -86,11 +100,12 @@ class FusionModule(nn.Module):
 # Loss
 # ==================================================================================================
 
+# the same text in ffl.py and fefr.py: test_methods.py keeps the copies identical
 def fusion_loss(logits, z_f, y, T, w):
     """FFL's loss as weighted parts: CE of each student and of z_f; w * kd from z_f to each student and from the
     students' mean logits to z_f."""
-    parts = {f"ce_s{i}": F.cross_entropy(z, y) for i, z in enumerate(logits)}
-    parts["ce_fused"] = F.cross_entropy(z_f, y)
+    parts = {f"ce_s{i}": F.cross_entropy(z.float(), y) for i, z in enumerate(logits)}
+    parts["ce_fused"] = F.cross_entropy(z_f.float(), y)
     parts.update({f"kd_s{i}": w * kd_loss(z, z_f, T) for i, z in enumerate(logits)})  # z_f teaches each student
     parts["kd_fused"] = w * kd_loss(z_f, torch.stack(logits).mean(0), T)                # the students teach z_f
     return parts
@@ -103,7 +118,7 @@ def fusion_loss(logits, z_f, y, T, w):
 class FFL(nn.Module):
     num_views = 1
 
-    def __init__(self, students, num_classes, T=3.0, rampup=80, detach_fusion_input=False, fusion_wd=1e-5,
+    def __init__(self, students, num_classes, *, T=3.0, rampup=80, detach_fusion_input=False, fusion_wd=1e-5,
                  image_size=(32, 32)):
         super().__init__()
         if len(students) < 2:
@@ -155,8 +170,9 @@ def build(args, data):
         raise common.UsageError(f"feature fusion needs at least 2 students, got --students {args.students}")
     if args.fusion_wd < 0 or args.rampup < 0:
         raise common.UsageError("--fusion-wd and --rampup must be non-negative")
-    return FFL(common.build_students(args, data.num_classes), data.num_classes, args.T, args.rampup,
-               args.detach_fusion_input, args.fusion_wd, tuple(data.image_size))
+    return FFL(common.build_students(args, data.num_classes), data.num_classes, T=args.T, rampup=args.rampup,
+               detach_fusion_input=args.detach_fusion_input, fusion_wd=args.fusion_wd,
+               image_size=tuple(data.image_size))
 
 
 def main(argv=None):

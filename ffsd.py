@@ -28,22 +28,48 @@ students. After training only the leader is kept (OUT/leader.pt, a plain backbon
 
 Loss (one backward; att(F) = mean_c F^2 flattened, Eq. 7; d(a, b) = mean((a/|a| - b/|b|)^2);
 kd(z_s, z_t) = T^2 KL(softmax(z_t/T) || softmax(z_s/T)), teacher detached; F_l^k = stage l output of
-student k, F3 the last; w(.) = the lambdas' ramp-up; each logged part carries its weight):
-  common student k:  CE(z_k, y) + 1/(N-2) sum_{j common, j!=k} kd(z_k, z_j)           (kd_s<k>) Eq. 2-3
-                     + [k >= 2] w(lambda_div) * ( mean((att~(F3_k) - y')^2)                       Eq. 8-9
-                                                + sum_l d(att(F_l^k), att(SD_k(F3'_{k-1}))) )     Eq. 11
+student k, F3 the last; w(.) = the lambdas' ramp-up; each line is one logged part, the loss is their sum):
+  common student k:
+    ce_s<k>      = CE(z_k, y)                                                              Eq. 2-3
+    kd_s<k>      = 1/(N-2) sum_{j common, j != k} kd(z_k, z_j)                   (N >= 3)
+    div_s<k>     = w(lambda_div) mean((att~(F3_k) - y')^2)                       (k >= 2)  Eq. 8-9
+    sdt_s<k>     = w(lambda_div) sum_l d(att(F_l^k), att(SD_k(F3'_{k-1})))       (k >= 2)  Eq. 11
        where y = att~(F3_{k-1}) (normalised, detached), n = |att(F3_{k-1})|, thr = the floor(HW/3)-th
        smallest value of y, y' = (n/2 - y) sign(y - thr) + n/2 (`diversity_target`), and the SD input is
        F3'_{k-1} = F3_{k-1} + (y' - y) n / C broadcast over channels (`shifted_features`).
-  fused classifier:  CE(z_f, y) + kd(z_f, mean_k z_k)                                             Eq. 4
-       with (z_f, H_f) = fusion_module(concat_k F3_k.detach()); H_f = the fused map.
-  leader:            CE(z_L, y) + lambda_kl kd(z_L, z_f)                                          Eq. 14
-                     + w(lambda_fusion) * ( d(att(F3_L), att(H_f)) + d(att(adapter(F3_L)), att(concat F3)) Eq. 5
-                                          + sum_l d(att(F_l^L), att(SD_L(H_f))) )                 Eq. 13
-  SD module of o in {leader, s2, ...}: w(lambda_sd) * sum_l [ d(G_l, F_l^o) + d(att(G_l), att(F_l^o)) ],
-       G = SD_o(F3_o.detach()), targets detached                                                  Eq. 10
+  fused classifier, (z_f, H_f) = fusion_module(concat_k F3_k.detach()), H_f = the fused map:
+    ce_fused     = CE(z_f, y)                                                              Eq. 4
+    kd_fused     = kd(z_f, mean_k z_k)
+  leader:
+    ce_leader    = CE(z_L, y)                                                              Eq. 14
+    kd_leader    = lambda_kl kd(z_L, z_f)
+    att_leader   = w(lambda_fusion) d(att(F3_L), att(H_f))                                 Eq. 5
+    adapt_leader = w(lambda_fusion) d(att(adapter(F3_L)), att(concat_k F3_k))              Eq. 5
+    sdt_leader   = w(lambda_fusion) sum_l d(att(F_l^L), att(SD_L(H_f)))                    Eq. 13
+  SD module of o in {leader, s2, ...}, G = SD_o(F3_o.detach()), targets detached:
+    sd_<o>       = w(lambda_sd) sum_l [ d(G_l, F_l^o) + d(att(G_l), att(F_l^o)) ]          Eq. 10
   Flags: --lambda-div 1e-5, --lambda-fusion 10, --lambda-sd 1000, --lambda-kl 1, --T 2, --rampup 5.
   w(lambda) = lambda * exp(-5 (1 - e/W)^2) for epochs e = 1..W (W = --rampup), lambda afterwards.
+
+Picture (--students 3: leader L = students[0], common students s1, s2; F3 = a network's last stage output,
+F_l = the shallower ones; [v] = v detached; SD_o(...) inside a term = a target, made in eval mode under
+no_grad; w_div, w_fus, w_sd = the ramped lambdas):
+
+    x --+--> s1 --> z_1 ---+--> CE(z_1, y) ................................................. ce_s1
+        |                  '--> kd(z_1, [z_2], T) .......................................... kd_s1
+        +--> s2 --> z_2 ---+--> CE(z_2, y) ................................................. ce_s2
+        |    |             '--> kd(z_2, [z_1], T) .......................................... kd_s2
+        |    +----> F3_2 -----> w_div mean((att~(F3_2) - y'([F3_1]))^2) .................... div_s2
+        |    '----> F_l^2 ----> w_div sum_l d(att(F_l^2), att(SD_s2(F3'([F3_1])))) ......... sdt_s2
+        |   fusion_module([F3_1], [F3_2]) -> z_f, H_f --+--> CE(z_f, y) .................... ce_fused
+        |                                               '--> kd(z_f, [mean_k z_k], T) ...... kd_fused
+        '--> L ---> z_L ---+--> CE(z_L, y) ................................................. ce_leader
+             |             '--> lambda_kl kd(z_L, [z_f], T) ................................ kd_leader
+             +----> F3_L --+--> w_fus d(att(F3_L), att([H_f])) ............................. att_leader
+             |             '--> w_fus d(att(adapter(F3_L)), att([F3_1, F3_2])) ............. adapt_leader
+             '----> F_l^L ----> w_fus sum_l d(att(F_l^L), att(SD_L([H_f]))) ................ sdt_leader
+    SD modules (o = L, s2; their own Adam), G = SD_o([F3_o]) in train mode:
+        w_sd sum_l [ d(G_l, [F_l^o]) + d(att(G_l), att([F_l^o])) ] ......................... sd_leader, sd_s2
 
 Gradient flow. The fusion module sees the common students' maps detached, so the fused classifier never
 trains them; every cross-network target (peers' logits, z_f, H_f, the predecessor's map) is detached. The SD
@@ -119,6 +145,7 @@ def he_init(module):
     return module
 
 
+# the same text in ffl.py, ffcl.py, fefr.py and ffsd.py: test_methods.py keeps the copies identical
 class FusionModule(nn.Module):
     """FFL's fusion module: the maps concatenated (each pooled to the smallest size) -> DW 3x3 -> BN-ReLU -> PW 1x1
     to the mean channel count -> BN-ReLU = the fused map; GAP -> FC = the fused classifier. forward(maps) ->
@@ -163,7 +190,7 @@ class SelfDistillation(nn.Module):
 
 
 # ==================================================================================================
-# Losses (small and pure; float32)
+# Loss: small pure functions, in float32
 # ==================================================================================================
 
 def attention(f):
@@ -220,14 +247,14 @@ def sd_reconstruction(rebuilt, feats):
 
 
 # ==================================================================================================
-# The method
+# Method
 # ==================================================================================================
 
 class FFSD(nn.Module):
     primary_head = "leader"
     num_views = 1
 
-    def __init__(self, students, num_classes, T=2.0, lambda_div=1e-5, lambda_fusion=10.0, lambda_sd=1000.0,
+    def __init__(self, students, num_classes, *, T=2.0, lambda_div=1e-5, lambda_fusion=10.0, lambda_sd=1000.0,
                  lambda_kl=1.0, rampup=5, fusion_wd=1e-5, sd_lr=1e-3, sd_wd=1e-4, image_size=(32, 32)):
         super().__init__()
         if len(students) < 2:
@@ -273,7 +300,7 @@ class FFSD(nn.Module):
         w_div, w_fusion, w_sd = self.ramped_lambdas
         # common students: CE + DML among themselves (Eq. 2-3), diversity chain (Eq. 9, 11)
         for k in range(1, n):
-            parts[f"ce_s{k}"] = F.cross_entropy(logits[k], y)
+            parts[f"ce_s{k}"] = F.cross_entropy(logits[k].float(), y)
             if n > 2:
                 parts[f"kd_s{k}"] = sum(kd_loss(logits[k], logits[j], T) for j in range(1, n) if j != k) / (n - 2)
             if k >= 2:
@@ -282,11 +309,11 @@ class FFSD(nn.Module):
                 targets = sd_targets(self.sd_modules[f"s{k}"], shifted_features(prev))
                 parts[f"sdt_s{k}"] = w_div * attention_transfer(feats[k][:-1], targets)
         # fused classifier (Eq. 4)
-        parts["ce_fused"] = F.cross_entropy(z_f, y)
+        parts["ce_fused"] = F.cross_entropy(z_f.float(), y)
         parts["kd_fused"] = kd_loss(z_f, torch.stack(logits[1:]).mean(0), T)
         # leader (Eq. 5, 13, 14)
         fused_map = fused_map.detach()
-        parts["ce_leader"] = F.cross_entropy(logits[0], y)
+        parts["ce_leader"] = F.cross_entropy(logits[0].float(), y)
         parts["kd_leader"] = self.lambda_kl * kd_loss(logits[0], z_f, T)
         parts["att_leader"] = w_fusion * norm_mse(attention(feats[0][-1]), attention(fused_map))
         adapted = attention(self.adapter(feats[0][-1]))
@@ -342,9 +369,10 @@ def build(args, data):
             raise common.UsageError(f"--{flag.replace('_', '-')} must be non-negative")
     if args.rampup < 0 or args.sd_lr <= 0:
         raise common.UsageError("--rampup must be non-negative and --sd-lr positive")
-    return FFSD(common.build_students(args, data.num_classes), data.num_classes, args.T, args.lambda_div,
-                args.lambda_fusion, args.lambda_sd, args.lambda_kl, args.rampup, args.fusion_wd, args.sd_lr, args.sd_wd,
-                tuple(data.image_size))
+    return FFSD(common.build_students(args, data.num_classes), data.num_classes, T=args.T,
+                lambda_div=args.lambda_div, lambda_fusion=args.lambda_fusion, lambda_sd=args.lambda_sd,
+                lambda_kl=args.lambda_kl, rampup=args.rampup, fusion_wd=args.fusion_wd, sd_lr=args.sd_lr,
+                sd_wd=args.sd_wd, image_size=tuple(data.image_size))
 
 
 def main(argv=None):

@@ -21,14 +21,25 @@ sees its own random augmentation of the same images, so the shared target also f
 
 Loss (Eq. 1-2), teacher z_t built from the students' detached logits (a constant):
 
-    L = sum_i CE(z_i, y) + lambda * kd(z_i, z_t, T)                            --lambda-kd, --T
-    kd(z_s, z_t, T) = T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), averaged over the batch
+    ce_s<i> = CE(z_i, y)
+    kd_s<i> = lambda * kd(z_i, z_t, T)                                         --lambda-kd, --T
+    loss = sum_i (ce_s<i> + kd_s<i>),  kd(z_s, z_t, T) = T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batchmean
     Naive    (Eq. 4)     z_t = z_k,  k = argmin_i CE(z_i, y)                          --ensemble naive
     Linear   (Eq. 5)     z_t = sum_i a_i z_i,  a = argmin_{a in simplex} CE(sum_i a_i z_i, y)   linear
     MinLogit (Eq. 6-7)   z_t = min_i (z_i - z_i^y)   element-wise over the students   minlogit
     General  (Eq. 8-11)  p_t = sum_i w_i softmax(z_i/T),  w = C^-1 1 / (1^T C^-1 1),  general (default)
                          C_ij = mean_{x in hold-out} (f_i(x) - 1)(f_j(x) - 1),  f_i = student i's p(true class)
     ICL: student i's logits z_i come from its own augmented view (--icl, default) or all from one (--no-icl).
+
+Picture (two students; [v] = v detached: a target, no gradient flows back through it):
+
+    x_0 --> s0 --> z_0 --+--> CE(z_0, y) ............................ ce_s0
+                         '--> lambda kd(z_0, [z_t], T) .............. kd_s0
+    x_1 --> s1 --> z_1 --+--> CE(z_1, y) ............................ ce_s1
+                         '--> lambda kd(z_1, [z_t], T) .............. kd_s1
+    [z_0], [z_1], y (General: w) --> ensemble (--ensemble; no_grad, float32) --> z_t (General: log p_t)
+    x_i: student i's own view (--icl) or one view for all (--no-icl). General's w is estimated after each
+    epoch on the held-out images, students in eval mode, under no_grad (estimate_weights).
 
 Paper recipe (CIFAR-100, ResNet-32 + WRN-16-2): 200 epochs, batch 128, SGD momentum 0.9, lr 0.1 x0.1 at
 epochs 100 and 150, wd 5e-4, crop (pad 4) + flip, T = 2, lambda = 1, General holds out 50 images per class;
@@ -72,9 +83,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 # Loss
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 
 def kd_to_distribution(z_s, log_p_t, T):
     """kd_loss with the teacher given as log-probabilities at T (General's mixture of distributions)."""
@@ -82,9 +93,9 @@ def kd_to_distribution(z_s, log_p_t, T):
     return T * T * F.kl_div(log_p_s, log_p_t.detach().float(), reduction="batchmean", log_target=True)
 
 
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 # Teachers: logits (K, B, C) of the K students, labels y (B,)
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 
 def naive(logits, y):
     """Eq. 4, per sample: the logits of the student with the smallest cross-entropy. -> (B, C)"""
@@ -169,12 +180,12 @@ def general(logits, w, T):
 LOGIT_TEACHERS = {"naive": naive, "linear": linear, "minlogit": min_logit}
 
 
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 # Method
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 
 class KDCL(nn.Module):
-    def __init__(self, students, ensemble="general", icl=True, T=2.0, lambda_kd=1.0, image_size=(32, 32)):
+    def __init__(self, students, *, ensemble="general", icl=True, T=2.0, lambda_kd=1.0, image_size=(32, 32)):
         super().__init__()
         if len(students) < 2:
             raise ValueError(f"KDCL needs at least two students to ensemble, got {len(students)}")
@@ -227,6 +238,10 @@ class KDCL(nn.Module):
         return self.estimate_weights(data.holdout_batches(batch_size))
 
 
+# ==================================================================================================
+# Flags and entry point
+# ==================================================================================================
+
 def add_arguments(parser):
     import argparse
     parser.set_defaults(T=2.0)  # the paper's CIFAR temperature
@@ -250,8 +265,8 @@ def build(args, data):
             raise common.UsageError("--ensemble general needs --holdout-per-class of at least 1 "
                                     "to estimate its weights")
         data.hold_out(args.holdout_per_class)  # these images are never trained on
-    return KDCL(common.build_students(args, data.num_classes), args.ensemble, args.icl, args.T, args.lambda_kd,
-                tuple(data.image_size))
+    return KDCL(common.build_students(args, data.num_classes), ensemble=args.ensemble, icl=args.icl, T=args.T,
+                lambda_kd=args.lambda_kd, image_size=tuple(data.image_size))
 
 
 def main(argv=None):
@@ -259,10 +274,10 @@ def main(argv=None):
     return common.main("kdcl", add_arguments, build, argv, __doc__)
 
 
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 # Shared with the other method files: the same text in each (test_methods.py checks it), so that
 # every file can be copied alone
-# --------------------------------------------------------------------------------------------------
+# ==================================================================================================
 
 def kd_loss(z_s, z_t, T):
     """T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), batch mean, in float32; the teacher z_t is detached."""

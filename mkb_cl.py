@@ -26,11 +26,23 @@ embeddings are pulled together (metric learning) and each one is classified by i
 network is its backbone plus its half, runnable alone (`load_network`). Training is simultaneous with
 siamese input, the paper's best setting (Fig. 4): one forward of every network, one backward.
 
-Loss for network i (Eq. 1-2, 6), summed over the networks and, with several MKBs, over the MKBs:
-    L_i   = CE(z_i, y) + alpha * (L_metric_i + L_verification_i)             alpha: --alpha (0.2)
-    L_metric_i       = 1 - cos(e_i, mean_{j != i} e_j)                         (Eq. 4 line 1, Eq. 6)
-    L_verification_i = CE(W_i e_i + b_i, y)                                    a linear layer per half
+Loss for network i (Eq. 1-2, 6): L_i = CE(z_i, y) + alpha * (L_metric_i + L_verification_i), alpha = --alpha
+(0.2); one logged part a line, the last two summed over the MKBs; the loss is the sum of every part:
+    ce_s<i>     = CE(z_i, y)
+    metric_s<i> = alpha * L_metric_i,       L_metric_i = 1 - cos(e_i, mean_{j != i} e_j) (Eq. 4 line 1, Eq. 6)
+    verif_s<i>  = alpha * L_verification_i, L_verification_i = CE(W_i e_i + b_i, y), a linear layer a half
     routed feature H = (1 + elu(M_i)) + X_i    (Eq. 3, --route sum)  or  (1 + elu(M_i)) * X_i  (--route mul)
+
+Picture (two networks, one MKB after stage i; s0[..i] = stages 0 to i, s0[i+1..] the rest; [v] = v detached):
+
+    x --+--> s0[..i] --> X_0 --> half_0 --> H_0 --> s0[i+1..] --> z_0 --> CE(z_0, y) ....... ce_s0
+        |                         '-----> e_0 --+--> alpha (1 - cos(e_0, [e_1])) ........... metric_s0
+        |                                       '--> alpha CE(W_0 e_0 + b_0, y) ............ verif_s0
+        '--> s1[..i] --> X_1 --> half_1 --> H_1 --> s1[i+1..] --> z_1 --> CE(z_1, y) ....... ce_s1
+                                  '-----> e_1 --+--> alpha (1 - cos(e_1, [e_0])) ........... metric_s1
+                                                '--> alpha CE(W_1 e_1 + b_1, y) ............ verif_s1
+    half_k: X_k -> encoder -> space transfer -> e_k -> decoder -> M_k, H_k = (1 + elu(M_k)) + X_k (Eq. 3).
+    K > 2: cos to [the mean of the others' e_j]; --no-metric-detach: the others' side is not detached.
 
 Architecture of one half (Table 1), for a stage output X of shape C x h x w and the mutual size u:
     encoder         3x3 conv, 64 ch (--mkb-width), stride h/u, BN-ReLU
@@ -102,7 +114,7 @@ def conv_bn(cin, cout, kernel=3, stride=1, relu=True):
 class MKBHalf(nn.Module):
     """One network's half of an MKB (Fig. 2): X (C x h x w) -> (H routed into the next stage, embedding e)."""
 
-    def __init__(self, channels, size, unified, embed_dim=1024, width=64, route="sum"):
+    def __init__(self, channels, size, unified, *, embed_dim=1024, width=64, route="sum"):
         super().__init__()
         stride = tuple(s // u for s, u in zip(size, unified))
         kernel = tuple(max(3, r + 1) for r in stride)  # 3x3 as in Table 1; wider only when the stride exceeds 2
@@ -129,7 +141,7 @@ class MKBNetwork(nn.Module):
     forward(x) -> logits; forward(x, with_embeddings=True) -> (logits, [embedding per MKB]). Each half is a
     forward hook on the submodule that returns that stage output, so the next stage consumes the routed H."""
 
-    def __init__(self, backbone, halves, image_size=(32, 32)):
+    def __init__(self, backbone, halves, *, image_size=(32, 32)):
         super().__init__()
         self.backbone = backbone
         self.halves = nn.ModuleDict({str(i): h for i, h in sorted(halves.items())})
@@ -191,7 +203,7 @@ def mkb_configs(shapes, archs, mkb_at, embed_dim, width, route):
 
 
 # ==================================================================================================
-# Losses
+# Loss
 # ==================================================================================================
 
 def metric_loss(e, target):
@@ -212,13 +224,13 @@ def metric_losses(embeddings, detach=True):
 
 
 # ==================================================================================================
-# The method
+# Method
 # ==================================================================================================
 
 class MKBCL(nn.Module):
     num_views = 1
 
-    def __init__(self, students, num_classes, mkb_at=(1,), embed_dim=1024, width=64, route="sum", alpha=0.2,
+    def __init__(self, students, num_classes, *, mkb_at=(1,), embed_dim=1024, width=64, route="sum", alpha=0.2,
                  metric_detach=True, image_size=(32, 32)):
         super().__init__()
         if len(students) < 2:
@@ -229,7 +241,8 @@ class MKBCL(nn.Module):
         shapes = [stage_shapes(s, image_size) for s in students]
         names = [getattr(s, "arch", type(s).__name__) for s in students]
         configs = mkb_configs(shapes, names, self.mkb_at, embed_dim, width, route)
-        self.students = nn.ModuleList(MKBNetwork(s, {i: MKBHalf(**configs[i][k]) for i in self.mkb_at}, image_size)
+        self.students = nn.ModuleList(MKBNetwork(s, {i: MKBHalf(**configs[i][k]) for i in self.mkb_at},
+                                                 image_size=image_size)
                                       for k, s in enumerate(students))
         # verification classifiers (training only): one per network per MKB
         self.verifiers = nn.ModuleList(
@@ -271,7 +284,7 @@ def load_network(path):
         raise common.UsageError(f"{path} is not a network saved by MKB-CL (it has no 'kind: mkb_network' entry)")
     backbone = common.build_model(payload["arch"], payload["num_classes"], payload.get("image_size", 32))
     halves = {int(i): MKBHalf(**cfg) for i, cfg in payload["mkb"].items()}
-    net = MKBNetwork(backbone, halves, payload.get("image_size", (32, 32)))
+    net = MKBNetwork(backbone, halves, image_size=payload.get("image_size", (32, 32)))
     net.load_state_dict(payload["state_dict"])
     return net
 
@@ -303,8 +316,9 @@ def build(args, data):
         raise common.UsageError("--mkb-at needs at least one stage index")
     if args.embed_dim < 1 or args.mkb_width < 1 or args.alpha < 0:
         raise common.UsageError("--embed-dim and --mkb-width must be positive and --alpha non-negative")
-    return MKBCL(common.build_students(args, data.num_classes), data.num_classes, mkb_at, args.embed_dim,
-                 args.mkb_width, args.route, args.alpha, args.metric_detach, tuple(data.image_size))
+    return MKBCL(common.build_students(args, data.num_classes), data.num_classes, mkb_at=mkb_at,
+                 embed_dim=args.embed_dim, width=args.mkb_width, route=args.route, alpha=args.alpha,
+                 metric_detach=args.metric_detach, image_size=tuple(data.image_size))
 
 
 def main(argv=None):

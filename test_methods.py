@@ -1698,9 +1698,10 @@ def test_a_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
         module.stage_shapes(plain[0], (32, 32))
     assert len(str(info.value).splitlines()) == 1
     classes = {dml: "DML", kdcl: "KDCL", ffl: "FFL", ffcl: "FFCL", fefr: "FEFR", ffsd: "FFSD", mkb_cl: "MKBCL"}
-    extra = {ffl: [5], ffcl: [5, plain[:2]], fefr: [5], ffsd: [5], mkb_cl: [5]}.get(module, [])
+    extra = {ffl: [5], ffcl: [5], fefr: [5], ffsd: [5], mkb_cl: [5]}.get(module, [])
+    options = {"pretrained": plain[:2]} if module is ffcl else {}
     with pytest.raises(TypeError, match="as_student"):
-        getattr(module, classes[module])(plain[:3] if module is ffsd else plain[:2], *extra)
+        getattr(module, classes[module])(plain[:3] if module is ffsd else plain[:2], *extra, **options)
 
 
 @pytest.mark.parametrize("module,argv", [(dml, []), (kdcl, ["--ensemble", "naive"]), (ffl, []), (fefr, []),
