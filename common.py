@@ -388,7 +388,7 @@ class Vanilla(nn.Module):
         if not self.training:
             logits = [s(views)[0] for s in self.students]
             return {**{f"s{i}": z for i, z in enumerate(logits)}, "ens": ensemble_head(logits)}
-        parts = {f"ce_s{i}": F.cross_entropy(s(views[0])[0], y) for i, s in enumerate(self.students)}
+        parts = {f"ce_s{i}": F.cross_entropy(s(views[0])[0].float(), y) for i, s in enumerate(self.students)}
         return sum(parts.values()), parts
 
 
