@@ -88,7 +88,17 @@ class DML(nn.Module):
         return sum(parts.values()), parts
 
 
+# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+RECIPES = {
+    # the paper, CIFAR-100: SGD Nesterov 0.9, lr 0.1 /10 every 60 epochs, 200 epochs, batch 64, T = 1, no warm-up;
+    # the paper gives no weight decay: the project's 5e-4
+    "paper": {"arch": "resnet32", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 64, "lr": 0.1,
+              "momentum": 0.9, "nesterov": True, "wd": 5e-4, "milestones": "60,120,180", "lr_warmup": 0, "T": 1.0},
+}
+
+
 def add_arguments(parser):
+    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
     parser.set_defaults(T=1.0)  # the paper's plain KL between the peers' probabilities
 
 

@@ -187,7 +187,18 @@ class FFCL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
+# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+RECIPES = {
+    # Sec. "Data sets and settings" (CIFAR-10/100): SGD 0.9, wd 5e-4, 200 epochs, batch 128, lr 0.1 /10 at 60, 120,
+    # 160, no warm-up named; the peers are pre-trained alone with the same recipe (the paper's baselines)
+    "paper": {"arch": "resnet18", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128, "lr": 0.1,
+              "momentum": 0.9, "nesterov": False, "wd": 5e-4, "milestones": "60,120,160", "lr_warmup": 0,
+              "pretrain_epochs": 200},
+}
+
+
 def add_arguments(parser):
+    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
     parser.set_defaults(T=3.0)  # --T: temperature of the feature (fusion) knowledge
     a = parser.add_argument
     a("--T-resp", type=float, default=1.0, help="temperature of the response knowledge between peers")

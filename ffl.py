@@ -140,7 +140,18 @@ class FFL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
+# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+RECIPES = {
+    # the official code's CIFAR-100 recipe: 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and 225,
+    # wd 1e-4, fusion module 1e-5, T = 3, ramp-up 80 epochs, no lr warm-up
+    "paper": {"arch": "resnet32", "students": 2, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
+              "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
+              "fusion_wd": 1e-5, "T": 3.0, "rampup": 80},
+}
+
+
 def add_arguments(parser):
+    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
     parser.set_defaults(T=3.0)
     a = parser.add_argument
     a("--rampup", type=float, default=80, help="epochs R of the KD ramp-up w(e) (0: off)")

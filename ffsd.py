@@ -317,7 +317,24 @@ class FFSD(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
+# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+RECIPES = {
+    # Sec. IV-A (CIFAR-100, Table I): SGD Nesterov 0.9, lr 0.1, wd 1e-4, batch 128, 300 epochs, /10 at 150 and 225,
+    # no warm-up; SD modules Adam 1e-3; 2 common students, T = 2; the grid-searched lambdas
+    "paper": {"arch": "resnet32", "students": 3, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
+              "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
+              "fusion_wd": 1e-5, "sd_lr": 1e-3, "T": 2.0, "lambda_div": 1e-5, "lambda_fusion": 10.0,
+              "lambda_sd": 1000.0, "lambda_kl": 1.0},
+    # Sec. IV-A (ImageNet, Table III): 90 epochs, batch 256, lr warmed up linearly to 0.8 over 5 epochs, /10 at 30
+    # and 60, the same SGD and SD settings
+    "paper-imagenet": {"arch": "resnet18", "students": 3, "dataset": "imagenet", "epochs": 90, "batch_size": 256,
+                       "lr": 0.8, "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "30,60",
+                       "lr_warmup": 5, "fusion_wd": 1e-5, "sd_lr": 1e-3, "T": 2.0},
+}
+
+
 def add_arguments(parser):
+    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
     parser.set_defaults(T=2.0, students=3)  # the paper: a leader and two common students
     a = parser.add_argument
     a("--lambda-div", type=float, default=1e-5, help="lambda_div: diversity loss and its SD transfer (Eq. 9, 11)")
