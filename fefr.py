@@ -36,14 +36,14 @@ B = + reconstruction (`--no-attention`), C = + dual attention (default). With al
 model is FFL (last maps only).
 
 Paper recipe: not stated in the text; FFL's CIFAR recipe (300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1
-x0.1 at 150 and 225, wd 1e-4, fusion branch wd 1e-5, no lr warm-up) is the default here:
+x0.1 at 150 and 225, wd 1e-4, fusion branch wd 1e-5, no lr warm-up: --lr-warmup 0) is RECIPES["paper"] below:
 
-    python fefr.py --arch resnet32 --epochs 300 --batch-size 128 --wd 1e-4 --milestones 150,225 --lr-warmup 0
+    python fefr.py --recipe paper
+    python scripts/reproduce.py --paper fefr --seeds 0,1,2      # Table 4's gains over DML, DML run beside it
 
 ImageNet 2012 (reported beside FFL, no recipe in the text): FFL's recipe, with the default 5-epoch lr warm-up:
 
-    python fefr.py --dataset imagenet --data-dir DIR --arch resnet18 --epochs 300 --batch-size 128 --wd 1e-4 \
-        --milestones 150,225
+    python fefr.py --recipe paper-imagenet --data-dir DIR
 
 Decisions where the paper is silent:
 - F1, F2 = the outputs of the third- and second-to-last stages, F3 = the last (resnet/wrn: 16x32x32,

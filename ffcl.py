@@ -43,10 +43,10 @@ that never touches the peers. Without NRK no pre-training is needed (and --pretr
 
 Paper recipe (CIFAR-10/100): SGD 0.9, wd 5e-4, 200 epochs, batch 128, lr 0.1 /10 at 60, 120, 160, mean of
 three runs; peers resnet18/34, WRN-28-10, ShuffleNet, also mixed pairs; the baselines (= the pre-training)
-use the same recipe:
+use the same recipe; the paper names no lr warm-up (--lr-warmup 0): RECIPES["paper"] below. Reproduce with:
 
-    python ffcl.py --arch resnet18 --epochs 200 --batch-size 128 --wd 5e-4 --milestones 60,120,160 \
-        --no-nesterov --pretrain-epochs 200 --lr-warmup 0                 # the paper names no lr warm-up
+    python ffcl.py --recipe paper                      # resnet18 x2, pre-trained first for 200 epochs
+    python scripts/reproduce.py --paper ffcl --seeds 0,1,2     # (its tables' numbers are not in our copy)
 
 (without a warm-up the response term makes the peers collapse in their first steps, README 'Learning-rate
 warm-up'; drop --lr-warmup 0 to keep the default 5 epochs)

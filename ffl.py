@@ -29,10 +29,11 @@ with the teacher t detached):
     w(e) = exp(-5 (1 - min(e, R)/R)^2)                                   R = --rampup (80), e = epoch from 0
 
 Paper recipe (CIFAR-100, official code): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and
-225, wd 1e-4, fusion module wd 1e-5 (its own optimizer in the code; a parameter group here):
+225, wd 1e-4, fusion module wd 1e-5 (its own optimizer in the code; a parameter group here), T = 3, ramp-up 80,
+no lr warm-up in the code (--lr-warmup 0): RECIPES["paper"] below. Reproduce with:
 
-    python ffl.py --arch resnet32 --epochs 300 --batch-size 128 --lr 0.1 --nesterov --wd 1e-4 \
-        --milestones 150,225 --fusion-wd 1e-5 --T 3 --rampup 80 --lr-warmup 0      # no lr warm-up in the code
+    python ffl.py --recipe paper
+    python scripts/reproduce.py --paper ffl --seeds 0,1,2        # beside FFSD's Table II, which reports FFL
 
 Decisions where the paper is silent or the code departs from it:
 - The fusion module's input is NOT detached, as in the official code: the fused classifier's CE and KD
