@@ -1267,9 +1267,11 @@ def make_parser(doc=None):
     p = Parser(description=(doc or "").split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     a("--recipe", default=None, metavar="NAME",
-      help="a paper's recipe, listed at the end: its flags become the defaults shown here. `paper` is the paper's "
-           "own, as published: no lr warm-up where the paper has none (--lr-warmup 0), although students that "
-           "teach each other can collapse without one (README 'Learning-rate warm-up'); add --lr-warmup 5 for ours")
+      help="a paper's recipe (listed at the end): its flags become the defaults shown here. A method's `paper` is "
+           "its paper's CIFAR recipe as published, `paper-imagenet` its ImageNet one; vanilla's are each paper's "
+           "baseline, by method name. As published: no lr warm-up where the paper has none (--lr-warmup 0), "
+           "although students that teach each other can collapse without one (README 'Learning-rate warm-up'); "
+           "add --lr-warmup 5 for ours")
     a("--arch", default="resnet32", help="backbone of every student, or a comma list, one per student")
     a("--students", type=int, default=2, help="number of students (networks trained together)")
     a("--dataset", default="cifar100", choices=DATASETS,

@@ -2104,7 +2104,7 @@ def test_reproduce_skips_a_row_whose_data_is_missing_in_one_sentence(tmp_path):
 
 def test_reproduce_quick_runs_a_papers_table_and_renders_it_again(tmp_path):
     out, results = tmp_path / "out", tmp_path / "results"
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--quick",
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--quick", "--jobs", "2",
                              "--out-dir", str(out), "--results", str(results))
     assert status == 0, output[-2000:]
     table = (out / "dml.md").read_text()

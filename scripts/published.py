@@ -27,7 +27,7 @@ def ffsd_row(table, row, head, published, baseline, gain, archs, flags=(), datas
     return dict(paper="ffsd", table=table, row=row, method="ffsd", head=head, published=published,
                 baseline="vanilla", baseline_head="mean", baseline_published=baseline, published_gain=gain,
                 recipe=recipe, flags=list(flags), dataset=dataset, archs=archs, epochs=epochs,
-                best_or_last="not stated (the official README reports the best epoch)",
+                best_or_last="not stated" + (" (the official README reports the best epoch)" if table == "I" else ""),
                 runs="mean ± std, number of runs not stated" if table == "I" else "not stated", metric="top1",
                 source=f"{FFSD}, Table {table} ({'CIFAR-100' if dataset == 'cifar100' else 'ImageNet'}): "
                        f"{row} {published}, baseline {baseline}" + (f", gain {gain}" if gain is not None else ""))

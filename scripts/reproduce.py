@@ -117,11 +117,16 @@ def runner_opts(opts, row, folder, flags):
     method, baseline = row["method"], row["baseline"]
     data = [] if opts.quick else ["--data-dir", os.path.abspath(opts.imagenet_dir if dataset_of(row) == "imagenet"
                                                                   else opts.data_dir)]
-    flags = row["flags"] + data + QUICK * opts.quick + flags
+    import common
+    shared = set(vars(common.make_parser().parse_args([])))
+    is_shared = [(t if t.startswith("--") else row["flags"][i - 1])[2:].replace("-", "_") in shared
+                 for i, t in enumerate(row["flags"])]  # a row's method flags (--ensemble linear) go to the method only
+    flags = [t for t, keep in zip(row["flags"], is_shared) if keep] + data + QUICK * opts.quick + flags
     given = {f.split("=")[0].replace("--no-", "--") for f in flags if f.startswith("--")}
     own = baseline_flags(row)  # a recipe's flags given explicitly: only those the flags above leave alone
     own = [t for i, t in enumerate(own) if (t if t.startswith("--") else own[i - 1]).replace("--no-", "--") not in given]
-    extras = {method: ["--recipe", row["recipe"]] + QUICK_EXTRAS.get(method, []) * opts.quick,
+    extras = {method: ["--recipe", row["recipe"]] + [t for t, keep in zip(row["flags"], is_shared) if not keep]
+              + QUICK_EXTRAS.get(method, []) * opts.quick,
               baseline: own + QUICK_EXTRAS.get(baseline, []) * opts.quick}
     ffcl_pretrains = method == "ffcl" and baseline == "vanilla"
     if ffcl_pretrains:
