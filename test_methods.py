@@ -2047,7 +2047,8 @@ def test_vanilla_recipes_are_the_papers_baselines():
 
 
 ROW_KEYS = {"paper", "table", "row", "method", "head", "published", "baseline", "baseline_head", "baseline_published",
-            "published_gain", "recipe", "flags", "dataset", "archs", "epochs", "best_or_last", "runs", "metric", "source"}
+            "published_gain", "recipe", "flags", "dataset", "archs", "epochs", "best_or_last", "runs", "metric",
+            "source"}
 
 
 def test_every_published_row_has_a_source_and_the_setting_of_its_recipe():

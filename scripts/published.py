@@ -19,7 +19,8 @@ One dict per row:
 
 FFSD = "Li et al., Distilling a Powerful Student Model via Online Knowledge Distillation (FFSD), TNNLS 2022"
 KDCL = "Guo et al., Online Knowledge Distillation via Collaborative Learning (KDCL), CVPR 2020"
-MKB = "Wang et al., Beyond Knowledge Distillation: Collaborative Learning for Bidirectional Model Assistance, IEEE Access 2018"
+MKB = ("Wang et al., Beyond Knowledge Distillation: Collaborative Learning for Bidirectional Model Assistance, "
+       "IEEE Access 2018")
 
 
 def ffsd_row(table, row, head, published, baseline, gain, archs, flags=(), dataset="cifar100", recipe="paper",

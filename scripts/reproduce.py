@@ -124,7 +124,8 @@ def runner_opts(opts, row, folder, flags):
     flags = [t for t, keep in zip(row["flags"], is_shared) if keep] + data + QUICK * opts.quick + flags
     given = {f.split("=")[0].replace("--no-", "--") for f in flags if f.startswith("--")}
     own = baseline_flags(row)  # a recipe's flags given explicitly: only those the flags above leave alone
-    own = [t for i, t in enumerate(own) if (t if t.startswith("--") else own[i - 1]).replace("--no-", "--") not in given]
+    own = [t for i, t in enumerate(own)
+           if (t if t.startswith("--") else own[i - 1]).replace("--no-", "--") not in given]
     extras = {method: ["--recipe", row["recipe"]] + [t for t, keep in zip(row["flags"], is_shared) if not keep]
               + QUICK_EXTRAS.get(method, []) * opts.quick,
               baseline: own + QUICK_EXTRAS.get(baseline, []) * opts.quick}
@@ -227,8 +228,8 @@ def main(argv=None):
     opts, flags = parse(argv)
     name = opts.paper + (f"-{opts.table}" if opts.table else "")
     if opts.render:
-        measured = {i: measure(row, load_runs(os.path.join(opts.render, run_name(row)), [row["method"], row["baseline"]]))
-                    for i, row in enumerate(opts.rows)}
+        measured = {i: measure(row, load_runs(os.path.join(opts.render, run_name(row)),
+                                              [row["method"], row["baseline"]])) for i, row in enumerate(opts.rows)}
         skipped = {i: "no summaries" for i, m in measured.items() if m["n"] == 0}
         text = render(opts.rows, measured, skipped)
         write(os.path.join(opts.render, f"{name}.md"), text)
@@ -246,8 +247,8 @@ def main(argv=None):
             runner, run_flags = runner_opts(opts, row, folder, flags)
             os.makedirs(runner.out_dir, exist_ok=True)
             failed += [(f"{folder}/{m}", s) for m, s in compare.run_all(runner, run_flags)]
-            done[folder] = {m: {s: compare.run_summary(runner, m, s) for s in opts.seeds if compare.finished(runner, m, s)}
-                            for m in runner.methods}
+            done[folder] = {m: {s: compare.run_summary(runner, m, s) for s in opts.seeds
+                                if compare.finished(runner, m, s)} for m in runner.methods}
         measured[i] = measure(row, done[folder])
     text = render(opts.rows, measured, skipped, opts.quick)
     write(os.path.join(opts.out_dir, f"{name}.md"), text)
