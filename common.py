@@ -1206,9 +1206,69 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
+def baseline_recipes(parser):
+    """Vanilla's recipes: the baseline of each paper, i.e. the flags of the method file's recipe that vanilla
+    has (its training recipe, architectures and data, no temperature), named <method> for its `paper` recipe
+    and <method>-imagenet; read from the method files, so that each recipe is defined once."""
+    import importlib
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    dests = set(vars(parser.parse_args([])))
+    recipes = {}
+    for method in (m for m in METHODS if m != "vanilla"):  # every paper's baseline
+        for name, recipe in importlib.import_module(method).RECIPES.items():
+            recipes[method + name[len("paper"):]] = {k: v for k, v in recipe.items() if k in dests and k != "T"}
+    return recipes
+
+
+def recipe_flags(recipe):
+    """A recipe ({flag dest: value}) as the command-line flags it stands for, e.g. ['--epochs 300', '--no-nesterov']."""
+    flags = []
+    for dest, value in recipe.items():
+        flag = "--" + dest.replace("_", "-")
+        value = f"{value:g}" if isinstance(value, float) else value
+        flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    return flags
+
+
+def apply_recipe(parser, recipes, argv):
+    """--recipe NAME: the recipe's values become the parser's defaults (so --help shows them and any flag given
+    explicitly still wins), and every recipe is listed under --help. Returns the recipe ({} without --recipe)."""
+    lines = ["recipes (--recipe NAME sets these defaults; a flag given explicitly still wins):"]
+    for name, recipe in recipes.items():
+        lines.append(f"  {name:<16}")
+        for flag in recipe_flags(recipe):
+            if len(lines[-1]) + len(flag) > 110:
+                lines.append(" " * 18)
+            lines[-1] += flag + " "
+    parser.epilog = "\n".join(line.rstrip() for line in lines) if recipes else None
+    pre = Parser(add_help=False)  # --recipe is read before --help is printed, so that help shows its defaults
+    pre.add_argument("--recipe", default=None)
+    name = pre.parse_known_args(argv)[0].recipe
+    if name is None:
+        return {}
+    if name not in recipes:
+        raise UsageError(f"unknown recipe '{name}'; choose from {', '.join(recipes) or 'none (this script has none)'}")
+    unknown = set(recipes[name]) - set(vars(parser.parse_args([])))
+    assert not unknown, f"recipe {name} sets flags this script does not have: {sorted(unknown)}"
+    parser.set_defaults(**recipes[name])
+    return recipes[name]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults beside every flag, and the recipes (the epilog) one per line."""
+
+
 def make_parser(doc=None):
-    p = Parser(description=(doc or "").split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=(doc or "").split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
+    a("--recipe", default=None, metavar="NAME",
+      help="a paper's recipe (listed at the end): its flags become the defaults shown here. A method's `paper` is "
+           "its paper's CIFAR recipe as published, `paper-imagenet` its ImageNet one; vanilla's are each paper's "
+           "baseline, by method name. As published: no lr warm-up where the paper has none (--lr-warmup 0), "
+           "although students that teach each other can collapse without one (README 'Learning-rate warm-up'); "
+           "add --lr-warmup 5 for ours")
     a("--arch", default="resnet32", help="backbone of every student, or a comma list, one per student")
     a("--students", type=int, default=2, help="number of students (networks trained together)")
     a("--dataset", default="cifar100", choices=DATASETS,
@@ -1365,10 +1425,15 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
     can cause end in one sentence and exit status 2."""
     parser = make_parser(doc or __doc__)
     if add_arguments is not None:
-        add_arguments(parser)
-    args = parser.parse_args(argv)
+        add_arguments(parser)  # a method file's add_arguments also sets parser.recipes, its RECIPES
     rank = int(os.environ.get("RANK", "0"))
     try:
+        recipes = getattr(parser, "recipes", None) or (baseline_recipes(parser) if name == "vanilla" else {})
+        recipe = apply_recipe(parser, recipes, argv)
+        args = parser.parse_args(argv)
+        args.recipe_flags = recipe_flags(recipe)  # written to args.json and results.json beside the values used
+        args.recipe_overridden = [flag for (dest, value), flag in zip(recipe.items(), args.recipe_flags)
+                                  if getattr(args, dest) != value]  # the recipe's flags given otherwise
         args = check_args(args, name)
     except UsageError as e:  # a flag mistake is the same for every process: rank 0 says it
         if rank == 0:

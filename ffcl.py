@@ -61,10 +61,10 @@ that never touches the peers. Without NRK no pre-training is needed (and --pretr
 
 Paper recipe (CIFAR-10/100): SGD 0.9, wd 5e-4, 200 epochs, batch 128, lr 0.1 /10 at 60, 120, 160, mean of
 three runs; peers resnet18/34, WRN-28-10, ShuffleNet, also mixed pairs; the baselines (= the pre-training)
-use the same recipe:
+use the same recipe; the paper names no lr warm-up (--lr-warmup 0): RECIPES["paper"] below. Reproduce with:
 
-    python ffcl.py --arch resnet18 --epochs 200 --batch-size 128 --wd 5e-4 --milestones 60,120,160 \
-        --no-nesterov --pretrain-epochs 200 --lr-warmup 0                 # the paper names no lr warm-up
+    python ffcl.py --recipe paper                      # resnet18 x2, pre-trained first for 200 epochs
+    python scripts/reproduce.py --paper ffcl --seeds 0,1,2     # (its tables' numbers are not in our copy)
 
 (without a warm-up the response term makes the peers collapse in their first steps, README 'Learning-rate
 warm-up'; drop --lr-warmup 0 to keep the default 5 epochs)
@@ -206,7 +206,18 @@ class FFCL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
+# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+RECIPES = {
+    # Sec. "Data sets and settings" (CIFAR-10/100): SGD 0.9, wd 5e-4, 200 epochs, batch 128, lr 0.1 /10 at 60, 120,
+    # 160, no warm-up named; the peers are pre-trained alone with the same recipe (the paper's baselines)
+    "paper": {"arch": "resnet18", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128, "lr": 0.1,
+              "momentum": 0.9, "nesterov": False, "wd": 5e-4, "milestones": "60,120,160", "lr_warmup": 0,
+              "pretrain_epochs": 200},
+}
+
+
 def add_arguments(parser):
+    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
     parser.set_defaults(T=3.0)  # --T: temperature of the feature (fusion) knowledge
     a = parser.add_argument
     a("--T-resp", type=float, default=1.0, help="temperature of the response knowledge between peers")

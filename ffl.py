@@ -42,10 +42,11 @@ Picture (two students; F_i = student i's last feature map; [v] = v detached: no 
     ce_fused and kd_fused reach the students through F_i (--detach-fusion-input: [F_i] instead).
 
 Paper recipe (CIFAR-100, official code): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and
-225, wd 1e-4, fusion module wd 1e-5 (its own optimizer in the code; a parameter group here):
+225, wd 1e-4, fusion module wd 1e-5 (its own optimizer in the code; a parameter group here), T = 3, ramp-up 80,
+no lr warm-up in the code (--lr-warmup 0): RECIPES["paper"] below. Reproduce with:
 
-    python ffl.py --arch resnet32 --epochs 300 --batch-size 128 --lr 0.1 --nesterov --wd 1e-4 \
-        --milestones 150,225 --fusion-wd 1e-5 --T 3 --rampup 80 --lr-warmup 0      # no lr warm-up in the code
+    python ffl.py --recipe paper
+    python scripts/reproduce.py --paper ffl --seeds 0,1,2        # beside FFSD's Table II, which reports FFL
 
 Decisions where the paper is silent or the code departs from it:
 - The fusion module's input is NOT detached, as in the official code: the fused classifier's CE and KD
@@ -155,7 +156,18 @@ class FFL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
+# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+RECIPES = {
+    # the official code's CIFAR-100 recipe: 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and 225,
+    # wd 1e-4, fusion module 1e-5, T = 3, ramp-up 80 epochs, no lr warm-up
+    "paper": {"arch": "resnet32", "students": 2, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
+              "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
+              "fusion_wd": 1e-5, "T": 3.0, "rampup": 80},
+}
+
+
 def add_arguments(parser):
+    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
     parser.set_defaults(T=3.0)
     a = parser.add_argument
     a("--rampup", type=float, default=80, help="epochs R of the KD ramp-up w(e) (0: off)")

@@ -78,19 +78,19 @@ inputs and targets, with their own Adam (--sd-lr 1e-3, --sd-wd 1e-4, the same lr
 one joint backward gives each parameter exactly the gradient of the official code's sequential updates.
 
 Paper recipe (CIFAR-100): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 /10 at 150 and 225, wd 1e-4 (fusion
-module 1e-5), T = 2, 2 common students; no lr warm-up on CIFAR (ImageNet: 5 epochs up to 0.8):
+module 1e-5), T = 2, 2 common students; no lr warm-up on CIFAR (--lr-warmup 0; ImageNet: 5 epochs up to 0.8):
+RECIPES["paper"] below. Reproduce with:
 
-    python ffsd.py --arch resnet32 --students 3 --epochs 300 --batch-size 128 --wd 1e-4 --milestones 150,225 \
-        --fusion-wd 1e-5 --T 2 --lr-warmup 0
+    python ffsd.py --recipe paper                      # resnet32, leader + 2 common students
+    python scripts/reproduce.py --paper ffsd --table I --seeds 0,1,2     # beside the published numbers
 
-(without a warm-up the common students collapse in their first steps and drag the leader with them, README
-'Learning-rate warm-up'; drop --lr-warmup 0 to keep the default 5 epochs)
+(without a warm-up the common students can collapse in their first steps and drag the leader with them, README
+'Learning-rate warm-up'; add --lr-warmup 5 for the project's default)
 
 ImageNet (ResNet-18; ResNet-34 likewise): 90 epochs, batch 256, Nesterov, wd 1e-4, lr warmed up linearly to 0.8
 over 5 epochs, /10 at 30 and 60, SD modules Adam 1e-3 on the same schedule, 2 common students, T = 2:
 
-    python ffsd.py --dataset imagenet --data-dir DIR --arch resnet18 --students 3 --epochs 90 --batch-size 256 \
-        --lr 0.8 --lr-warmup 5 --milestones 30,60 --wd 1e-4 --T 2
+    python ffsd.py --recipe paper-imagenet --data-dir DIR            # --arch resnet34 for the other row
 
 Heads: `leader`; `s1`..`s{N-1}` the common students (s_k = students[k], so s0 would be the leader);
 `ens` = log mean softmax of the common students only, the leader excluded: it is the ensemble the paper
@@ -344,7 +344,24 @@ class FFSD(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
+# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+RECIPES = {
+    # Sec. IV-A (CIFAR-100, Table I): SGD Nesterov 0.9, lr 0.1, wd 1e-4, batch 128, 300 epochs, /10 at 150 and 225,
+    # no warm-up; SD modules Adam 1e-3; 2 common students, T = 2; the grid-searched lambdas
+    "paper": {"arch": "resnet32", "students": 3, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
+              "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
+              "fusion_wd": 1e-5, "sd_lr": 1e-3, "T": 2.0, "lambda_div": 1e-5, "lambda_fusion": 10.0,
+              "lambda_sd": 1000.0, "lambda_kl": 1.0},
+    # Sec. IV-A (ImageNet, Table III): 90 epochs, batch 256, lr warmed up linearly to 0.8 over 5 epochs, /10 at 30
+    # and 60, the same SGD and SD settings
+    "paper-imagenet": {"arch": "resnet18", "students": 3, "dataset": "imagenet", "epochs": 90, "batch_size": 256,
+                       "lr": 0.8, "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "30,60",
+                       "lr_warmup": 5, "fusion_wd": 1e-5, "sd_lr": 1e-3, "T": 2.0},
+}
+
+
 def add_arguments(parser):
+    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
     parser.set_defaults(T=2.0, students=3)  # the paper: a leader and two common students
     a = parser.add_argument
     a("--lambda-div", type=float, default=1e-5, help="lambda_div: diversity loss and its SD transfer (Eq. 9, 11)")

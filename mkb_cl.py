@@ -51,17 +51,17 @@ Architecture of one half (Table 1), for a stage output X of shape C x h x w and 
 Heads: s0, s1, ... (each network with its half), ens (log of the mean softmax). Exports: net0.pt, net1.pt...
 
 Paper recipe (CIFAR, Sec. IV-A): SGD momentum 0.9, weight decay 1e-4, batch 128, 200 epochs, lr 0.1 divided
-by 10 when the error plateaus, alpha 0.2, no augmentation on CIFAR-100 (crop only on CIFAR-10), no lr warm-up
-(ImageNet neither); the loop always crops and flips. Closest flags:
+by 10 when the error plateaus (here at 100 and 150), alpha 0.2, no augmentation on CIFAR-100 (crop only on
+CIFAR-10), no lr warm-up (--lr-warmup 0; ImageNet neither); the loop always crops and flips. Table 2's pair is
+ResNet-34 + MobileNet (v1, not in the zoo: mobilenetv2 stands in). Closest flags, RECIPES["paper"] below:
 
-    python mkb_cl.py --arch resnet32,wrn_16_2 --no-nesterov --wd 1e-4 --batch-size 128 --epochs 200 \
-        --milestones 100,150 --alpha 0.2 --lr-warmup 0
+    python mkb_cl.py --recipe paper
+    python scripts/reproduce.py --paper mkb_cl --seeds 0,1,2     # Table 2, CIFAR-100 and CIFAR-10
 
 ImageNet (ResNet-34 / DenseNet-121): batch 256, 300 epochs, lr 0.1 /10 on plateaus (milestones 100, 200 here),
 wd 1e-4; at 224 px stage 1 is 28 x 28, so --embed-dim 3136 (4 channels, as 1024 is at CIFAR's 16 x 16):
 
-    python mkb_cl.py --dataset imagenet --data-dir DIR --arch resnet34,densenet121 --no-nesterov --wd 1e-4 \
-        --batch-size 256 --epochs 300 --milestones 100,200 --alpha 0.2 --embed-dim 3136 --lr-warmup 0
+    python mkb_cl.py --recipe paper-imagenet --data-dir DIR
 
 Decisions where the paper is silent or unclear:
 - Position. `--mkb-at i` puts an MKB on stage output i (0-based, the student's list); its routed output is
@@ -293,7 +293,23 @@ def load_network(path):
 # Flags and entry point
 # ==================================================================================================
 
+# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+RECIPES = {
+    # Sec. IV-A (Table 2): SGD 0.9, wd 1e-4, batch 128, 200 epochs, lr 0.1 /10 on plateaus (here at 100 and 150),
+    # alpha 0.2, no warm-up; ResNet-34 + MobileNet (v1, not in the zoo: MobileNetV2 stands in)
+    "paper": {"arch": "resnet34,mobilenetv2", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128,
+              "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 1e-4, "milestones": "100,150", "lr_warmup": 0,
+              "alpha": 0.2},
+    # ImageNet (Table 7): batch 256, 300 epochs, lr 0.1 /10 on plateaus (here at 100 and 200), wd 1e-4; at 224 px
+    # stage 1 is 28 x 28, so a 3,136-d embedding (4 channels, as 1,024 is at CIFAR's 16 x 16)
+    "paper-imagenet": {"arch": "resnet34,densenet121", "students": 2, "dataset": "imagenet", "epochs": 300,
+                       "batch_size": 256, "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 1e-4,
+                       "milestones": "100,200", "lr_warmup": 0, "alpha": 0.2, "embed_dim": 3136},
+}
+
+
 def add_arguments(parser):
+    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
     a = parser.add_argument
     a("--mkb-at", default="1", help="stage indices (0-based, comma list) whose outputs get an MKB; 1 = conv2_x")
     a("--embed-dim", type=int, default=1024, help="size of the embedding in the mutual space")

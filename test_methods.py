@@ -1979,5 +1979,149 @@ def test_a_failure_on_one_process_ends_every_process_and_keeps_the_checkpoint(tm
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
 
 
+# ================================================================================================
+# Recipes (--recipe) and reproducing a paper's table (scripts/reproduce.py, scripts/published.py)
+# ================================================================================================
+
+sys.path.insert(0, os.path.join(HERE, "scripts"))
+import published  # noqa: E402
+import reproduce  # noqa: E402
+
+
+def script_parser(module=None):
+    parser = common.make_parser()
+    if module is not None:
+        module.add_arguments(parser)
+    return parser
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_every_recipe_sets_flags_its_script_has(module):
+    parser = script_parser(module)
+    dests = set(vars(parser.parse_args([])))
+    assert "paper" in module.RECIPES and set(module.RECIPES) <= {"paper", "paper-imagenet"}
+    for name, recipe in module.RECIPES.items():
+        assert set(recipe) <= dests, (name, set(recipe) - dests)
+        assert recipe["dataset"] == ("imagenet" if name == "paper-imagenet" else "cifar100")
+        args = parser.parse_args([])
+        for dest, value in recipe.items():  # every value is of its flag's type (as if given on the command line)
+            assert type(value) is type(getattr(args, dest)) or {type(value), type(getattr(args, dest))} <= {int, float}
+
+
+def test_a_recipe_sets_defaults_an_explicit_flag_beats_it_and_both_are_recorded(tmp_path):
+    saved = run_main(dml.main, ["--recipe", "paper", *TINY, "--milestones", "0.5"], tmp_path)
+    args = json.loads((tmp_path / "args.json").read_text())
+    recipe = dml.RECIPES["paper"]
+    assert args["lr_warmup"] == recipe["lr_warmup"] == 0 and args["wd"] == recipe["wd"]  # from the recipe
+    assert args["epochs"] == 1 and args["milestones"] == "0.5" and args["arch"] == "resnet20"  # explicit flags win
+    assert args["recipe"] == "paper" and "--milestones 60,120,180" in args["recipe_flags"]
+    assert "--milestones 60,120,180" in args["recipe_overridden"] and "--lr-warmup 0" not in args["recipe_overridden"]
+    assert saved["args"]["recipe_flags"] == args["recipe_flags"]  # results.json carries them too
+
+
+def test_help_shows_the_recipes_values_as_defaults_and_lists_every_recipe(capsys):
+    with pytest.raises(SystemExit):
+        ffsd.main(["--recipe", "paper", "--help"])
+    text = capsys.readouterr().out
+    assert "training epochs (default: 300)" in text and "(default: 150,225)" in text
+    assert "paper-imagenet  --arch resnet18 --students 3 --dataset imagenet --epochs 90" in text
+    with pytest.raises(SystemExit):
+        ffsd.main(["--help"])
+    assert "training epochs (default: 200)" in capsys.readouterr().out  # without --recipe: the project's defaults
+
+
+def test_an_unknown_recipe_ends_in_one_sentence(capsys):
+    with pytest.raises(SystemExit) as e:
+        ffsd.main(["--recipe", "imagenet"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "error: unknown recipe 'imagenet'; choose from paper, paper-imagenet"
+
+
+def test_vanilla_recipes_are_the_papers_baselines():
+    recipes = common.baseline_recipes(script_parser())
+    assert set(recipes) == {m.__name__ + name[5:] for m in METHOD_MODULES for name in m.RECIPES}
+    dests = set(vars(script_parser().parse_args([])))
+    for module in METHOD_MODULES:
+        for name, recipe in module.RECIPES.items():
+            baseline = recipes[module.__name__ + name[5:]]
+            assert baseline == {k: v for k, v in recipe.items() if k in dests and k != "T"}
+    assert recipes["ffsd"]["epochs"] == 300 and "fusion_wd" not in recipes["ffsd"]
+
+
+ROW_KEYS = {"paper", "table", "row", "method", "head", "published", "baseline", "baseline_head", "baseline_published",
+            "published_gain", "recipe", "flags", "dataset", "archs", "epochs", "best_or_last", "runs", "metric",
+            "source"}
+
+
+def test_every_published_row_has_a_source_and_the_setting_of_its_recipe():
+    modules = {m.__name__: m for m in METHOD_MODULES}
+    assert {r["paper"] for r in published.ROWS} == set(modules)  # every seed paper and DML
+    for row in published.ROWS:
+        assert set(row) == ROW_KEYS, row["row"]
+        assert len(row["source"]) > 40 and row["table"] in row["source"] or "Table" in row["source"], row["row"]
+        for key in ("published", "baseline_published", "published_gain"):
+            assert row[key] is None or isinstance(row[key], float), (row["row"], key)
+        if row["published"] is None:
+            assert row["published_gain"] is not None or "not in our copy" in row["source"], row["row"]
+        recipe = modules[row["method"]].RECIPES[row["recipe"]]  # the row runs its paper's recipe
+        flags = dict(zip(row["flags"][::2], row["flags"][1::2]))
+        assert row["dataset"] == flags.get("--dataset", recipe["dataset"]) == reproduce.dataset_of(row)
+        assert row["archs"] == flags.get("--arch", recipe["arch"]) and row["epochs"] == recipe["epochs"]
+        assert row["baseline"] in ("vanilla", *modules) and row["metric"] == "top1"
+    assert len({(r["paper"], r["table"], r["row"]) for r in published.ROWS}) == len(published.ROWS)
+
+
+def fake_run(seed, final, best):
+    return {"seed": seed, "final": final, "best": best}
+
+
+def test_the_table_puts_published_and_measured_side_by_side():
+    rows = [r for r in published.ROWS if r["paper"] == "ffsd" and r["table"] == "I"][:2]  # leader, common student 1
+    runs = {"vanilla": {s: fake_run(s, {"s0": 69.0 + s, "s1": 71.0 + s, "s2": 70.0 + s, "ens": 75.0},
+                                    {"s0": 70.0, "s1": 72.0, "s2": 71.0, "ens": 76.0}) for s in (0, 1)},
+            "ffsd": {s: fake_run(s, {"leader": 74.0 + 2 * s, "s1": 73.0, "s2": 73.5, "ens": 78.0, "fused": 75.0},
+                                 {"leader": 75.0 + 2 * s, "s1": 74.0, "s2": 74.0, "ens": 79.0, "fused": 76.0})
+                     for s in (0, 1)}}
+    measured = {0: reproduce.measure(rows[0], runs)}
+    assert measured[0]["last"][0] == 75.0 and measured[0]["best"][0] == 76.0 and measured[0]["n"] == 2
+    assert measured[0]["gain"][0] == 75.0 - 70.5  # paired by seed: leader - mean of vanilla's students
+    text = reproduce.render(rows, measured, {1: "CIFAR-100 is not in ./data"})
+    leader = next(line for line in text.splitlines() if "| ResNet-32 leader |" in line)
+    cells = [c.strip() for c in leader.split("|")[1:-1]]
+    assert cells == ["I", "ResNet-32 leader", "74.85", "75.00 ± 1.41 (n=2)", "76.00 ± 1.41 (n=2)", "+0.15",
+                     "+4.90 over vanilla", "+4.50 ± 0.71 (n=2)"]  # gains 4 and 5
+    common_student = next(line for line in text.splitlines() if "| ResNet-32 common student 1 |" in line)
+    assert "skipped" in common_student and "+4.34 over vanilla" in common_student  # 74.30 - 69.96
+    assert "Skipped: table I, ResNet-32 common student 1: CIFAR-100 is not in ./data." in text
+    assert "Sources:" in text and published.FFSD in text
+
+
+def test_reproduce_skips_a_row_whose_data_is_missing_in_one_sentence(tmp_path):
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "mkb_cl", "--data-dir",
+                             str(tmp_path), "--out-dir", str(tmp_path / "out"))
+    assert status == 0, output[-2000:]
+    assert f"CIFAR-10 is not in {tmp_path} (torchvision's cifar-10-batches-py/): put it there or pass --data-dir" \
+        in output
+    assert output.count("skipped:") == 4 and not (tmp_path / "out" / "mkb_cl_paper").exists()  # nothing trained
+
+
+def test_reproduce_quick_runs_a_papers_table_and_renders_it_again(tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--quick", "--jobs", "2",
+                             "--out-dir", str(out), "--results", str(results))
+    assert status == 0, output[-2000:]
+    table = (out / "dml.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| 1 |")]
+    assert len(lines) == 2 and all(line.count("(n=1)") == 3 for line in lines), table
+    method = json.loads((results / "dml_paper" / "dml" / "seed0.json").read_text())
+    assert method["args"]["recipe"] == "paper" and method["args"]["epochs"] == 1  # the recipe, shrunk by --quick
+    baseline = json.loads((results / "dml_paper" / "vanilla" / "seed0.json").read_text())
+    assert baseline["args"]["recipe"] == "dml" and baseline["args"]["batch_size"] == 50
+    shutil.rmtree(out)  # the runs are gone: the summaries give the same rows
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--render", str(results))
+    assert status == 0, output[-2000:]
+    assert [line for line in (results / "dml.md").read_text().splitlines() if line.startswith("| 1 |")] == lines
+
+
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])
