@@ -359,7 +359,8 @@ def device_name(device):
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    return f"cpu ({platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)})"
 
 
 def tv_version():
@@ -400,8 +401,17 @@ class Vanilla(nn.Module):
 
 def atomic_save(obj, path):
     tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError (torch.save(obj, path):
+            torch.save(obj, f)      # a RuntimeError from its zip writer)
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk, an interrupt: no half-written temporary file is left beside `path`
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        fault = e if isinstance(e, OSError) else e.__context__  # torch's zip writer raises over a full disk's error
+        if isinstance(fault, OSError):
+            raise OSError(fault.errno, fault.strerror, path) from None
+        raise
 
 
 def load_checkpoint(path):
@@ -436,7 +446,8 @@ def restore(path, name, args, method, optimizers, gen):
     if gen.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], gen.device)
     if ckpt["epoch"] >= args.epochs:
-        raise UsageError(f"{path} already finished {ckpt['epoch']} epochs; raise --epochs to train further")
+        raise UsageError(f"{path} already finished {ckpt['epoch']} epoch{'s' * (ckpt['epoch'] != 1)}; "
+                         f"raise --epochs to train further")
     return {key: ckpt.get(key, {}) for key in RUN_RECORD}
 
 
@@ -653,16 +664,24 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def backbone_payload(model: Backbone) -> dict:
-    """A deployable backbone as plain data: load it with `load_backbone` (no method code needed)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"kind": "backbone", "arch": model.arch, "num_classes": model.num_classes,
-            "image_size": getattr(model, "image_size", 32), "state_dict": state}
+def backbone_payload(model: nn.Module) -> dict:
+    """A deployable student as plain data (the same as FFSD's export() writes): a zoo backbone's (one with .arch)
+    loads with `load_backbone` (no method code needed); any other student's weights with its own load_state_dict."""
+    payload = {"kind": "student", "module": type(model).__name__,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if hasattr(model, "arch"):
+        payload.update(kind="backbone", arch=model.arch, num_classes=model.num_classes,
+                       image_size=getattr(model, "image_size", 32))
+    return payload
 
 
 def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backbone:
     """Load a file written from `backbone_payload`; optionally insist on its architecture and class count."""
     payload = load_checkpoint(path)
+    if payload.get("kind") == "student":
+        raise UsageError(f"{path} holds the weights of a {payload.get('module')}, not of a zoo backbone; load them "
+                         f"into that model with model.load_state_dict(torch.load(path, weights_only=True)"
+                         f"['state_dict'])")
     if payload.get("kind") != "backbone":
         raise UsageError(f"{path} is not a saved backbone (it has no 'kind: backbone' entry)")
     if arch is not None and payload["arch"] != arch:
@@ -946,19 +965,45 @@ IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def list_image_folder(root):
-    """ImageFolder layout root/<class>/<image>: the sorted class names and the (path, class index) list."""
+    """ImageFolder layout root/<class>/<image>: the sorted class names and the (path, class index) list. No class
+    folder, a class folder without images, or a folder that cannot be listed: one sentence."""
+    def entries(folder):
+        try:
+            return list(os.scandir(folder))
+        except OSError as e:
+            raise UsageError(f"cannot list the folder {folder} ({os_reason(e)})") from None
+
     if not os.path.isdir(root):
         raise UsageError(f"{root} does not exist (expected {root}/<class>/<image>)")
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    classes = sorted(d.name for d in entries(root) if d.is_dir())
     if not classes:
         raise UsageError(f"{root} holds no class folders (expected {root}/<class>/<image>)")
-    files = []
+    files, empty = [], []
     for i, c in enumerate(classes):
-        found = sorted(f for f in os.listdir(os.path.join(root, c)) if f.lower().endswith(IMAGE_EXTENSIONS))
-        if not found:
-            raise UsageError(f"class folder {os.path.join(root, c)} holds no images")
+        found = sorted(e.name for e in entries(os.path.join(root, c))
+                       if e.name.lower().endswith(IMAGE_EXTENSIONS) and not e.is_dir())
+        empty += [] if found else [c]
         files += [(os.path.join(root, c, f), i) for f in found]
+    if not files:
+        raise UsageError(f"{root} holds no images in its class folders (expected {root}/<class>/<image> with "
+                         f"names ending {', '.join(IMAGE_EXTENSIONS)})")
+    if empty:
+        raise UsageError(f"the class folder{'s' * (len(empty) > 1)} {', '.join(empty)} in {root} hold"
+                         f"{'s' * (len(empty) == 1)} no images; add images or remove the empty folder"
+                         f"{'s' * (len(empty) > 1)}")
     return classes, files
+
+
+def list_train_test(train_dir, test_dir):
+    """Both ImageFolder splits, checked to have the same class folders: (classes, train files, test files)."""
+    classes, train_files = list_image_folder(train_dir)
+    test_classes, test_files = list_image_folder(test_dir)
+    if test_classes != classes:
+        only = [f"only {d} has {', '.join(sorted(set(a) - set(b)))}" for d, a, b in
+                ((train_dir, classes, test_classes), (test_dir, test_classes, classes)) if set(a) - set(b)]
+        raise UsageError(f"{train_dir} and {test_dir} must have the same class folders, but "
+                         f"{' and '.join(only)}")
+    return classes, train_files, test_files
 
 
 def open_rgb(path):
@@ -1001,10 +1046,7 @@ class StreamedData:
     def __init__(self, train_dir, test_dir, device, image_size=224, workers=4, mean=IMAGENET_STATS[0],
                  std=IMAGENET_STATS[1], limit_train=0, limit_test=0):
         import torchvision.transforms as T
-        classes, train_files = list_image_folder(train_dir)
-        test_classes, test_files = list_image_folder(test_dir)
-        if test_classes != classes:
-            raise UsageError(f"{train_dir} and {test_dir} have different class folders")
+        classes, train_files, test_files = list_train_test(train_dir, test_dir)
         self.num_classes, self.device, self.workers = len(classes), device, workers
         if limit_train:
             train_files = [train_files[i] for i in subset([c for _, c in train_files], limit_train, "--limit-train")]
@@ -1067,22 +1109,13 @@ class StreamedData:
             yield self.normalize(x), y
 
 
-def read_image_folder(root, workers, size=32):
-    """ImageFolder layout root/<class>/<image>; every image decoded to RGB size x size uint8."""
+def read_image_folder(files, workers, size=32):
+    """The (path, class index) list of list_image_folder decoded: RGB size x size uint8 images and their labels."""
     from concurrent.futures import ThreadPoolExecutor
     from PIL import Image
 
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
-    files = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
-             for f in sorted(os.listdir(os.path.join(root, c)))]
-    if not files:
-        raise UsageError(f"{root} holds no images in class folders (expected {root}/<class>/<image>)")
-
     def decode(path):
-        try:
-            img = Image.open(path).convert("RGB")
-        except Exception as e:
-            raise UsageError(f"cannot read image {path} ({e})") from None
+        img = open_rgb(path)
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         return np.asarray(img)
@@ -1090,17 +1123,19 @@ def read_image_folder(root, workers, size=32):
     with ThreadPoolExecutor(max(1, workers)) as pool:
         x = np.stack(list(pool.map(decode, [f for f, _ in files], chunksize=256)))
     y = np.array([c for _, c in files], dtype=np.int64)
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y), classes
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
 
 
 def load_folder(data_dir, workers):
-    """DIR/train and DIR/test (or DIR/val), decoded once and cached as DIR/.okd-cache.pt (or under
-    ~/.cache/okd when DIR is read-only); the cache is rebuilt when the image count changes."""
+    """DIR/train and DIR/test (or DIR/val), checked as on the streamed path (the same class folders, none empty),
+    decoded once and cached as DIR/.okd-cache.pt (or under ~/.cache/okd when DIR is read-only); the cache is
+    rebuilt when the image count changes."""
     test_name = next((n for n in ("test", "val") if os.path.isdir(os.path.join(data_dir, n))), None)
     if not os.path.isdir(os.path.join(data_dir, "train")) or test_name is None:
         raise UsageError(f"--data-dir {data_dir} must hold train/<class>/* and test/<class>/* (or val/)")
-    counts = [sum(len(os.listdir(e.path)) for e in os.scandir(os.path.join(data_dir, s)) if e.is_dir())
-              for s in ("train", test_name)]
+    classes, train_files, test_files = list_train_test(os.path.join(data_dir, "train"),
+                                                       os.path.join(data_dir, test_name))
+    counts = [len(train_files), len(test_files)]
     key = os.path.abspath(data_dir)
     caches = [os.path.join(data_dir, ".okd-cache.pt"),
               os.path.join(os.path.expanduser("~/.cache/okd"), key.strip("/").replace("/", "_") + ".pt")]
@@ -1108,14 +1143,12 @@ def load_folder(data_dir, workers):
         if os.path.exists(path):
             try:
                 c = torch.load(path, weights_only=True)
-                if c["counts"] == counts:
+                if c["counts"] == counts and c["classes"] == classes:
                     return c["train_x"], c["train_y"], c["test_x"], c["test_y"], len(c["classes"])
             except Exception:
                 pass  # unreadable or stale cache: decode again
-    train_x, train_y, classes = read_image_folder(os.path.join(data_dir, "train"), workers)
-    test_x, test_y, test_classes = read_image_folder(os.path.join(data_dir, test_name), workers)
-    if test_classes != classes:
-        raise UsageError(f"{data_dir}: the train and {test_name} folders have different class folders")
+    train_x, train_y = read_image_folder(train_files, workers)
+    test_x, test_y = read_image_folder(test_files, workers)
     blob = dict(counts=counts, classes=classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
     for path in caches:
         try:
@@ -1277,7 +1310,9 @@ def make_parser(doc=None):
     a("--data-dir", default="./data", help="where the dataset is (downloaded to, for cifar10/100, mnist, stl10)")
     a("--stream", action="store_true",
       help="folder, cinic10: stream the images from disk like imagenet instead of holding them on the device")
-    a("--image-size", type=int, default=None, help="streamed data: the crop the networks see (default 224)")
+    # `%(default).0s` prints nothing: it only keeps the formatter from adding "(default: None)" after the real one
+    a("--image-size", type=int, default=None,
+      help="streamed data: the crop the networks see, in pixels (default: 224)%(default).0s")
     a("--epochs", type=int, default=200, help="training epochs")
     a("--batch-size", type=int, default=128, help="images per step (each student sees all of them)")
     a("--lr", type=float, default=0.1, help="initial SGD learning rate")
@@ -1300,8 +1335,10 @@ def make_parser(doc=None):
       help="under torchrun on GPUs: batch-norm statistics over the global batch, not each process's share")
     a("--workers", type=int, default=max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
       help="threads decoding a folder data set once (in memory); DataLoader worker processes (streamed), per "
-           "process under torchrun (the default shares the cores out)")
-    a("--out-dir", default=None, help="output folder (default runs/<method>_<arch>_<dataset>_seed<seed>)")
+           "process under torchrun (default: %(default)s, this machine's cores shared out among its processes)")
+    a("--out-dir", default=None, help="output folder (default: runs/<method>_<arch>_<dataset>_seed<seed>, then "
+      "_limit<N>, _stream, _<S>px where those flags are given; --dataset folder adds the folder's name: "
+      "folder-<name>)%(default).0s")
     a("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
     a("--limit-train", type=int, default=0, help="class-balanced subset of N training images (0: all)")
     a("--limit-test", type=int, default=0, help="class-balanced subset of N test images (0: all)")
@@ -1310,6 +1347,7 @@ def make_parser(doc=None):
 
 def check_args(args, name):
     """Validate the shared flags and derive the fields the loop uses (archs, milestone_epochs, device...)."""
+    given = dict(vars(args))  # the flags as parsed, before anything is derived from them
     if args.students < 1:
         raise UsageError(f"--students must be at least 1, got {args.students}")
     archs = [a.strip() for a in args.arch.split(",")]
@@ -1327,9 +1365,12 @@ def check_args(args, name):
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.batch_size < 2:
         raise UsageError("--batch-size must be at least 2 (batch normalisation needs two samples)")
-    finite = all(math.isfinite(v) for v in (args.lr, args.wd, args.momentum, args.gamma))
-    if not (finite and args.lr > 0 and args.wd >= 0 and 0 <= args.momentum < 1 and args.gamma > 0):
-        raise UsageError("--lr and --gamma must be positive, --wd non-negative and --momentum in [0, 1)")
+    for flag, value, fine, must in (("--lr", args.lr, args.lr > 0, "a positive number"),
+                                    ("--gamma", args.gamma, args.gamma > 0, "a positive number"),
+                                    ("--wd", args.wd, args.wd >= 0, "a non-negative number"),
+                                    ("--momentum", args.momentum, 0 <= args.momentum < 1, "in [0, 1)")):
+        if not (fine and math.isfinite(value)):
+            raise UsageError(f"{flag} must be {must}, got {value:g}")
     if not 0 <= args.lr_warmup < math.inf:
         raise UsageError(f"--lr-warmup must be a non-negative number of epochs, got {args.lr_warmup}")
     if not 0 <= args.lr_warmup_start <= 1:
@@ -1343,8 +1384,10 @@ def check_args(args, name):
     if args.stream and args.dataset not in ("folder", "cinic10"):
         raise UsageError(f"--stream is for folder data sets (folder, cinic10); {args.dataset} "
                          f"{'is always streamed' if args.dataset == 'imagenet' else 'is held in memory'}")
-    if args.image_size is not None and args.image_size < 16 or args.workers < 0:
-        raise UsageError("--image-size must be at least 16 and --workers non-negative")
+    if args.image_size is not None and args.image_size < 16:
+        raise UsageError(f"--image-size must be at least 16 (pixels), got {args.image_size}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be 0 or more, got {args.workers}")
     try:
         ms = [float(m) for m in args.milestones.split(",") if m.strip()]
     except ValueError:
@@ -1362,12 +1405,70 @@ def check_args(args, name):
     args.bf16 = args.amp == "bf16" or (args.amp == "auto" and args.device_type == "cuda")
     args.channels_last = args.device_type == "cuda"
     if args.out_dir is None:
-        args.out_dir = os.path.join("runs", f"{name}_{args.arch.replace(',', '+')}_{args.dataset}_seed{args.seed}")
+        args.out_dir = default_out_dir(args, name)
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise UsageError(f"--out-dir {args.out_dir} is a file, not a folder; pass another --out-dir")
     if args.resume and not os.path.isfile(os.path.join(args.out_dir, "last.pt")):
         raise UsageError(f"--resume: {os.path.join(args.out_dir, 'last.pt')} does not exist")
     if not args.resume and any(os.path.exists(os.path.join(args.out_dir, f)) for f in ("last.pt", "results.json")):
-        raise UsageError(f"{args.out_dir} already holds a run; pass --resume to continue it, or another --out-dir")
+        raise UsageError(existing_run(args.out_dir, given))
     return args
+
+
+def default_out_dir(args, name):
+    """runs/<method>_<arch>_<dataset>_seed<seed>, followed by whatever else changes the training images: the
+    folder's name for --dataset folder, _limit<N> (--limit-train), _stream, _<S>px (--image-size). Two runs on
+    other images never share a folder; runs that differ in another flag are told which one by existing_run."""
+    dataset = args.dataset
+    if args.dataset == "folder":
+        dataset += "-" + (os.path.basename(os.path.abspath(args.data_dir)) or "root")
+    run = f"{name}_{args.arch.replace(',', '+')}_{dataset}_seed{args.seed}"
+    run += f"_limit{args.limit_train}" * bool(args.limit_train) + "_stream" * bool(args.stream)
+    run += f"_{args.image_size}px" * bool(args.image_size)
+    return os.path.join("runs", run)
+
+
+def existing_run(out_dir, given):
+    """The sentence for an --out-dir that already holds a run: the flags where this command differs from that
+    run's args.json (other than those a continued run may change), or how to continue it."""
+    try:
+        with open(os.path.join(out_dir, "args.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        saved = {}
+    free = ("out_dir", "resume", "epochs", "device", "amp", "compile", "workers")  # --resume may change these
+    differ = [k for k, v in given.items() if k not in free and k in saved and saved[k] != v]
+    if not differ:
+        return f"{out_dir} already holds a run; pass --resume to continue it, or another --out-dir"
+
+    def flags(values):
+        shown = {True: "on", False: "off", None: "not given"}
+        return ", ".join(f"--{k.replace('_', '-')} {shown.get(values[k], values[k])}" for k in differ)
+    return (f"{out_dir} already holds a run with {flags(saved)} (this command: {flags(given)}); pass another "
+            f"--out-dir to keep both, or that run's flags with --resume to continue it")
+
+
+def make_out_dir(out_dir):
+    """Create --out-dir and write (then remove) a file in it, so that a folder that cannot be written stops the
+    run in one sentence before any data is loaded. True when this call created the folder."""
+    created = not os.path.isdir(out_dir)
+    probe = os.path.join(out_dir, f".write-test{os.getpid()}")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UsageError(f"--out-dir {out_dir} cannot be written ({os_reason(e)}); pass a folder you can write "
+                         f"to") from None
+    return created
+
+
+def os_reason(error):
+    """What an OSError says, in words: the system's reason and the path it names."""
+    reason = "a part of the path is a file, not a folder" if isinstance(error, NotADirectoryError) \
+        else (error.strerror or type(error).__name__).lower()
+    return f"{reason}: {error.filename}" if error.filename else reason
 
 
 def lost_contact(error):
@@ -1417,6 +1518,28 @@ def agree(args, work):
     return result
 
 
+def write_failure(error, out_dir):
+    """The sentence for a file operation that failed during a run (a full disk, a folder removed under it)."""
+    import errno
+    last = os.path.join(out_dir, "last.pt")
+    fix = "make room" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "once it can be written"
+    try:
+        kept = f"the last good checkpoint {last} (epoch {load_checkpoint(last)['epoch']}) is untouched; {fix} " \
+               f"and continue with --resume --out-dir {out_dir}"
+    except (UsageError, KeyError, TypeError):
+        kept = "no checkpoint had been written"
+    return f"a file could not be written or read ({os_reason(error)}); {kept}"
+
+
+def remove_if_empty(out_dir, created):
+    """A run that stops before writing anything leaves no empty folder of its own behind."""
+    if created:
+        try:
+            os.rmdir(out_dir)
+        except OSError:
+            pass  # not empty (or already gone): keep what is there
+
+
 METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl")  # a new method: its file + its name here
 
 
@@ -1439,30 +1562,39 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    own_group = created = False
     try:
         own_group = start_processes(args)
+        # the output folder first (rank 0 writes it): one that cannot be written stops before data and networks
+        created = agree(args, lambda: make_out_dir(args.out_dir) if rank == 0 else False)
         torch.manual_seed(args.seed)
         device = torch.device(args.device)
         data, method = agree(args, lambda: set_up(args, device, build))
-        if rank == 0:
-            os.makedirs(args.out_dir, exist_ok=True)
         if rank == 0 and not args.resume:
             with open(os.path.join(args.out_dir, "args.json"), "w") as f:
                 json.dump(plain_args(args), f, indent=2)
+        processes = f"{args.world_size} processes, each " if args.world_size > 1 else ""
         print(f"{name}: {args.arch} x{args.students} on {args.dataset} ({len(data.train_y)} train / "
-              f"{len(data.test_y)} test images, {data.num_classes} classes), {device_name(device)}, "
+              f"{len(data.test_y)} test images, {data.num_classes} classes), {processes}{device_name(device)}, "
               f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}", flush=True)
         results = fit(method, data, args, args.out_dir, name)
     except UsageError as e:  # under torchrun: one line from rank 0, or from the one process that failed
         if rank == 0 or not isinstance(e, SharedError):
             print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
         end_processes(own_group)
+        remove_if_empty(args.out_dir, created)
         sys.exit(2)
     except RuntimeError as e:  # under torchrun: a collective that lost another process says so in one line
         if args.world_size == 1 or not lost_contact(e):
             raise
-        print(f"error (rank {rank}): another process of this run stopped (its message is above); "
-              f"continue from the last checkpoint with --resume --out-dir {args.out_dir}", file=sys.stderr)
+        print(f"error (rank {rank}): another process of this run stopped (its error line, or torchrun's report "
+              f"of how it ended, says why); continue from the last checkpoint with --resume --out-dir "
+              f"{args.out_dir}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # a write the probe could not foresee (a full disk): the checkpoints already written stay
+        print(f"error{f' (rank {rank})' if rank else ''}: {write_failure(e, args.out_dir)}", file=sys.stderr)
+        end_processes(own_group)
+        remove_if_empty(args.out_dir, created)
         sys.exit(1)
     except torch.OutOfMemoryError:
         print(f"error{f' (rank {rank})' if rank else ''}: out of memory on {args.device} at --batch-size "

@@ -323,7 +323,8 @@ def stage_shapes(student, image_size):
     if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
             and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
         raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
-                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+                        f"make its forward return them (torchvision's create_feature_extractor picks a classifier's "
+                        f"stage outputs by node name)")
     return [tuple(f.shape[1:]) for f in out[1]]
 
 

@@ -336,8 +336,16 @@ class FFSD(nn.Module):
         return torch.optim.Adam(self.sd_modules.parameters(), lr=self.sd_lr, weight_decay=self.sd_wd)
 
     def export(self):
-        import common
-        return {"leader": common.backbone_payload(self.students[0])}
+        """{"leader": the leader's weights as plain data}, readable with torch.load(path, weights_only=True): a zoo
+        backbone's (one with .arch) names what rebuilds it (common.load_backbone); any other student is reloaded
+        with its own load_state_dict(payload["state_dict"]). Needs nothing but torch."""
+        leader = self.students[0]
+        payload = {"kind": "student", "module": type(leader).__name__,
+                   "state_dict": {k: v.detach().cpu() for k, v in leader.state_dict().items()}}
+        if hasattr(leader, "arch"):
+            payload.update(kind="backbone", arch=leader.arch, num_classes=leader.num_classes,
+                           image_size=getattr(leader, "image_size", 32))
+        return {"leader": payload}
 
 
 # ==================================================================================================
@@ -424,7 +432,8 @@ def stage_shapes(student, image_size):
     if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
             and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
         raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
-                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+                        f"make its forward return them (torchvision's create_feature_extractor picks a classifier's "
+                        f"stage outputs by node name)")
     return [tuple(f.shape[1:]) for f in out[1]]
 
 

@@ -266,14 +266,21 @@ class MKBCL(nn.Module):
         return sum(parts.values()), parts
 
     def export(self):
+        """{"net<i>": network i with its halves as plain data}, readable with torch.load(path, weights_only=True):
+        a zoo backbone's (one with .arch) is rebuilt by `load_network`; around any other student, rebuild
+        MKBNetwork(student, {i: MKBHalf(**config) for i, config in payload["mkb"].items()}) and load_state_dict
+        (payload["state_dict"]). Needs nothing but torch."""
         return {f"net{i}": network_payload(net) for i, net in enumerate(self.students)}
 
 
 def network_payload(net):
-    """A deployable network (backbone + its MKB halves) as plain data; `load_network` rebuilds it."""
-    return {"kind": "mkb_network", "arch": net.backbone.arch, "num_classes": net.backbone.num_classes,
-            "mkb": {i: dict(h.config) for i, h in net.halves.items()}, "image_size": list(net.image_size),
-            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    """A deployable network (backbone + its MKB halves) as plain data; `load_network` rebuilds a zoo backbone's."""
+    payload = {"kind": "mkb_network", "module": type(net.backbone).__name__,
+               "mkb": {i: dict(h.config) for i, h in net.halves.items()}, "image_size": list(net.image_size),
+               "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    if hasattr(net.backbone, "arch"):
+        payload.update(arch=net.backbone.arch, num_classes=net.backbone.num_classes)
+    return payload
 
 
 def load_network(path):
@@ -282,6 +289,10 @@ def load_network(path):
     payload = common.load_checkpoint(path)
     if payload.get("kind") != "mkb_network":
         raise common.UsageError(f"{path} is not a network saved by MKB-CL (it has no 'kind: mkb_network' entry)")
+    if "arch" not in payload:
+        raise common.UsageError(f"{path} holds a network around a {payload.get('module')}, not a zoo backbone; "
+                                f"rebuild it as MKBNetwork(your student, halves from payload['mkb']) and load "
+                                f"payload['state_dict'] into it")
     backbone = common.build_model(payload["arch"], payload["num_classes"], payload.get("image_size", 32))
     halves = {int(i): MKBHalf(**cfg) for i, cfg in payload["mkb"].items()}
     net = MKBNetwork(backbone, halves, image_size=payload.get("image_size", (32, 32)))
@@ -362,7 +373,8 @@ def stage_shapes(student, image_size):
     if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[0]) and isinstance(out[1], (list, tuple))
             and len(out[1]) > 0 and all(torch.is_tensor(f) and f.dim() == 4 for f in out[1])):
         raise TypeError(f"a student must return (logits, [stage outputs]) but {type(student).__name__} does not; "
-                        f"wrap it as common.as_student(model) or return its stage outputs from forward")
+                        f"make its forward return them (torchvision's create_feature_extractor picks a classifier's "
+                        f"stage outputs by node name)")
     return [tuple(f.shape[1:]) for f in out[1]]
 
 

@@ -1636,12 +1636,37 @@ def train_and_evaluate(name):
         with torch.no_grad():
             heads = method(x)
         assert "ens" in heads and all(z.shape == (8, 5) for z in heads.values()), {h: z.shape for h, z in heads.items()}
+        exported = reload_exports(method, importlib.import_module(name), x, heads, folder)
         loaded = sorted(PROJECT & set(sys.modules))
         assert loaded == [name], loaded
     finally:
         sys.path.remove(folder)
         sys.modules.pop(name, None)
-    return sorted(parts), sorted(heads)
+    return sorted(parts), sorted(heads), exported
+
+
+# method.export() where the method has one: every payload saved, read back as plain data and loaded into the
+# user's own fresh student (MKB-CL: with fresh halves), which must give its head's logits
+def reload_exports(method, M, x, heads, folder):
+    exported = []
+    for key, payload in (method.export() if hasattr(method, "export") else {}).items():
+        path = os.path.join(folder, key + ".pt")
+        torch.save(payload, path)
+        payload = torch.load(path, weights_only=True)
+        if payload["kind"] == "mkb_network":
+            i = int(key[len("net"):])
+            fresh = M.MKBNetwork(student(100), {int(k): M.MKBHalf(**c) for k, c in payload["mkb"].items()},
+                                 payload["image_size"])
+            head = f"s{i}"
+        else:
+            fresh, head = student(100), key
+        fresh.load_state_dict(payload["state_dict"])
+        with torch.no_grad():
+            out = fresh.eval()(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        assert torch.allclose(logits, heads[head], atol=1e-5), (key, (logits - heads[head]).abs().max())
+        exported.append(key)
+    return "exported:" + (",".join(exported) or "-")
 
 
 for name in NAMES:
@@ -1694,13 +1719,14 @@ def test_as_student_finds_the_stage_outputs_of_torchvision_classifiers():
 def test_a_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
     import torchvision
     plain = [torchvision.models.resnet18(num_classes=5) for _ in range(3)]
-    with pytest.raises(TypeError, match=r"must return \(logits, \[stage outputs\]\).*as_student") as info:
+    with pytest.raises(TypeError, match=r"must return \(logits, \[stage outputs\]\).*create_feature_extractor") as info:
         module.stage_shapes(plain[0], (32, 32))
     assert len(str(info.value).splitlines()) == 1
+    assert "common" not in str(info.value)  # a copied file names nothing its copy lacks
     classes = {dml: "DML", kdcl: "KDCL", ffl: "FFL", ffcl: "FFCL", fefr: "FEFR", ffsd: "FFSD", mkb_cl: "MKBCL"}
     extra = {ffl: [5], ffcl: [5], fefr: [5], ffsd: [5], mkb_cl: [5]}.get(module, [])
     options = {"pretrained": plain[:2]} if module is ffcl else {}
-    with pytest.raises(TypeError, match="as_student"):
+    with pytest.raises(TypeError, match="create_feature_extractor"):
         getattr(module, classes[module])(plain[:3] if module is ffsd else plain[:2], *extra, **options)
 
 
@@ -1877,7 +1903,7 @@ DDP_RUNS = {  # run name: (script, its flags); kdcl_linear and ffcl_rk check tha
 
 
 class FailsOnRank1(common.Vanilla):
-    """Vanilla whose second epoch fails on rank 1 only: a NaN loss, or a crash."""
+    """Vanilla whose second epoch fails on rank 1 only: a NaN loss, a crash, or a kill (SIGKILL)."""
 
     def __init__(self, students, how):
         super().__init__(students)
@@ -1892,6 +1918,8 @@ class FailsOnRank1(common.Vanilla):
                 and torch.distributed.get_rank() == 1:
             if self.how == "crash":
                 raise RuntimeError("rank 1 crashes")
+            if self.how == "kill":  # ended from outside: the process prints nothing
+                os.kill(os.getpid(), 9)
             loss, parts = out
             parts["ce_s1"] = parts["ce_s1"] * float("nan")
             return loss + parts["ce_s1"], parts
@@ -1961,15 +1989,19 @@ def test_torchrun_trains_every_method_on_two_processes_and_resumes_across_proces
     assert [r["epoch"] for r in read_metrics(tmp_path / "vanilla")] == [1, 2]
 
 
-@pytest.mark.parametrize("how", ["nan", "crash"])
+@pytest.mark.parametrize("how", ["nan", "crash", "kill"])
 def test_a_failure_on_one_process_ends_every_process_and_keeps_the_checkpoint(tmp_path, how):
     status, output = torchrun(__file__, how, str(tmp_path), timeout=300)
     assert status != 0
     if how == "nan":  # found by both processes together: one sentence, from rank 0
         errors = [line for line in output.splitlines() if line.startswith("error")]
         assert len(errors) == 1 and "'ce_s1' became non-finite at epoch 2, step 1" in errors[0], output[-3000:]
-    else:
+    elif how == "crash":
         assert "rank 1 crashes" in output
+    else:  # a killed process prints nothing: torchrun's report says how it ended, and no line points elsewhere
+        ours = [line for line in output.splitlines() if line.startswith("error")]
+        assert "SIGKILL" in output and not any("above" in line for line in ours), output[-3000:]
+    assert "2 processes, each cpu" in output  # the header says how many processes run
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (tmp_path / "results.json").exists()
@@ -2121,6 +2153,271 @@ def test_reproduce_quick_runs_a_papers_table_and_renders_it_again(tmp_path):
     status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--render", str(results))
     assert status == 0, output[-2000:]
     assert [line for line in (results / "dml.md").read_text().splitlines() if line.startswith("| 1 |")] == lines
+
+
+# ================================================================================================
+# When something is wrong (issue #21): each class of mistake or fault ends in one sentence, early
+# ================================================================================================
+
+def one_line_error(capsys, run, code=2):
+    """Call a main() that must stop: exit status `code`, one `error...: ...` line on stderr (returned)."""
+    with pytest.raises(SystemExit) as stop:
+        run()
+    err = capsys.readouterr().err
+    assert stop.value.code == code and err.startswith("error") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--workers", "-1"], "--workers must be 0 or more, got -1"),
+    (["--lr", "-1"], "--lr must be a positive number, got -1"),
+    (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--gamma", "0"], "--gamma must be a positive number, got 0"),
+    (["--wd", "-0.1"], "--wd must be a non-negative number, got -0.1"),
+    (["--momentum", "1"], "--momentum must be in [0, 1), got 1"),
+    (["--image-size", "8"], "--image-size must be at least 16 (pixels), got 8"),
+])
+def test_a_bad_flag_value_is_named_alone(tmp_path, capsys, argv, expected):
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + argv + ["--out-dir", str(tmp_path / "run")]))
+    assert expected in err
+    named = {f for f in ("--workers", "--lr", "--gamma", "--wd", "--momentum", "--image-size") if f in err}
+    assert named == {argv[0]}, err  # no flag the user did not give
+
+
+def test_help_gives_each_default_once():
+    text = " ".join(common.make_parser().format_help().split())
+    for flag in ("--image-size", "--workers", "--out-dir"):
+        help_line = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert help_line.count("(default: ") == 1 and "(default: None)" not in help_line, help_line
+    assert "(default: 224)" in text and "(default: runs/<method>_<arch>_<dataset>_seed<seed>" in text
+
+
+def test_plural_only_for_more_than_one():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert common.device_name(torch.device("cpu")).endswith(", 1 thread)")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def refuse(error):
+    def fake(*args, **kwargs):
+        raise error
+    return fake
+
+
+def under_a_file(tmp_path, mp):
+    (tmp_path / "x").write_text("a regular file")
+    return tmp_path / "x" / "run"
+
+
+def a_file(tmp_path, mp):
+    (tmp_path / "run").write_text("keep me")
+    return tmp_path / "run"
+
+
+def refused_makedirs(error):
+    def make(tmp_path, mp):
+        mp.setattr(common.os, "makedirs", refuse(error(str(tmp_path / "run"))))
+        return tmp_path / "run"
+    return make
+
+
+def refused_writes(error):
+    def make(tmp_path, mp):  # the folder exists (with a file in it), but nothing can be written there
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "kept.txt").write_text("keep me")
+        mp.setattr(common, "open", refuse(error(str(tmp_path / "run" / "probe"))), raising=False)
+        return tmp_path / "run"
+    return make
+
+
+OUT_DIR_FAULTS = {  # how an output folder fails: (make it so, returning the --out-dir; what the sentence says)
+    "under a regular file": (under_a_file, "a part of the path is a file, not a folder"),
+    "a regular file": (a_file, "is a file, not a folder"),
+    "no permission to create": (refused_makedirs(lambda p: PermissionError(13, "Permission denied", p)),
+                                "permission denied"),
+    "read-only file system": (refused_makedirs(lambda p: OSError(30, "Read-only file system", p)),
+                              "read-only file system"),
+    "read-only folder": (refused_writes(lambda p: PermissionError(13, "Permission denied", p)), "permission denied"),
+    "full disk": (refused_writes(lambda p: OSError(28, "No space left on device")), "no space left on device"),
+}
+
+
+@pytest.mark.parametrize("fault", OUT_DIR_FAULTS)
+def test_an_out_dir_that_cannot_be_written_stops_before_data_and_networks(tmp_path, capsys, monkeypatch, fault):
+    make, reason = OUT_DIR_FAULTS[fault]
+    out = make(tmp_path, monkeypatch)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.setattr(common, "load_data", refuse(AssertionError("the data was loaded first")))
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(out)]))
+    assert f"--out-dir {out} " in err and reason in err, err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing touched or added
+
+
+class FillingFile:
+    """A file on a disk that fills up after `room` bytes: every later write raises ENOSPC."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):  # flush, close, ...
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def full_disk(after, room=1000):
+    """open() for a disk that fills up while the file `after` names is written (by the real torch.save, json.dump)
+    the `after[1]`-th time."""
+    real_open, seen = open, []
+
+    def opened(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if after[0] in os.path.basename(str(path)) and "w" in mode:
+            seen.append(path)
+            if len(seen) == after[1]:
+                return FillingFile(f, room)
+        return f
+    return opened
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "results.json"])
+def test_a_write_that_fails_mid_run_ends_in_one_sentence_and_keeps_the_last_checkpoint(tmp_path, capsys,
+                                                                                        monkeypatch, where):
+    out = tmp_path / "run"
+    # the second epoch's last.pt (its temporary file), or results.json after the epoch
+    monkeypatch.setattr(common, "open", full_disk(("last.pt.tmp", 2) if where == "checkpoint" else
+                                                  ("results.json", 1), room=1000 if where == "checkpoint" else 10),
+                        raising=False)
+    epochs = 2 if where == "checkpoint" else 1
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", str(epochs), "--out-dir", str(out)]), code=1)
+    assert "(no space left on device" in err and (f"{out / 'last.pt'})" in err if where == "checkpoint" else True), err
+    kept = 1
+    assert f"the last good checkpoint {out / 'last.pt'} (epoch {kept}) is untouched" in err, err
+    assert f"make room and continue with --resume --out-dir {out}" in err, err
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == kept
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # no half-written temporary file left
+    monkeypatch.undo()
+    if where == "checkpoint":  # the run continues from the checkpoint kept
+        run_main(vanilla, SMOKE + ["--epochs", "2", "--resume"], out)
+        assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+
+
+def empty_class(root):
+    (root / "train" / "class3").mkdir()
+    (root / "test" / "class3").mkdir()
+    write_image_folder(root / "extra", splits=(("test", 1),))  # test/class3 gets an image: only train's is empty
+    (root / "extra" / "test" / "class0" / "0.jpg").rename(root / "test" / "class3" / "0.jpg")
+
+
+def no_images(root):
+    for image in list(root.rglob("*.jpg")):
+        image.rename(image.with_suffix(".txt"))
+
+
+FOLDER_FAULTS = {  # a malformed folder data set: (make it so, the sentence's words)
+    "no class folders": (lambda d: [shutil.rmtree(c) for c in (d / "train").iterdir()], "holds no class folders"),
+    "an empty class folder": (empty_class, "the class folder class3 in"),
+    "other classes in test": (lambda d: (d / "test" / "class2").rename(d / "test" / "class9"),
+                              "must have the same class folders, but only"),
+    "no images at all": (no_images, "holds no images in its class folders"),
+    "an unreadable image": (lambda d: (d / "train" / "class1" / "0.jpg").write_bytes(b"not a jpeg"),
+                            "cannot read image"),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["in_memory", "streamed"])
+@pytest.mark.parametrize("fault", FOLDER_FAULTS)
+def test_a_malformed_folder_data_set_ends_in_one_sentence_on_either_path(tmp_path, capsys, fault, stream):
+    root = write_image_folder(tmp_path / "d", splits=(("train", 2), ("test", 1)))
+    make, expected = FOLDER_FAULTS[fault]
+    make(root)
+    out = tmp_path / "run"
+    argv = ["--dataset", "folder", "--data-dir", str(root), "--arch", "resnet20", "--batch-size", "2", "--epochs",
+            "1", "--device", "cpu", "--workers", "0", "--out-dir", str(out)] + (["--stream", "--image-size", "32"]
+                                                                                 if stream else [])
+    err = one_line_error(capsys, lambda: vanilla(argv))
+    assert expected in err, err
+    if not (stream and fault == "an unreadable image"):  # found before the run starts: no folder left behind
+        assert not out.exists()
+
+
+def test_the_default_out_dir_tells_apart_what_a_run_trains_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def out_dir(*argv, name="vanilla"):
+        return common.check_args(common.make_parser().parse_args(list(argv) + ["--device", "cpu"]), name).out_dir
+    base = ["--arch", "resnet20", "--dataset", "synthetic"]
+    assert out_dir(*base) == os.path.join("runs", "vanilla_resnet20_synthetic_seed0")
+    assert out_dir(*base, "--limit-train", "2000", name="dml") == os.path.join(
+        "runs", "dml_resnet20_synthetic_seed0_limit2000")
+    flowers = ["--dataset", "folder", "--data-dir", str(tmp_path / "flowers")]
+    assert out_dir("--arch", "resnet20", *flowers) == os.path.join("runs", "vanilla_resnet20_folder-flowers_seed0")
+    assert out_dir("--arch", "resnet20", *flowers, "--stream", "--image-size", "64") == os.path.join(
+        "runs", "vanilla_resnet20_folder-flowers_seed0_stream_64px")
+
+
+def test_a_run_in_the_way_names_the_flag_that_differs(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    first = common.check_args(common.make_parser().parse_args(SMOKE + ["--out-dir", str(out)]), "vanilla")
+    (out / "args.json").write_text(json.dumps(common.plain_args(first)))
+    (out / "last.pt").write_bytes(b"a run")
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--lr", "0.05", "--no-nesterov", "--out-dir", str(out)]))
+    assert "already holds a run with --lr 0.1, --nesterov on (this command: --lr 0.05, --nesterov off)" in err, err
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", "3", "--out-dir", str(out)]))
+    assert "already holds a run; pass --resume to continue it" in err, err
+    assert (out / "last.pt").read_bytes() == b"a run"
+
+
+def test_a_lost_process_points_to_where_its_cause_is_said(tmp_path, capsys, monkeypatch):
+    """Under torchrun, a process that finds another gone (its own error line, or torchrun's report when it was
+    killed and printed nothing) says where the cause is, without claiming a message that may not exist."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(common, "start_processes", lambda args: False)
+    monkeypatch.setattr(common, "agree", lambda args, work: work())
+    monkeypatch.setattr(common, "fit", refuse(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed "
+                                                           "by peer [127.0.0.1]:29500")))
+    err = one_line_error(capsys, lambda: vanilla(DDP + ["--out-dir", str(tmp_path / "run")]), code=1)
+    assert "another process of this run stopped (its error line, or torchrun's report" in err
+    assert "above" not in err and f"--resume --out-dir {tmp_path / 'run'}" in err
+
+
+def test_exports_of_a_file_copied_alone_reload_into_the_users_own_students(copied_alone):
+    reports, stderr = copied_alone
+    exports = {m.__name__: "exported:" + ",".join(sorted(m_exports)) for m, m_exports in
+               ((ffsd, ["leader"]), (mkb_cl, ["net0", "net1"]))}
+    for name, line in exports.items():
+        assert line in reports.get(name, stderr), reports.get(name, stderr).replace("\\n", "\n")
+
+
+def test_an_export_is_the_same_plain_data_in_the_copy_and_in_common(tmp_path, capsys):
+    method = build_method(ffsd, ["--arch", "resnet20", "--students", "3"], tmp_path)
+    exported, payload = method.export()["leader"], common.backbone_payload(method.students[0])
+    assert exported.keys() == payload.keys() and exported["kind"] == "backbone"
+    assert all(torch.equal(v, payload["state_dict"][k]) for k, v in exported["state_dict"].items())
+    torch.save(exported, tmp_path / "leader.pt")
+    assert isinstance(common.load_backbone(str(tmp_path / "leader.pt"), "resnet20", 10), common.Backbone)
+    import torchvision
+    own = common.as_student(torchvision.models.resnet18(num_classes=5))  # no zoo name: weights only
+    torch.save(common.backbone_payload(own), tmp_path / "own.pt")
+    with pytest.raises(common.UsageError, match=r"holds the weights of a Student, not of a zoo backbone"):
+        common.load_backbone(str(tmp_path / "own.pt"))
+    fresh = common.as_student(torchvision.models.resnet18(num_classes=5))
+    fresh.load_state_dict(torch.load(tmp_path / "own.pt", weights_only=True)["state_dict"])
 
 
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
