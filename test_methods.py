@@ -1656,7 +1656,7 @@ def reload_exports(method, M, x, heads, folder):
         if payload["kind"] == "mkb_network":
             i = int(key[len("net"):])
             fresh = M.MKBNetwork(student(100), {int(k): M.MKBHalf(**c) for k, c in payload["mkb"].items()},
-                                 payload["image_size"])
+                                 image_size=payload["image_size"])
             head = f"s{i}"
         else:
             fresh, head = student(100), key
