@@ -113,11 +113,12 @@ def group_runs(paths):
     groups = {}
     for path, runs, collection in found:
         where = os.path.basename(os.path.normpath(path)) if collection else "runs"
-        for run in runs:
+        for run in (r for r in runs if r["curve"]):  # a run that has not finished an epoch has nothing to draw
             label = run["method"] if len(sources) == 1 else f"{run['method']} ({where})"
             groups.setdefault(label, []).append(run)
     if not groups:
-        die(f"no runs found in {', '.join(paths)} (run folders with a metrics.jsonl, or seed<S>.json summaries)")
+        die(f"no runs found in {', '.join(paths)} (run folders with a metrics.jsonl of at least one epoch, or "
+            f"seed<S>.json summaries)")
     rank = {method: i for i, method in enumerate(ORDER)}
     return dict(sorted(groups.items(), key=lambda item: rank.get(item[1][0]["method"], len(ORDER))))
 
@@ -192,7 +193,7 @@ def plot(groups, out, head="student", parts=None, title=None):
     if parts is not None:
         for runs in groups.values():
             for run in runs:
-                part_names += [n for n in part_values(run["curve"][0]) if n not in part_names] if run["curve"] else []
+                part_names += [n for n in part_values(run["curve"][0]) if n not in part_names]
         if parts != "all":
             wanted = [n.strip() for n in parts.split(",") if n.strip()]
             missing = [n for n in wanted if n not in part_names]
