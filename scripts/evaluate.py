@@ -75,6 +75,8 @@ def data_args(opts, saved):
             setattr(args, key, saved[key])
         if hasattr(opts, key):
             setattr(args, key, getattr(opts, key))
+    if not args.stream and args.dataset != "imagenet" and not hasattr(opts, "image_size"):
+        args.image_size = None  # the run's crop size is no flag of in-memory data (--no-stream)
     args.device, args.amp = opts.device, opts.amp
     if opts.workers is not None:
         args.workers = opts.workers
