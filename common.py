@@ -63,14 +63,16 @@ def autocast(args):
 
 
 @torch.no_grad()
-def evaluate(module, data, args=None, batch_size=None, with_top_share=False):
+def evaluate(module, data, args=None, batch_size=None, with_top_share=False, with_top5=False):
     """Top-1 (%) of every head on the test set. `module`'s eval forward may return a dict of heads, a
     (logits, features) tuple (a plain backbone, head `top1`) or a logits tensor (head `top1`).
     with_top_share: also return, per head, the share of test images given its most common prediction
-    (the collapse signal: 1/C for a balanced test set predicted perfectly, 1.0 for a constant network)."""
+    (the collapse signal: 1/C for a balanced test set predicted perfectly, 1.0 for a constant network).
+    with_top5: also return, per head, top-5 (%): the label is among the five highest logits (or is the top-1
+    prediction, so that top-5 >= top-1 even where logits tie). Asked for both, (top1, top_share, top5)."""
     was_training = module.training
     module.eval()
-    correct, counts, n = {}, {}, len(data.test_y)
+    correct, correct5, counts, n = {}, {}, {}, len(data.test_y)
     for x, y in data.test_batches(batch_size):
         if args is not None and args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -82,11 +84,15 @@ def evaluate(module, data, args=None, batch_size=None, with_top_share=False):
             pred = logits.argmax(1)
             correct[head] = correct.get(head, 0) + (pred == y).sum()
             counts[head] = counts.get(head, 0) + torch.bincount(pred, minlength=logits.shape[1])
+            if with_top5:  # summed on the device like top-1: no host sync per batch
+                top = logits.topk(min(5, logits.shape[1]), 1).indices
+                correct5[head] = correct5.get(head, 0) + ((top == y[:, None]).any(1) | (pred == y)).sum()
     module.train(was_training)
     top1 = {head: 100.0 * float(c) / n for head, c in correct.items()}
-    if not with_top_share:
-        return top1
-    return top1, {head: float(c.max()) / n for head, c in counts.items()}
+    extras = [{head: float(c.max()) / n for head, c in counts.items()}] if with_top_share else []
+    if with_top5:
+        extras.append({head: 100.0 * float(c) / n for head, c in correct5.items()})
+    return (top1, *extras) if extras else top1
 
 
 def collapsed_heads(top1, top_share, num_classes):
@@ -199,10 +205,12 @@ def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, e
 
 
 def evaluate_epoch(method, data, args, epoch, run):
-    """After a training epoch (rank 0 only): the method's epoch_end, then every head on the test set. Updates
-    run's best figures and collapse record and warns once per collapsed head; returns what to log."""
+    """After a training epoch (rank 0 only): the method's epoch_end, then every head on the test set (top-1, and
+    top-5 for 100 classes or more). Updates run's final and best figures and collapse record and warns once per
+    collapsed head; returns what to log."""
     logged = (method.epoch_end(epoch, data) or {}) if hasattr(method, "epoch_end") else {}
-    final, top_share = evaluate(method, data, args, with_top_share=True)
+    with_top5 = data.num_classes >= 100  # top-5 is what ImageNet and CIFAR-100 papers report beside top-1
+    final, top_share, *top5 = evaluate(method, data, args, with_top_share=True, with_top5=with_top5)
     for head, acc in final.items():
         if acc > run["best"].get(head, -1.0):
             run["best"][head], run["best_epoch"][head] = acc, epoch + 1
@@ -215,7 +223,10 @@ def evaluate_epoch(method, data, args, epoch, run):
                   f"the test images at {final[head]:.1f} % top-1: its predictions no longer depend on the input "
                   f"(a collapse); try a longer --lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
     run["final"] = final
+    if top5:
+        run["final_top5"] = top5[0]
     return {**logged, **{f"top1_{h}": a for h, a in final.items()},
+            **{f"top5_{h}": a for h, a in (top5[0] if top5 else {}).items()},
             **{f"top_share_{h}": v for h, v in top_share.items()}}
 
 
@@ -328,7 +339,9 @@ def write_results(method, run, args, out_dir, name, images_per_epoch):
     """results.json and the exported networks, at the end of a run."""
     elapsed = run["elapsed"]
     device = torch.device(args.device)
-    results = {"method": name, "final": run["final"], "best": run["best"], "best_epoch": run["best_epoch"],
+    results = {"method": name, "final": run["final"],
+               **({"final_top5": run["final_top5"]} if run.get("final_top5") else {}),  # 100 classes or more
+               "best": run["best"], "best_epoch": run["best_epoch"],
                "epochs": args.epochs, "collapsed": run["collapsed"], "train_seconds": elapsed,
                "images_per_s": args.epochs * images_per_epoch / elapsed if elapsed else None,
                "params": {**{f"s{i}": count_params(s) for i, s in enumerate(getattr(method, "students", []))},

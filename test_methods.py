@@ -2420,5 +2420,101 @@ def test_an_export_is_the_same_plain_data_in_the_copy_and_in_common(tmp_path, ca
     fresh.load_state_dict(torch.load(tmp_path / "own.pt", weights_only=True)["state_dict"])
 
 
+# ================================================================================================
+# Evaluating a saved network, top-5, curves (scripts/evaluate.py, scripts/plot.py)
+# ================================================================================================
+
+def script_module(name):
+    """scripts/<name>.py imported in-process (its main() is called as a user's command would call it)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(HERE, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_evaluate_script_gives_a_runs_final_top1_from_its_exports_and_its_checkpoint(tmp_path, capsys):
+    results = run_main(dml.main, SMOKE, tmp_path / "run")
+    assert "final_top5" not in results and not any(k.startswith("top5_") for k in read_metrics(tmp_path / "run")[-1])
+    evaluate = script_module("evaluate")
+    run = tmp_path / "run"
+    found = evaluate.main([str(run / "s0.pt"), str(run / "s1.pt"), str(run / "last.pt")])  # the run's data flags
+    for i in range(2):
+        assert found[str(run / f"s{i}.pt")][f"s{i}"][0] == pytest.approx(results["final"][f"s{i}"])
+    heads = found[str(run / "last.pt")]
+    assert set(heads) == {"s0", "s1", "ens"}
+    for head, (top1, top5) in heads.items():
+        assert top1 == pytest.approx(results["final"][head]) and top1 <= top5 <= 100
+    assert heads["s0"] == found[str(run / "s0.pt")]["s0"]  # the same network, read either way
+    assert "top-5" in capsys.readouterr().out
+    # what is not a network saved here, or does not fit the data, ends in one sentence
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "dict.pt")
+    torch.save(common.backbone_payload(common.build_model("resnet20", 100)), tmp_path / "c100.pt")
+    torch.save(common.backbone_payload(common.build_model("resnet20", 10, 64)), tmp_path / "px64.pt")
+    for name, says in [("notes.pt", "not a readable checkpoint"), ("dict.pt", "neither a network"),
+                       ("c100.pt", "trained for 100 classes"), ("px64.pt", "trained on 64x64 images")]:
+        err = usage_error(capsys, lambda: evaluate.main([str(tmp_path / name), "--dataset", "synthetic"]))
+        assert says in err, err
+
+
+def test_top5_is_at_least_top1_and_equals_a_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    for classes in (100, 3):  # below 5 classes top-5 is every image
+        logits, y = torch.randn(250, classes, generator=g), torch.randint(0, classes, (250,), generator=g)
+        data = SimpleNamespace(test_y=y, test_batches=lambda b: ((torch.arange(i, min(i + b, 250)), y[i:i + b])
+                                                                  for i in range(0, 250, b)))
+        module = nn.Identity()
+        module.forward = lambda idx: {"a": logits[idx]}
+        top1, top5 = common.evaluate(module, data, batch_size=64, with_top5=True)
+        hand = (logits.topk(min(5, classes), 1).indices == y[:, None]).any(1).float().mean().item() * 100
+        assert top5["a"] == pytest.approx(hand) and top5["a"] >= top1["a"]
+        assert top1["a"] == pytest.approx((logits.argmax(1) == y).float().mean().item() * 100)
+        assert classes > 5 or top5["a"] == 100
+    assert common.evaluate(module, data, batch_size=64) == top1  # without with_top5: top-1 alone, as before
+
+
+def test_top5_is_logged_for_100_classes_and_shown_by_compare(tmp_path, monkeypatch):
+    synthetic = common.synthetic
+    monkeypatch.setattr(common, "synthetic", lambda: synthetic(num_classes=100))
+    results = run_main(vanilla, TINY, tmp_path)
+    last = read_metrics(tmp_path)[-1]
+    assert set(results["final_top5"]) == {"s0", "s1", "ens"}
+    for head, top5 in results["final_top5"].items():
+        assert last[f"top5_{head}"] == top5 and results["final"][head] <= top5 <= 100
+    compare = script_module("compare")
+    text = compare.table(compare.summarise({"vanilla": [{**results, "seed": 0}]}))
+    header, rule, row = text.splitlines()
+    assert "final top-5 per head" in header and header.count("|") == rule.count("|") == row.count("|")
+    assert f"ens {results['final_top5']['ens']:.2f}" in row
+
+
+def test_plot_draws_the_committed_summaries_and_run_folders(tmp_path):
+    plot = script_module("plot")
+    out = plot.main([os.path.join(HERE, "results", "cifar10_2k_resnet20"), "--parts", "loss,ce_s*",
+                     "--out", str(tmp_path / "curves.png")])
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    groups = plot.group_runs([os.path.join(HERE, "results", "cifar10_2k_resnet20")])
+    assert list(groups)[:2] == ["vanilla", "dml"] and all(len(runs) == 3 for runs in groups.values())
+    # a run folder (metrics.jsonl) given beside a folder of summaries: kept apart, labelled by where they are
+    run = tmp_path / "runs" / "dml_resnet20_synthetic_seed0"
+    run.mkdir(parents=True)
+    run.joinpath("metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 1.0 / e, "top1_s0": 10.0 * e,
+                                                                 "top1_s1": 20.0 * e, "top1_ens": 15.0 * e}) + "\n"
+                                                     for e in (1, 2)))
+    groups = plot.group_runs([str(run), os.path.join(HERE, "results", "pilot_cifar10_2k_120ep")])
+    assert set(groups) == {"dml (runs)", "dml (pilot_cifar10_2k_120ep)", "vanilla (pilot_cifar10_2k_120ep)"}
+    assert plot.band(groups["dml (runs)"], lambda r: plot.head_top1(r, "student"))[1] == [15.0, 30.0]
+    assert plot.main([str(run), "--out", str(tmp_path / "one.png"), "--head", "ens"]) == str(tmp_path / "one.png")
+
+
+def test_plot_without_matplotlib_says_so_in_one_sentence(monkeypatch, capsys):
+    plot = script_module("plot")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an environment without it gives
+    err = usage_error(capsys, lambda: plot.main([os.path.join(HERE, "results", "cifar10_2k_resnet20")]))
+    assert "pip install matplotlib" in err
+
+
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])

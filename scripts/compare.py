@@ -227,16 +227,22 @@ def summarise(runs_by_method):
             "hours": sum(r["train_seconds"] for r in runs) / 3600,
             "epochs": runs[0]["epochs"], "device": runs[0]["device"], "args": runs[0]["args"],
         }
+        if all("final_top5" in r for r in runs):  # logged for data sets of 100 classes or more
+            summary[method]["final_top5"] = {h: mean_std([r["final_top5"][h] for r in runs]) for h in heads}
     return summary
 
 
 def table(summary):
-    lines = ["| method | seeds | final top-1 per head (mean ± std) | best-epoch top-1 per head | best student "
+    top5 = any("final_top5" in s for s in summary.values())  # a column of its own where any run logged it
+    lines = ["| method | seeds | final top-1 per head (mean ± std) | " + ("final top-5 per head | " if top5 else "") +
+             "best-epoch top-1 per head | best student "
              "(final) | vs vanilla (paired by seed) | mean student (final) | vs vanilla | collapse warnings | "
              "params: student / all (M) | train h |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if top5 else "")]
     for method, s in summary.items():
         final = ", ".join(f"{h} {fmt(v)}" for h, v in s["final"].items())
+        if top5:
+            final += " | " + (", ".join(f"{h} {fmt(v)}" for h, v in s.get("final_top5", {}).items()) or "—")
         best = ", ".join(f"{h} {fmt(v)}" for h, v in s["best"].items())
         gain = fmt(s["gain_over_vanilla"], "+")
         params = f"{s['params_student'] / 1e6:.2f} / {s['params_total'] / 1e6:.2f}" if s["params_student"] else \
