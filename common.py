@@ -79,8 +79,9 @@ class SharedError(UsageError):
 
 def fit(method, data, args, out_dir, name="vanilla") -> dict:
     """Train `method` on `data` for args.epochs (resuming from out_dir/last.pt with --resume), evaluating
-    every head every epoch; write metrics.jsonl, last.pt, best.pt and results.json into out_dir. Under torchrun
-    every process calls it and returns the same results; rank 0 evaluates and writes, the others wait."""
+    every head every epoch; write metrics.jsonl, last.pt, best.pt and results.json into out_dir (the epoch's
+    scalars also into --tensorboard's folder). Under torchrun every process calls it and returns the same
+    results; rank 0 prints, evaluates and writes, the others wait."""
     main_rank, device = args.rank == 0, data.device
     if main_rank:
         os.makedirs(out_dir, exist_ok=True)
