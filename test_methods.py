@@ -1999,6 +1999,20 @@ def test_loss_sums_stop_at_the_first_non_finite_step_when_they_check():
     assert finite.mean_loss(2) == 3.0
 
 
+
+def test_save_checkpoint_writes_best_pt_on_the_primary_heads_best_epoch(tmp_path):
+    method = nn.Linear(2, 2)
+    method.primary_head = "leader"
+    optimizers, gen = [torch.optim.SGD(method.parameters(), lr=0.1)], torch.Generator().manual_seed(0)
+    run = {"epoch": 2, "best": {"leader": 50.0, "ens": 60.0}, "best_epoch": {"leader": 1, "ens": 2},
+           "elapsed": 1.0, "final": {"leader": 40.0, "ens": 60.0}, "collapsed": {}}
+    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, SimpleNamespace(lr=0.1), gen)
+    assert (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()  # ens's best, not leader's
+    run["epoch"], run["best_epoch"]["leader"] = 3, 3
+    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, SimpleNamespace(lr=0.1), gen)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == 3 and best["method"] == "ffsd" and best["args"] == {"lr": 0.1}
+
 class CountedLosses:
     """Stands for LossSums: counts the reads of the running loss (each one a wait for the device)."""
     reads = 0
