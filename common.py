@@ -164,8 +164,8 @@ def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, e
                 check_every=50):
     """`steps` optimisation steps over a fresh permutation of the training set (of every batch, this
     process's share). Returns the loss parts' names and their sums over the steps (a device tensor, the mean
-    over the processes). The step never waits for the host: the sums stay on the device (LossSums), and
-    `progress` reads them only when it prints."""
+    over the processes). No step waits for the device: the sums stay there (LossSums, checked every
+    `check_every` steps), and `progress` reads them only when it prints."""
     losses = LossSums(steps, args.world_size, check_every)
     warming = epoch < args.lr_warmup  # the lr changes every step of this epoch
     batches = data.train_batches(gen, batch, steps, num_views, args.rank, args.world_size)
