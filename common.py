@@ -1,10 +1,27 @@
-"""Shared code for every method: backbones, data, the train/eval loop, checkpoints, logging, flags.
+"""Shared code for every method: the train/eval loop, checkpoints, backbones, data, torchrun, flags.
 
 Run alone it trains K independent students, the *vanilla* baseline every method is compared with:
 
     python common.py --arch resnet32 --students 2                 # CIFAR-100
     python common.py --dataset synthetic --epochs 2 --arch resnet20   # zero-setup demo on CPU
     torchrun --standalone --nproc_per_node=4 common.py --arch resnet32   # 4 GPUs (every script; see below)
+
+Vanilla: K students, each trained on the labels alone; nothing passes between them. Every student sees
+the same augmented batch x = views[0]; part ce_s<k>'s gradient reaches student k only (no term links two):
+
+    x --+--> student 0   --> z_0   --> CE(z_0, y)   = ce_s0     --+
+        +--> student 1   --> z_1   --> CE(z_1, y)   = ce_s1     --+--> loss = sum_k ce_s<k>   (one backward)
+        +--> ...                                                |
+        +--> student K-1 --> z_K-1 --> CE(z_K-1, y) = ce_s<K-1> --+
+    evaluation only: ens = log mean_k softmax(z_k)   (no loss term: nothing flows back through it)
+
+Reading path: a step, in the order it runs. main() (the last function of this file) parses the flags, loads
+the data and builds the method; fit() (the first function of the loop section) runs the epochs: train_epoch()
+does each step as lr -> loss, parts = method(views, y) -> zero_grad -> backward -> step, then the epoch ends
+with evaluate_epoch() (every head on the test set) and save_checkpoint() (last.pt, best.pt). The sections, in
+order: errors; the train/eval loop (fit, train_epoch, then what they call); the vanilla baseline (Vanilla);
+checkpoints (save_checkpoint beside restore); backbones; data (the in-memory path, then the streamed one);
+several processes (torchrun); flags, set-up and the entry point (main).
 
 The method contract (duck-typed; every method file states it again at its top, for whoever copies that file
 alone into another project: a method file needs nothing from here for its modules and loss):
@@ -57,9 +74,270 @@ class SharedError(UsageError):
 # ==================================================================================================
 # Train / eval loop
 # ==================================================================================================
+# fit runs the epochs, train_epoch the steps of one; below them, what they call: the step's helpers, the end of
+# an epoch (evaluation), then the set-up and the end of a run.
+
+def fit(method, data, args, out_dir, name="vanilla") -> dict:
+    """Train `method` on `data` for args.epochs (resuming from out_dir/last.pt with --resume), evaluating
+    every head every epoch; write metrics.jsonl, last.pt, best.pt and results.json into out_dir (the epoch's
+    scalars also into --tensorboard's folder). Under torchrun every process calls it and returns the same
+    results; rank 0 prints, evaluates and writes, the others wait."""
+    main_rank, device = args.rank == 0, data.device
+    if main_rank:
+        os.makedirs(out_dir, exist_ok=True)
+    method.to(device)
+    if args.sync_bn and args.world_size > 1:  # batch statistics over the global batch (CUDA only)
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    if args.channels_last:
+        method.to(memory_format=torch.channels_last)
+    optimizers = make_optimizers(method, args)
+    gen = torch.Generator(device=device).manual_seed(args.seed)  # the same on every process
+    last_path = os.path.join(out_dir, "last.pt")
+    run = {"epoch": 0, "best": {}, "best_epoch": {}, "elapsed": 0.0, "final": {}, "final_top5": {}, "collapsed": {}}
+    if args.resume:
+        run = restore(last_path, name, args, method, optimizers, gen)
+        print(f"resumed {last_path} at epoch {run['epoch']}")
+    train_module = method  # one DistributedDataParallel around everything that trains: one backward a step
+    if args.world_size > 1:
+        train_module = nn.parallel.DistributedDataParallel(
+            method, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
+    step_fn = torch.compile(train_module) if args.compile else train_module
+    num_views = getattr(method, "num_views", 1)
+
+    n_train = len(data.train_y)
+    batch = min(args.batch_size, n_train)  # the global batch: each of the world_size processes gets its share
+    batch -= batch % args.world_size
+    steps = n_train // batch  # the last incomplete batch is dropped; every epoch reshuffles
+    metrics_file = open_metrics(os.path.join(out_dir, "metrics.jsonl"), run["epoch"]) if main_rank else None
+    board = open_tensorboard(args, run["epoch"]) if main_rank else None
+    for epoch in range(run["epoch"], args.epochs):
+        set_lr(optimizers, lr_factor(args, epoch, 0, steps))
+        if hasattr(method, "set_epoch"):
+            method.set_epoch(epoch)
+        method.train()
+        progress = Progress(args, epoch, steps, batch)
+        t0 = time.perf_counter()
+        try:
+            names, sums = train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, epoch,
+                                      progress)
+        except NonFinite as e:
+            kept = (f"the last good checkpoint {last_path} (epoch {run['epoch']}) is untouched"
+                    if os.path.exists(last_path) else "no checkpoint had been written")
+            raise SharedError(f"training stopped: the loss part '{e.part}' became non-finite at epoch "
+                              f"{epoch + 1}, step {e.step}; {kept}") from None
+        finally:
+            progress.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time = time.perf_counter() - t0
+        run["elapsed"] += train_time
+        run["epoch"] = epoch + 1
+        if main_rank:
+            logged = evaluate_epoch(method, data, args, epoch, run)
+            lr = args.lr * lr_factor(args, epoch, steps - 1, steps)  # where the epoch ended
+            record = {"epoch": epoch + 1, "lr": lr, **{n: float(v) / steps for n, v in zip(names, sums.tolist())},
+                      **logged, "seconds": train_time, "images_per_s": steps * batch / train_time}
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+            write_scalars(board, record)
+            save_checkpoint(out_dir, run, name, method, optimizers, args, gen)
+            eta = run["elapsed"] / (epoch + 1) * (args.epochs - epoch - 1)
+            heads = "  ".join(f"{h} {a:.2f}" for h, a in run["final"].items())
+            print(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  loss {record['loss']:.4f}  "
+                  f"top1 {heads}  |  {train_time:.1f}s  {record['images_per_s']:.0f} img/s  eta {format_eta(eta)}",
+                  flush=True)
+        share_state(method, args)
+    results = None
+    if main_rank:
+        metrics_file.close()
+        if board is not None:
+            board.close()
+        results = write_results(method, run, args, out_dir, name, steps * batch)
+    if args.world_size > 1:  # the others wait for rank 0's files, and return what it wrote
+        results = [results]
+        dist.broadcast_object_list(results, 0)
+        results = results[0]
+    return results
+
+
+def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, epoch, progress=None,
+                check_every=50):
+    """`steps` optimisation steps over a fresh permutation of the training set (of every batch, this
+    process's share). Returns the loss parts' names and their sums over the steps (a device tensor, the mean
+    over the processes). No step waits for the device: the sums stay there (LossSums, checked every
+    `check_every` steps), and `progress` reads them only when it prints."""
+    losses = LossSums(steps, args.world_size, check_every)
+    warming = epoch < args.lr_warmup  # the lr changes every step of this epoch
+    batches = data.train_batches(gen, batch, steps, num_views, args.rank, args.world_size)
+    for step, (views, y) in enumerate(batches):
+        if warming:
+            set_lr(optimizers, lr_factor(args, epoch, step, steps))
+        if args.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        with autocast(args):
+            loss, parts = step_fn(views, y)
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in optimizers:
+            opt.step()
+        losses.add(step, loss, parts)  # on the device; every check_every steps, NonFinite if one was not finite
+        if progress is not None:
+            progress.update(step + 1, losses)
+    return losses.names, losses.totals()
+
+
+def lr_factor(args, epoch, step=0, steps=1):
+    """The learning rate at `step` of `epoch` (both from 0) as a fraction of --lr: the epoch's schedule value
+    times a linear warm-up, per step, over the first --lr-warmup epochs: step g of W gets s + (1 - s)(g + 1) / W,
+    s = --lr-warmup-start (0 by default)."""
+    if args.schedule == "cosine":
+        factor = 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
+    else:
+        factor = args.gamma ** sum(epoch >= m for m in args.milestone_epochs)
+    warmup_steps = args.lr_warmup * steps
+    done = epoch * steps + step + 1
+    start = args.lr_warmup_start  # KDCL's ImageNet recipe warms up from 0.1 to 0.8: 0.125
+    return factor * (start + (1 - start) * done / warmup_steps) if done < warmup_steps else factor
+
+
+def set_lr(optimizers, factor):
+    """Every parameter group of every optimizer (SGD and a method's extra one) at its base lr x factor."""
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+
 
 def autocast(args):
     return torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16)
+
+
+class LossSums:
+    """The loss and its parts summed over an epoch's steps, on the device. The first step where one of them was
+    not finite is recorded there too, and checked every `check_every` steps: by every process together (the
+    earliest bad step of any), so that they all stop at the same step."""
+
+    def __init__(self, steps, world_size=1, check_every=50):
+        self.steps, self.world_size, self.check_every = steps, world_size, check_every
+        self.names = self.sums = self.bad_step = self.bad_parts = None
+
+    def add(self, step, loss, parts):
+        values = torch.stack([loss.detach().float()] + [p.detach().float() for p in parts.values()])
+        if self.sums is None:
+            self.names = ["loss"] + list(parts)
+            self.sums, self.bad_step = torch.zeros_like(values), torch.full((), -1, device=values.device)
+            self.bad_parts = torch.zeros_like(values, dtype=torch.int32)
+        finite = torch.isfinite(values)
+        first_bad = (self.bad_step < 0) & ~finite.all()
+        self.bad_step = torch.where(first_bad, step, self.bad_step)
+        self.bad_parts = torch.where(first_bad, (~finite).int(), self.bad_parts)
+        self.sums += values
+        if (step + 1) % self.check_every == 0 or step + 1 == self.steps:
+            self.check()
+
+    def check(self):
+        """NonFinite (the epoch's first bad step, from 1, and a part that went bad there) if there was one."""
+        first, which = torch.where(self.bad_step >= 0, self.bad_step, self.steps), self.bad_parts.clone()
+        if self.world_size > 1:  # the earliest bad step of any process, and the parts that went bad
+            dist.all_reduce(first, dist.ReduceOp.MIN)
+            dist.all_reduce(which, dist.ReduceOp.MAX)
+        if int(first) < self.steps:
+            bad = [n for n, b in zip(self.names, which.tolist()) if b]
+            raise NonFinite(next((n for n in bad if n != "loss"), "loss"), int(first) + 1)
+
+    def mean_loss(self, steps_done):
+        """The mean loss of the steps done so far, on this process's share (a wait for the device)."""
+        return float(self.sums[0]) / steps_done
+
+    def totals(self):
+        """The sums over the epoch's steps, each the mean over the processes' shares (what every process logs)."""
+        if self.world_size > 1:
+            dist.all_reduce(self.sums)
+            self.sums /= self.world_size
+        return self.sums
+
+
+class NonFinite(Exception):
+    def __init__(self, part, step):
+        super().__init__(f"{part} at step {step}")
+        self.part, self.step = part, step
+
+
+TERMINAL_EVERY_S = 1.0  # on a terminal, the progress line is rewritten at most this often
+PLAIN_EVERY_S = 60.0  # elsewhere (a log file), a progress line at most this often and every 10 % of an epoch
+
+
+class Progress:
+    """Where the epoch stands, printed by rank 0 (not with --quiet): on a terminal one line rewritten in place,
+    at most every TERMINAL_EVERY_S; elsewhere (a log file, a cluster job) a plain line at most every 10 % of the
+    epoch's steps or every PLAIN_EVERY_S, whichever is rarer. The host's clock alone decides when to print;
+    the running loss is read from the device (a wait) only then."""
+
+    def __init__(self, args, epoch, steps, batch):
+        self.on = args.rank == 0 and not args.quiet
+        self.terminal = sys.stdout.isatty()
+        self.epoch, self.epochs, self.steps, self.batch = epoch, args.epochs, steps, batch
+        self.every_s = TERMINAL_EVERY_S if self.terminal else PLAIN_EVERY_S
+        self.every_steps = 1 if self.terminal else math.ceil(steps / 10)
+        self.start = self.shown_at = time.perf_counter()
+        self.shown_step = self.width = 0
+
+    def update(self, done, losses):
+        """After `done` steps of the epoch; the epoch's own line follows its last one."""
+        if not self.on or done == self.steps:
+            return
+        now = time.perf_counter()
+        if now - self.shown_at < self.every_s or done - self.shown_step < self.every_steps:
+            return
+        self.shown_at, self.shown_step = now, done
+        per_step = (now - self.start) / done
+        left = per_step * (self.steps - done)
+        run_left = left + per_step * self.steps * (self.epochs - self.epoch - 1)  # training only, as the epoch's
+        line = (f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  "
+                f"{self.batch / per_step:.0f} img/s  loss {losses.mean_loss(done):.4f}  "
+                f"eta {format_eta(left)} (run {format_eta(run_left)})")
+        if self.terminal:
+            print("\r" + line.ljust(self.width), end="", flush=True)
+            self.width = max(self.width, len(line))
+        else:
+            print(line, flush=True)
+
+    def close(self):
+        """Clear the terminal's progress line, for the epoch's line or an error."""
+        if self.width:
+            print("\r" + " " * self.width + "\r", end="", flush=True)
+            self.width = 0
+
+
+def format_eta(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def evaluate_epoch(method, data, args, epoch, run):
+    """After a training epoch (rank 0 only): the method's epoch_end, then every head on the test set (top-1, and
+    top-5 for 100 classes or more). Updates run's final and best figures and collapse record and warns once per
+    collapsed head; returns what to log."""
+    logged = (method.epoch_end(epoch, data) or {}) if hasattr(method, "epoch_end") else {}
+    with_top5 = data.num_classes >= 100  # top-5 is what ImageNet and CIFAR-100 papers report beside top-1
+    final, top_share, *top5 = evaluate(method, data, args, with_top_share=True, with_top5=with_top5)
+    for head, acc in final.items():
+        if acc > run["best"].get(head, -1.0):
+            run["best"][head], run["best_epoch"][head] = acc, epoch + 1
+    warmed_up = epoch >= args.lr_warmup  # checked from the first epoch after the warm-up: before it, a
+    # network that has barely started often predicts one class for most images without having collapsed
+    for head in collapsed_heads(final, top_share, data.num_classes) if warmed_up else []:
+        if head not in run["collapsed"]:
+            run["collapsed"][head] = epoch + 1
+            print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of "
+                  f"the test images at {final[head]:.1f} % top-1: its predictions no longer depend on the input "
+                  f"(a collapse); try a longer --lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
+    run["final"] = final
+    if top5:
+        run["final_top5"] = top5[0]
+    return {**logged, **{f"top1_{h}": a for h, a in final.items()},
+            **{f"top5_{h}": a for h, a in (top5[0] if top5 else {}).items()},
+            **{f"top_share_{h}": v for h, v in top_share.items()}}
 
 
 @torch.no_grad()
@@ -99,32 +377,18 @@ def collapsed_heads(top1, top_share, num_classes):
     """Heads whose predictions no longer depend on the input (the collapse students that teach each other fall
     into at full learning rate from the first step): their most common prediction takes at least halfway from a
     balanced share (1/C) to all of the test images, and their top-1 is at most twice chance. The share alone
-    also catches a passing swing of a high learning rate on a small training set (measured: an FFL student at
-    lr 0.1 on 2,000 CIFAR-10 images gave one class to 58 % of the test images at 34 % top-1, 21 % the next
-    epoch); a collapsed one stays near chance (DML without warm-up: 58 % at 14.6 % top-1)."""
+    would also catch a passing swing of a high learning rate on a small training set, whose top-1 stays well
+    above chance; a collapsed head's stays near chance."""
     return [head for head, share in top_share.items()
             if share >= (1 + 1 / num_classes) / 2 and top1[head] <= 2 * 100 / num_classes]
 
 
-def lr_factor(args, epoch, step=0, steps=1):
-    """The learning rate at `step` of `epoch` (both from 0) as a fraction of --lr: the epoch's schedule value
-    times a linear warm-up, per step, over the first --lr-warmup epochs: step g of W gets s + (1 - s)(g + 1) / W,
-    s = --lr-warmup-start (0 by default)."""
-    if args.schedule == "cosine":
-        factor = 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
-    else:
-        factor = args.gamma ** sum(epoch >= m for m in args.milestone_epochs)
-    warmup_steps = args.lr_warmup * steps
-    done = epoch * steps + step + 1
-    start = args.lr_warmup_start  # KDCL's ImageNet recipe warms up from 0.1 to 0.8: 0.125
-    return factor * (start + (1 - start) * done / warmup_steps) if done < warmup_steps else factor
-
-
-def set_lr(optimizers, factor):
-    """Every parameter group of every optimizer (SGD and a method's extra one) at its base lr x factor."""
-    for opt in optimizers:
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * factor
+def share_state(method, args):
+    """Every process takes rank 0's parameters and buffers (what epoch_end changed there: KDCL's ensemble
+    weights; batch-norm statistics, which each process gathers from its own share)."""
+    if args.world_size > 1:
+        for t in itertools.chain(method.parameters(), method.buffers()):
+            dist.broadcast(t.data, 0)
 
 
 def make_optimizers(method, args):
@@ -148,181 +412,6 @@ def make_optimizers(method, args):
     return optimizers
 
 
-def format_eta(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class NonFinite(Exception):
-    def __init__(self, part, step):
-        super().__init__(f"{part} at step {step}")
-        self.part, self.step = part, step
-
-
-def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, epoch, check_every=50):
-    """`steps` optimisation steps over a fresh permutation of the training set (of every batch, this
-    process's share). Returns the loss parts' names and their sums over the steps (a device tensor).
-    Non-finite losses are recorded on the device and checked every `check_every` steps, so the step itself
-    never waits for the host; several processes check together, so that they all stop at the same step."""
-    device = data.device
-    sums = bad_step = bad_parts = names = None
-    warming = epoch < args.lr_warmup  # the lr changes every step of this epoch
-    batches = data.train_batches(gen, batch, steps, num_views, args.rank, args.world_size)
-    for step, (views, y) in enumerate(batches):
-        if warming:
-            set_lr(optimizers, lr_factor(args, epoch, step, steps))
-        if args.channels_last:
-            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        with autocast(args):
-            loss, parts = step_fn(views, y)
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        for opt in optimizers:
-            opt.step()
-        values = torch.stack([loss.detach().float()] + [p.detach().float() for p in parts.values()])
-        if sums is None:
-            names = ["loss"] + list(parts)
-            sums, bad_step = torch.zeros_like(values), torch.full((), -1, device=device)
-            bad_parts = torch.zeros_like(values, dtype=torch.int32)
-        finite = torch.isfinite(values)
-        first_bad = (bad_step < 0) & ~finite.all()
-        bad_step = torch.where(first_bad, step, bad_step)
-        bad_parts = torch.where(first_bad, (~finite).int(), bad_parts)
-        sums += values
-        if (step + 1) % check_every == 0 or step + 1 == steps:
-            first, which = torch.where(bad_step >= 0, bad_step, steps), bad_parts.clone()
-            if args.world_size > 1:  # the earliest bad step of any process, and the parts that went bad
-                dist.all_reduce(first, dist.ReduceOp.MIN)
-                dist.all_reduce(which, dist.ReduceOp.MAX)
-            if int(first) < steps:
-                bad = [n for n, b in zip(names, which.tolist()) if b]
-                raise NonFinite(next((n for n in bad if n != "loss"), "loss"), int(first) + 1)
-    if args.world_size > 1:  # the loss logged is the mean over every process's share
-        dist.all_reduce(sums)
-        sums /= args.world_size
-    return names, sums
-
-
-def evaluate_epoch(method, data, args, epoch, run):
-    """After a training epoch (rank 0 only): the method's epoch_end, then every head on the test set (top-1, and
-    top-5 for 100 classes or more). Updates run's final and best figures and collapse record and warns once per
-    collapsed head; returns what to log."""
-    logged = (method.epoch_end(epoch, data) or {}) if hasattr(method, "epoch_end") else {}
-    with_top5 = data.num_classes >= 100  # top-5 is what ImageNet and CIFAR-100 papers report beside top-1
-    final, top_share, *top5 = evaluate(method, data, args, with_top_share=True, with_top5=with_top5)
-    for head, acc in final.items():
-        if acc > run["best"].get(head, -1.0):
-            run["best"][head], run["best_epoch"][head] = acc, epoch + 1
-    warmed_up = epoch >= args.lr_warmup  # checked from the first epoch after the warm-up: before it, a
-    # network that has barely started often predicts one class for most images without having collapsed
-    for head in collapsed_heads(final, top_share, data.num_classes) if warmed_up else []:
-        if head not in run["collapsed"]:
-            run["collapsed"][head] = epoch + 1
-            print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of "
-                  f"the test images at {final[head]:.1f} % top-1: its predictions no longer depend on the input "
-                  f"(a collapse); try a longer --lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
-    run["final"] = final
-    if top5:
-        run["final_top5"] = top5[0]
-    return {**logged, **{f"top1_{h}": a for h, a in final.items()},
-            **{f"top5_{h}": a for h, a in (top5[0] if top5 else {}).items()},
-            **{f"top_share_{h}": v for h, v in top_share.items()}}
-
-
-def share_state(method, args):
-    """Every process takes rank 0's parameters and buffers (what epoch_end changed there: KDCL's ensemble
-    weights; batch-norm statistics, which each process gathers from its own share)."""
-    if args.world_size > 1:
-        for t in itertools.chain(method.parameters(), method.buffers()):
-            dist.broadcast(t.data, 0)
-
-
-def fit(method, data, args, out_dir, name="vanilla") -> dict:
-    """Train `method` on `data` for args.epochs (resuming from out_dir/last.pt with --resume), evaluating
-    every head every epoch; write metrics.jsonl, last.pt, best.pt and results.json into out_dir. Under torchrun
-    every process calls it and returns the same results; rank 0 evaluates and writes, the others wait."""
-    main_rank, device = args.rank == 0, data.device
-    if main_rank:
-        os.makedirs(out_dir, exist_ok=True)
-    method.to(device)
-    if args.sync_bn and args.world_size > 1:  # batch statistics over the global batch (CUDA only)
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    if args.channels_last:
-        method.to(memory_format=torch.channels_last)
-    optimizers = make_optimizers(method, args)
-    gen = torch.Generator(device=device).manual_seed(args.seed)  # the same on every process
-    last_path, best_path = os.path.join(out_dir, "last.pt"), os.path.join(out_dir, "best.pt")
-    run = {"epoch": 0, "best": {}, "best_epoch": {}, "elapsed": 0.0, "final": {}, "collapsed": {}}
-    if args.resume:
-        run = restore(last_path, name, args, method, optimizers, gen)
-        print(f"resumed {last_path} at epoch {run['epoch']}")
-    train_module = method  # one DistributedDataParallel around everything that trains: one backward a step
-    if args.world_size > 1:
-        train_module = nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
-    step_fn = torch.compile(train_module) if args.compile else train_module
-    num_views = getattr(method, "num_views", 1)
-    primary = getattr(method, "primary_head", None)
-
-    n_train = len(data.train_y)
-    batch = min(args.batch_size, n_train)  # the global batch: each of the world_size processes gets its share
-    batch -= batch % args.world_size
-    steps = n_train // batch  # the last incomplete batch is dropped; every epoch reshuffles
-    metrics_file = open_metrics(os.path.join(out_dir, "metrics.jsonl"), run["epoch"] if args.resume else 0) \
-        if main_rank else None
-    saved_epoch = run["epoch"]  # the epoch the last good checkpoint holds
-    for epoch in range(run["epoch"], args.epochs):
-        set_lr(optimizers, lr_factor(args, epoch, 0, steps))
-        if hasattr(method, "set_epoch"):
-            method.set_epoch(epoch)
-        method.train()
-        t0 = time.perf_counter()
-        try:
-            names, sums = train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, epoch)
-        except NonFinite as e:
-            kept = (f"the last good checkpoint {last_path} (epoch {saved_epoch}) is untouched"
-                    if os.path.exists(last_path) else "no checkpoint had been written")
-            raise SharedError(f"training stopped: the loss part '{e.part}' became non-finite at epoch "
-                              f"{epoch + 1}, step {e.step}; {kept}") from None
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_time = time.perf_counter() - t0
-        run["elapsed"] += train_time
-        run["epoch"] = saved_epoch = epoch + 1
-        if main_rank:
-            logged = evaluate_epoch(method, data, args, epoch, run)
-            lr = args.lr * lr_factor(args, epoch, steps - 1, steps)  # where the epoch ended
-            record = {"epoch": epoch + 1, "lr": lr, **{n: float(v) / steps for n, v in zip(names, sums.tolist())},
-                      **logged, "seconds": train_time, "images_per_s": steps * batch / train_time}
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            ckpt = {**run, "method": name, "model": method.state_dict(),
-                    "optimizers": [o.state_dict() for o in optimizers], "args": plain_args(args),
-                    "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state().cpu(),
-                            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
-            atomic_save(ckpt, last_path)
-            final = run["final"]
-            key = primary if primary in final else ("ens" if "ens" in final else next(iter(final)))
-            if run["best_epoch"].get(key) == epoch + 1:
-                atomic_save(ckpt, best_path)
-            eta = run["elapsed"] / (epoch + 1) * (args.epochs - epoch - 1)
-            heads = "  ".join(f"{h} {a:.2f}" for h, a in run["final"].items())
-            print(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  loss {record['loss']:.4f}  "
-                  f"top1 {heads}  |  {train_time:.1f}s  {record['images_per_s']:.0f} img/s  eta {format_eta(eta)}",
-                  flush=True)
-        share_state(method, args)
-    results = None
-    if main_rank:
-        metrics_file.close()
-        results = write_results(method, run, args, out_dir, name, steps * batch)
-    if args.world_size > 1:  # the others wait for rank 0's files, and return what it wrote
-        results = [results]
-        dist.broadcast_object_list(results, 0)
-        results = results[0]
-    return results
-
-
 def open_metrics(path, keep_epochs):
     """metrics.jsonl for writing, keeping the lines of the first `keep_epochs` epochs (those a resumed
     checkpoint holds)."""
@@ -333,6 +422,37 @@ def open_metrics(path, keep_epochs):
     metrics_file = open(path, "w")
     metrics_file.writelines(kept)
     return metrics_file
+
+
+def tensorboard_dir(path):
+    """--tensorboard's value, checked at start-up (when the flags are parsed): the folder, or None, said in one
+    sentence, when the tensorboard package is not installed."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        if os.environ.get("RANK", "0") == "0":
+            print("warning: --tensorboard needs the tensorboard package (pip install tensorboard); this run "
+                  "writes metrics.jsonl only", file=sys.stderr, flush=True)
+        return None
+    return path
+
+
+def open_tensorboard(args, epoch):
+    """A TensorBoard writer into --tensorboard's folder (None without one); a resumed run drops the events
+    written after its checkpoint's `epoch`."""
+    if args.tensorboard is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(args.tensorboard, purge_step=epoch + 1 if epoch else None)
+
+
+def write_scalars(board, record):
+    """An epoch's line of metrics.jsonl, for TensorBoard (nothing without --tensorboard)."""
+    if board is not None:
+        for key, value in record.items():
+            if key != "epoch":
+                board.add_scalar(key, value, record["epoch"])
+        board.flush()
 
 
 def write_results(method, run, args, out_dir, name, images_per_epoch):
@@ -436,7 +556,22 @@ def load_checkpoint(path):
         raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt") from None
 
 
-RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "collapsed")  # what a checkpoint carries on
+def save_checkpoint(out_dir, run, name, method, optimizers, args, gen):
+    """After an epoch: last.pt, everything restore() needs to continue the run, and the same as best.pt when
+    the epoch is the best yet of the method's primary head (method.primary_head, else ens)."""
+    device = gen.device
+    ckpt = {**run, "method": name, "model": method.state_dict(),
+            "optimizers": [o.state_dict() for o in optimizers], "args": plain_args(args),
+            "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state().cpu(),
+                    "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
+    atomic_save(ckpt, os.path.join(out_dir, "last.pt"))
+    final, primary = run["final"], getattr(method, "primary_head", None)
+    key = primary if primary in final else ("ens" if "ens" in final else next(iter(final)))
+    if run["best_epoch"].get(key) == run["epoch"]:
+        atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
+
+
+RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "final_top5", "collapsed")  # what a checkpoint carries on
 
 
 def restore(path, name, args, method, optimizers, gen):
@@ -1344,6 +1479,10 @@ def make_parser(doc=None):
     a("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     a("--amp", default="auto", choices=["auto", "bf16", "off"], help="bf16 autocast (auto: on for CUDA)")
     a("--compile", action="store_true", help="torch.compile the training step")
+    a("--quiet", action="store_true", help="only the per-epoch line: no progress line inside an epoch")
+    a("--tensorboard", type=tensorboard_dir, default=None, metavar="DIR",
+      help="also write the per-epoch scalars (metrics.jsonl's, lr included) for TensorBoard into DIR "
+           "(needs the tensorboard package)")
     a("--sync-bn", action="store_true",
       help="under torchrun on GPUs: batch-norm statistics over the global batch, not each process's share")
     a("--workers", type=int, default=max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),

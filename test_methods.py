@@ -2516,5 +2516,122 @@ def test_plot_without_matplotlib_says_so_in_one_sentence(monkeypatch, capsys):
     assert "pip install matplotlib" in err
 
 
+# ================================================================================================
+
+# ================================================================================================
+# The loop: loss sums on the device, progress inside an epoch, --quiet, --tensorboard
+# ================================================================================================
+
+def test_loss_sums_stop_at_the_first_non_finite_step_when_they_check():
+    """A non-finite part is found at the next check (every check_every steps, and at the epoch's end), named
+    with the step (from 1) where it first went bad."""
+    one, inf = torch.tensor(1.0), torch.tensor(float("inf"))
+    losses = common.LossSums(steps=6, check_every=4)
+    for step, kd in enumerate([one, one, inf]):  # step 3 goes bad: nothing is said before step 4's check
+        losses.add(step, one + kd, {"ce_s0": one, "kd_s0": kd})
+    with pytest.raises(common.NonFinite) as stop:
+        losses.add(3, one + one, {"ce_s0": one, "kd_s0": one})
+    assert (stop.value.part, stop.value.step) == ("kd_s0", 3)
+    finite = common.LossSums(steps=2)
+    for step in range(2):
+        finite.add(step, torch.tensor(3.0), {"ce_s0": one, "ce_s1": 2 * one})
+    assert finite.names == ["loss", "ce_s0", "ce_s1"] and finite.totals().tolist() == [6.0, 2.0, 4.0]
+    assert finite.mean_loss(2) == 3.0
+
+
+
+def test_save_checkpoint_writes_best_pt_on_the_primary_heads_best_epoch(tmp_path):
+    method = nn.Linear(2, 2)
+    method.primary_head = "leader"
+    optimizers, gen = [torch.optim.SGD(method.parameters(), lr=0.1)], torch.Generator().manual_seed(0)
+    run = {"epoch": 2, "best": {"leader": 50.0, "ens": 60.0}, "best_epoch": {"leader": 1, "ens": 2},
+           "elapsed": 1.0, "final": {"leader": 40.0, "ens": 60.0}, "collapsed": {}}
+    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, SimpleNamespace(lr=0.1), gen)
+    assert (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()  # ens's best, not leader's
+    run["epoch"], run["best_epoch"]["leader"] = 3, 3
+    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, SimpleNamespace(lr=0.1), gen)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == 3 and best["method"] == "ffsd" and best["args"] == {"lr": 0.1}
+
+class CountedLosses:
+    """Stands for LossSums: counts the reads of the running loss (each one a wait for the device)."""
+    reads = 0
+
+    def mean_loss(self, steps_done):
+        self.reads += 1
+        return 2.5
+
+
+def run_progress(monkeypatch, terminal, steps, seconds_per_step, quiet=False):
+    """Progress over the second of 3 epochs, `steps` steps of 64 images on a fake clock; returns how often it
+    read the loss."""
+    now, losses = [0.0], CountedLosses()
+    monkeypatch.setattr(common.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    progress = common.Progress(SimpleNamespace(rank=0, quiet=quiet, epochs=3), 1, steps, 64)
+    for done in range(1, steps + 1):
+        now[0] += seconds_per_step
+        progress.update(done, losses)
+    progress.close()
+    return losses.reads
+
+
+def test_progress_on_a_terminal_is_one_line_rewritten_at_most_once_a_second(monkeypatch, capsys):
+    reads = run_progress(monkeypatch, terminal=True, steps=10, seconds_per_step=0.5)
+    out = capsys.readouterr().out
+    assert "\n" not in out and reads == 4  # steps 2, 4, 6, 8: the last step leaves the line to the epoch's
+    shown = [part.strip() for part in out.split("\r") if part.strip()]
+    assert shown[0] == "epoch 2/3  step 2/10  128 img/s  loss 2.5000  eta 0:00:04 (run 0:00:09)"
+    assert [line.split("  ")[1] for line in shown] == ["step 2/10", "step 4/10", "step 6/10", "step 8/10"]
+    assert out.endswith("\r" + " " * len(shown[0]) + "\r")  # cleared for the epoch's line
+
+
+def test_progress_in_a_log_prints_every_10_percent_or_minute_whichever_is_rarer(monkeypatch, capsys):
+    assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=1.0) == 1  # a minute: rarer
+    assert capsys.readouterr().out.splitlines() == [
+        "epoch 2/3  step 60/100  64 img/s  loss 2.5000  eta 0:00:40 (run 0:02:20)"]
+    assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=10.0) == 9  # 10 steps: rarer
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[1] for line in lines] == [f"step {s}/100" for s in range(10, 100, 10)]
+    assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=10.0, quiet=True) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_a_run_prints_its_progress_in_a_log(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(common, "PLAIN_EVERY_S", 0.0)  # not a terminal: every 10 % of the epoch's steps
+    vanilla(SMOKE + ["--batch-size", "32", "--out-dir", str(tmp_path)])  # 3 steps
+    out = capsys.readouterr().out
+    assert "\nepoch 1/1  step 1/3  " in out and "\nepoch 1/1  step 2/3  " in out and "\nepoch 1/1  lr " in out
+
+
+def test_quiet_and_tensorboard_without_the_package_one_sentence_at_start_up(tmp_path, capsys, monkeypatch):
+    """--tensorboard without the package: one sentence when the flags are parsed (before any data), and the
+    run goes on without it; --quiet: the epoch's line only."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    args = common.make_parser().parse_args(["--tensorboard", str(tmp_path / "tb")])
+    assert args.tensorboard is None
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --tensorboard needs the tensorboard package") and err.count("\n") == 1
+    monkeypatch.setattr(common, "PLAIN_EVERY_S", 0.0)
+    results = vanilla(SMOKE + ["--batch-size", "32", "--quiet", "--tensorboard", str(tmp_path / "tb"),
+                               "--out-dir", str(tmp_path / "run")])
+    assert results["final"] and not (tmp_path / "tb").exists()
+    out = capsys.readouterr().out
+    assert " step " not in out and "\nepoch 1/1  lr " in out
+
+
+def test_tensorboard_gets_the_epoch_scalars_and_the_lr(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    vanilla(SMOKE + ["--epochs", "2", "--quiet", "--tensorboard", str(tmp_path / "tb"), "--out-dir", str(tmp_path / "run")])
+    board = EventAccumulator(str(tmp_path / "tb"))
+    board.Reload()
+    logged = read_metrics(tmp_path / "run")
+    assert set(board.Tags()["scalars"]) == set(logged[0]) - {"epoch"}
+    for key in ("lr", "loss", "ce_s1", "top1_ens"):
+        events = board.Scalars(key)
+        assert [e.step for e in events] == [1, 2]
+        assert [e.value for e in events] == pytest.approx([r[key] for r in logged])
+
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])
