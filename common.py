@@ -553,7 +553,8 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated or corrupt") from None
+        raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
+                         f"it may be truncated or corrupt") from None
 
 
 def save_checkpoint(out_dir, run, name, method, optimizers, args, gen):
@@ -571,7 +572,8 @@ def save_checkpoint(out_dir, run, name, method, optimizers, args, gen):
         atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
 
 
-RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "final_top5", "collapsed")  # what a checkpoint carries on
+# what a checkpoint carries on
+RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "final_top5", "collapsed")
 
 
 def restore(path, name, args, method, optimizers, gen):

@@ -248,6 +248,7 @@ def pretrain(args, data, arch_names):
         pre_args = copy.copy(args)
         pre_args.epochs, pre_args.out_dir = args.pretrain_epochs, out_dir
         pre_args.resume = args.resume and os.path.exists(os.path.join(out_dir, "last.pt"))  # interrupted
+        pre_args.tensorboard = getattr(args, "tensorboard", None) and os.path.join(args.tensorboard, "pretrain")
         pre_args = common.check_args(pre_args, "vanilla")  # milestones as fractions of the pre-training
         print(f"ffcl: pre-training {args.students} peers for {args.pretrain_epochs} epochs -> {out_dir}")
         common.fit(common.Vanilla(common.build_students(args, data.num_classes)), data, pre_args, out_dir)
