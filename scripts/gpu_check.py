@@ -180,11 +180,14 @@ class Job:
         return status
 
     def kill(self):
+        """SIGKILL to the whole tree: its process group and every descendant (torchrun starts its workers in
+        sessions of their own, so killing the launcher's group alone would leave them training)."""
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            for pid in [self.proc.pid, *descendants(self.proc.pid)]:
+                try:
+                    os.killpg(pid, signal.SIGKILL) if pid == self.proc.pid else os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         self.proc.wait()
         self.poll()
 
@@ -201,6 +204,24 @@ class Job:
 
 
 LIVE = set()  # jobs still running: killed when the check itself is stopped
+
+
+def descendants(pid):
+    """Every process below pid (children, theirs, ...), from /proc (Linux)."""
+    children = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def wait_all(jobs, deadline, on_poll=None, limit=None):
@@ -374,8 +395,10 @@ def part_e(c, budget):
         raise Skip("needs CUDA: NCCL and --sync-bn run on GPUs only (torchrun on CPU/gloo is in the test suite)")
     deadline, failed = time.monotonic() + budget, []
     out, epochs = c.work("e_dml"), 10
+    size = ["--limit-train", "256", "--limit-test", "64", "--batch-size", "64"] if c.args.quick else []
     cmd = python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "dml.py", "--dataset",
-                 "synthetic", "--arch", "resnet20", "--epochs", str(epochs), "--sync-bn", "--out-dir", out)
+                 "synthetic", "--arch", "resnet20", "--epochs", str(epochs), *size, "--sync-bn", "--device", c.device,
+                 "--out-dir", out)
     first = Job(cmd, c.log("e", "first"), marks={"epoch": r"^epoch 1/"})
     wait_all([first], deadline, on_poll=lambda j: j.marks["epoch"] is not None and j.kill())
     killed_at = len(read_metrics(out))
