@@ -55,7 +55,7 @@ ORDER = ["a", "b", "c", "e", "f", "d"]
 TITLES = {"a": "environment", "b": "every method, one short epoch (synthetic data)",
           "c": "speed (scripts/bench_speed.py)", "d": "accuracy on the full CIFAR-10 (vanilla, DML, FFL)",
           "e": "torchrun, one process, --sync-bn, killed and resumed; NCCL", "f": "streamed data (scripts/bench_data.py)"}
-BUDGETS = {"a": 15, "b": 75, "c": 170, "e": 55, "f": 40, "d": 120}  # seconds on one H100/H200: 475 of 480
+BUDGETS = {"a": 15, "b": 70, "c": 150, "e": 50, "f": 35, "d": 155}  # seconds on one H100/H200: 475 of 480
 QUICK_BUDGETS = {"a": 60, "b": 240, "c": 120, "e": 60, "f": 90, "d": 180}  # guards only: < 1 min on 2 cores
 TAR_NAME = "cifar10-jpeg.tar.gz"
 
@@ -155,24 +155,24 @@ class Job:
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
                                      start_new_session=True)
-        self.seconds = self.timed_out = self.killed = None
+        self.seconds = self.timed_out = None
         self.read_to = 0
         LIVE.add(self)
 
     def poll(self):
-        """Exit status or None; records the marks seen in the log so far."""
+        """Exit status or None; records the marks seen in the log so far (all of them once it has ended)."""
+        status = self.proc.poll()
         if any(v is None for v in self.marks.values()):
             now = time.monotonic() - self.t0
-            with open(self.log_path, errors="replace") as f:
+            with open(self.log_path, "rb") as f:
                 f.seek(self.read_to)
-                text = f.read()
-            cut = text.rfind("\n") + 1  # only whole lines
-            self.read_to += len(text[:cut].encode())
-            for line in text[:cut].splitlines():
+                data = f.read()
+            data = data[:data.rfind(b"\n") + 1]  # whole lines only
+            self.read_to += len(data)
+            for line in data.decode(errors="replace").splitlines():
                 for name, pattern in self.patterns.items():
                     if self.marks[name] is None and re.search(pattern, line):
                         self.marks[name] = now
-        status = self.proc.poll()
         if status is not None and self.seconds is None:
             self.seconds = time.monotonic() - self.t0
             self.log.close()
@@ -197,10 +197,11 @@ class Job:
 
     def error(self):
         """The run's failure in one line: its last `error` line, else the last line of its output."""
-        lines = [ln for ln in self.output().splitlines() if ln.strip()]
-        said = [ln for ln in lines if ln.startswith("error") or "Error" in ln]
+        lines = [ln.strip() for ln in self.output().splitlines() if ln.strip()]
+        said = [ln for ln in lines if ln.startswith("error")]  # this project's one sentence
+        raised = [ln for ln in lines if re.match(r"[\w.]*(Error|Exception)(:|$)", ln) and "ChildFailedError" not in ln]
         how = "killed at its time budget" if self.timed_out else f"exit {self.proc.returncode}"
-        return f"{how}: {(said or lines or ['no output'])[-1].strip()[:300]}"
+        return f"{how}: {(said or raised or lines or ['no output'])[-1][:300]}"
 
 
 LIVE = set()  # jobs still running: killed when the check itself is stopped
@@ -393,14 +394,14 @@ def part_e(c, budget):
     """torchrun with one process and --sync-bn, killed after its first epoch and resumed; then NCCL itself."""
     if not c.cuda:
         raise Skip("needs CUDA: NCCL and --sync-bn run on GPUs only (torchrun on CPU/gloo is in the test suite)")
-    deadline, failed = time.monotonic() + budget, []
+    start, deadline, failed = time.monotonic(), time.monotonic() + budget, []
     out, epochs = c.work("e_dml"), 10
     size = ["--limit-train", "256", "--limit-test", "64", "--batch-size", "64"] if c.args.quick else []
     cmd = python("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "dml.py", "--dataset",
                  "synthetic", "--arch", "resnet20", "--epochs", str(epochs), *size, "--sync-bn", "--device", c.device,
                  "--out-dir", out)
     first = Job(cmd, c.log("e", "first"), marks={"epoch": r"^epoch 1/"})
-    wait_all([first], deadline, on_poll=lambda j: j.marks["epoch"] is not None and j.kill())
+    wait_all([first], start + 0.4 * budget, on_poll=lambda j: j.marks["epoch"] is not None and j.kill())
     killed_at = len(read_metrics(out))
     details = {"killed_after_epochs": killed_at, "first_exit": first.proc.returncode}
     if first.proc.returncode == 0:
@@ -408,7 +409,7 @@ def part_e(c, budget):
     elif not killed_at:
         failed.append(f"the first run did not finish an epoch ({first.error()})")
     resumed = Job(cmd + ["--resume"], c.log("e", "resumed"))
-    wait_all([resumed], deadline)
+    wait_all([resumed], start + 0.8 * budget)
     metrics, results = read_metrics(out), read_json(os.path.join(out, "results.json"))
     details.update(resume_exit=resumed.proc.returncode, epochs_logged=[r["epoch"] for r in metrics],
                    resumed_line=next((ln for ln in resumed.output().splitlines() if ln.startswith("resumed")), None),
@@ -478,6 +479,7 @@ def cifar10_folder(c):
         if not found:
             raise Skip(f"no CIFAR-10 copy: pass --data-dir (the {TAR_NAME} tarball, or a folder with train/ and test/)")
         where = found[0]
+    c.data_source = os.path.abspath(where)
     if os.path.isdir(where):
         if os.path.isdir(os.path.join(where, "train")) and os.path.isdir(os.path.join(where, "test")):
             return where
@@ -510,7 +512,7 @@ def part_d(c, budget):
     deadline = time.monotonic() + budget
     t0 = time.monotonic()
     data_dir = cifar10_folder(c)
-    details = {"data_dir": c.args.data_dir, "prepare_seconds": round(time.monotonic() - t0, 1)}
+    details = {"data": c.data_source, "prepare_seconds": round(time.monotonic() - t0, 1)}
     methods = ["vanilla", "dml", "ffl"]
     batch = "50" if c.args.quick else "128"
 
@@ -556,6 +558,11 @@ def part_d(c, budget):
             rows[m]["error"] = job.error()
             failed.append(f"{m}: {job.error()} after {len(metrics)} of {epochs} epochs")
     details["runs"] = rows
+    students = {m: max(v for h, v in r["final"].items() if re.fullmatch(r"s\d+", h)) for m, r in rows.items()
+                if r["final"]}  # the best deployed student's final top-1, and its gain over vanilla's
+    if "vanilla" in students:
+        details["best_student_final"] = {m: {"top1": v, "vs_vanilla": round(v - students["vanilla"], 2)}
+                                         for m, v in students.items()}
     return details, failed
 
 
@@ -647,6 +654,9 @@ def markdown(report):
                     if row["best"] else "-"
                 lines.append(f"| {m} | {row['exit']} | {row['epochs_done']} | {heads(row['final'])} | {best} | "
                              f"{fmt(row['images_per_s'])} | {fmt(row['seconds'], 1)} |")
+            if d.get("best_student_final"):
+                lines += ["", "best student, final top-1 (vs vanilla's): " + ", ".join(
+                    f"{m} {g['top1']:.2f} ({g['vs_vanilla']:+.2f})" for m, g in d["best_student_final"].items())]
         else:
             lines += [f"- {k}: {v}" for k, v in d.items()]
     return "\n".join(lines) + "\n"
@@ -691,8 +701,12 @@ class Check:
 
     def write(self):
         self.report["meta"].update(elapsed=round(time.monotonic() - self.t0, 1), cpu_seconds=round(cpu_seconds(), 1))
-        for name, text in (("gpu_check.json", json.dumps(self.report, indent=2)),
-                           ("gpu_check.md", markdown(self.report))):
+        try:
+            readable = markdown(self.report)
+        except Exception:  # the JSON report is still written; the readable one says why it is not
+            readable = f"# GPU check\n\nthis report could not be rendered; see gpu_check.json\n\n```\n" \
+                       f"{traceback.format_exc()[-2000:]}```\n"
+        for name, text in (("gpu_check.json", json.dumps(self.report, indent=2)), ("gpu_check.md", readable)):
             path = os.path.join(self.args.out, name)
             with open(path + ".tmp", "w") as f:
                 f.write(text)
