@@ -24,10 +24,12 @@ first (data/ is ignored by git; 20 MB):
     cp ../shared/data/cifar10-jpeg.tar.gz data/
     python scripts/gpu_check.py --data-dir data/cifar10-jpeg.tar.gz --out OUT      # 8 minutes on one H100/H200
 
---data-dir takes the tarball (extracted into a temporary folder, removed at the end) or a folder holding
-train/<class>/*.jpg and test/<class>/*.jpg; without it the check looks for data/cifar10-jpeg.tar.gz, then
-../shared/data/cifar10-jpeg.tar.gz. Only parts that need CUDA (e; --compile in c; --amp off in b) are skipped
-on CPU, each with its reason:
+Where a machine receives the checkout but not its ignored files, send data/cifar10-jpeg.tar.gz along by
+name, and allow the command 9 minutes (the check's 8 and its start). --data-dir takes the tarball (extracted
+into a temporary folder, removed at the end) or a folder holding train/<class>/*.jpg and test/<class>/*.jpg;
+without it the check looks for data/cifar10-jpeg.tar.gz, then ../shared/data/cifar10-jpeg.tar.gz. Exit status:
+0 when no part failed, 1 when one did, 124 when the check was stopped (SIGTERM, Ctrl-C). On CPU only the
+parts that need CUDA (e; --compile in c; --amp off in b) are skipped, each with its reason:
 
     python scripts/gpu_check.py --quick --device cpu --out /tmp/gc     # tiny sizes, under a minute on 2 cores
     python scripts/gpu_check.py --parts c,d --part-budget c=300,d=400 --out OUT2   # parts again, more time
@@ -741,11 +743,16 @@ class Check:
         self.write()
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one sentence and exit status 2, as the method scripts do
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parse():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="gpu_check", help="folder for gpu_check.json, gpu_check.md and logs/")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p = Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=os.path.join("runs", "gpu_check"),
+                   help="folder for gpu_check.json, gpu_check.md and logs/ (default: runs/gpu_check)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="default: cuda where there is one")
     p.add_argument("--quick", action="store_true", help="tiny sizes: under a minute on 2 CPU cores")
     p.add_argument("--data-dir", default=None, help=f"CIFAR-10 for part d: the {TAR_NAME} tarball or a folder "
                                                      "with train/<class>/* and test/<class>/*")
@@ -753,7 +760,8 @@ def parse():
                                                                "--quick: 600, a guard only)")
     p.add_argument("--part-budget", default="", help="seconds per part, e.g. c=300,d=200 (defaults: "
                                                       + ",".join(f"{k}={v}" for k, v in BUDGETS.items()) + ")")
-    p.add_argument("--parts", default=",".join(ORDER), help="parts to run (a always runs: it finds the device)")
+    p.add_argument("--parts", default=",".join(ORDER), help="comma list of the parts to run (default: all; a always "
+                                                             "runs: it finds the device)")
     p.add_argument("--work-dir", default=None, help="where the temporary runs and data go (default: the system's "
                                                      "temporary folder); removed at the end")
     a = p.parse_args()
