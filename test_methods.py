@@ -1987,7 +1987,8 @@ GPU_CHECK = os.path.join(HERE, "scripts", "gpu_check.py")
 def test_gpu_check_quick_on_cpu_reports_every_part(tmp_path):
     data = ["--data-dir", SHARED_TAR] if os.path.exists(SHARED_TAR) else []
     proc = subprocess.run([sys.executable, GPU_CHECK, "--quick", "--device", "cpu", "--out", str(tmp_path), *data],
-                          capture_output=True, text=True, cwd=HERE, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, cwd=HERE, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     markdown = (tmp_path / "gpu_check.md").read_text()

@@ -1,7 +1,8 @@
 """One command that checks and measures the GPU path; writes OUT/gpu_check.json and a readable OUT/gpu_check.md.
 
 Every part runs this project's own scripts as subprocesses, as a user runs them, each part within its time
-budget; a part that fails records its error and the check goes on to the next. Both reports are rewritten
+budget; a part that fails records its error and the check goes on to the next (a part whose runs worked but
+did not all fit in its budget is `partial`, and says what it left out). Both reports are rewritten
 after every part, so a run that is cut short still reports every part it finished. The parts, in the order
 they run (the most important first; part d takes what is left of the budget):
 
@@ -56,7 +57,8 @@ EXTRA = {"ffcl": ["--pretrain-epochs", "1"], "ffsd": ["--students", "3"]}  # FFC
 ORDER = ["a", "b", "c", "e", "f", "d"]
 TITLES = {"a": "environment", "b": "every method, one short epoch (synthetic data)",
           "c": "speed (scripts/bench_speed.py)", "d": "accuracy on the full CIFAR-10 (vanilla, DML, FFL)",
-          "e": "torchrun, one process, --sync-bn, killed and resumed; NCCL", "f": "streamed data (scripts/bench_data.py)"}
+          "e": "torchrun, one process, --sync-bn, killed and resumed; NCCL",
+          "f": "streamed data (scripts/bench_data.py)"}
 BUDGETS = {"a": 15, "b": 70, "c": 150, "e": 50, "f": 35, "d": 155}  # seconds on one H100/H200: 475 of 480
 QUICK_BUDGETS = {"a": 60, "b": 240, "c": 120, "e": 60, "f": 90, "d": 180}  # guards only: < 1 min on 2 cores
 TAR_NAME = "cifar10-jpeg.tar.gz"
@@ -318,7 +320,7 @@ def part_b(c, budget):
     for variant in variants:
         starters += [lambda m=m, v=variant: start(m, v) for m in METHODS]
     wait_all(starters, time.monotonic() + budget, limit=4 if c.cuda else 2)
-    rows, failed = [], []
+    rows, failed, partial = [], [], []
     for (m, variant), job in jobs.items():
         metrics, results = read_metrics(job.out), read_json(os.path.join(job.out, "results.json"))
         ok = job.proc.returncode == 0 and results is not None and bool(metrics) and finite(metrics)
@@ -332,9 +334,9 @@ def part_b(c, budget):
             failed.append(f"{m} ({variant}): {rows[-1]['error']}")
     not_started = [f"{m} ({v})" for v in variants for m in METHODS if (m, v) not in jobs]
     if not_started:
-        failed.append(f"not started within the budget: {', '.join(not_started)}")
+        partial.append(f"not started within the budget: {', '.join(not_started)}")
     skipped = {} if c.cuda else {"--amp off": "on CPU the defaults already are fp32 without channels_last"}
-    return {"runs": rows, "skipped_variants": skipped}, failed
+    return {"runs": rows, "skipped_variants": skipped}, failed, partial
 
 
 BENCH_ROWS = ["bare_compute", "conventional", *METHODS]
@@ -342,7 +344,7 @@ BENCH_ROWS = ["bare_compute", "conventional", *METHODS]
 
 def part_c(c, budget):
     """bench_speed.py eagerly, then with --compile (CUDA only), in what the budget leaves for it."""
-    deadline, details, failed = time.monotonic() + budget, {}, []
+    deadline, details, failed, partial = time.monotonic() + budget, {}, [], []
     sizes = ["--quick", "--steps", "1", "--rounds", "1", "--warmup", "1", "--batch-size", "16"] if c.args.quick \
         else ["--steps", "30", "--rounds", "3", "--warmup", "5"]
     runs = {"eager": []}
@@ -355,7 +357,7 @@ def part_c(c, budget):
         left = deadline - time.monotonic()
         if left < 5:
             details[label] = {"status": "not reached", "reason": "part c's budget was spent"}
-            failed.append(f"{label}: not reached within the budget")
+            partial.append(f"{label}: not reached within the budget")
             continue
         out = c.work(f"c_{label}") + ".json"
         # eagerly: what it needs (about 40 % of the budget at most); compiled: what is left
@@ -375,12 +377,13 @@ def part_c(c, budget):
             if name in rows:
                 rows[name]["seconds_to_row"] = round(t - before, 1)
             before = t
-        details[label] = {"status": "ok" if figures else "failed", "rows": rows, "seconds": round(job.seconds, 1),
+        status = "ok" if figures else "partial" if job.timed_out else "failed"
+        details[label] = {"status": status, "rows": rows, "seconds": round(job.seconds, 1),
                           "meta": figures["meta"] if figures else None}
         if not figures:
             details[label]["error"] = job.error()
-            failed.append(f"{label}: {job.error()}; not measured: "
-                          f"{', '.join(r for r in BENCH_ROWS if r not in rows) or 'none'}")
+            missing = ', '.join(r for r in BENCH_ROWS if r not in rows) or 'none'
+            (partial if job.timed_out else failed).append(f"{label}: {job.error()}; not measured: {missing}")
     eager = details["eager"].get("rows", {})
     if all(eager.get(r, {}).get("images_per_s") for r in ("vanilla", "bare_compute", "conventional")):
         vanilla = eager["vanilla"]["images_per_s"]
@@ -389,7 +392,7 @@ def part_c(c, budget):
     compiled = details.get("compile", {}).get("rows", {})
     details["compile_speedup"] = {m: round(compiled[m]["images_per_s"] / eager[m]["images_per_s"], 3)
                                   for m in METHODS if m in compiled and m in eager}
-    return details, failed
+    return details, failed, partial
 
 
 def part_e(c, budget):
@@ -547,25 +550,25 @@ def part_d(c, budget):
     details.update(epoch_seconds=round(epoch_wall, 1), startup_seconds=round(startup, 1), epochs=epochs,
                    side_by_side=len(methods))
     final = timing if epochs == 1 else side_by_side(epochs, "final")  # one epoch: the timing runs are the runs
-    rows, failed = {}, []
+    rows, failed, partial = {}, [], []
     for m, job in final.items():
         metrics, results = read_metrics(job.out), read_json(os.path.join(job.out, "results.json"))
         last = {k[len("top1_"):]: v for k, v in metrics[-1].items() if k.startswith("top1_")} if metrics else None
         rows[m] = {"exit": job.proc.returncode, "epochs_done": len(metrics), "seconds": round(job.seconds, 1),
-                   "final": results["final"] if results else last,
-                   "best": results["best"] if results else None, "best_epoch": results["best_epoch"] if results else None,
-                   "images_per_s": round(results["images_per_s"]) if results else None,
-                   "collapsed": results["collapsed"] if results else None, "finite": finite(metrics)}
+                   "final": results["final"] if results else last, "finite": finite(metrics)}
+        for key in ("best", "best_epoch", "collapsed", "images_per_s"):
+            rows[m][key] = results[key] if results else None
         if job.proc.returncode != 0 or results is None:
             rows[m]["error"] = job.error()
-            failed.append(f"{m}: {job.error()} after {len(metrics)} of {epochs} epochs")
+            said = f"{m}: {job.error()} after {len(metrics)} of {epochs} epochs"
+            (partial if job.timed_out else failed).append(said)
     details["runs"] = rows
     students = {m: max(v for h, v in r["final"].items() if re.fullmatch(r"s\d+", h)) for m, r in rows.items()
                 if r["final"]}  # the best deployed student's final top-1, and its gain over vanilla's
     if "vanilla" in students:
         details["best_student_final"] = {m: {"top1": v, "vs_vanilla": round(v - students["vanilla"], 2)}
                                          for m, v in students.items()}
-    return details, failed
+    return details, failed, partial
 
 
 PARTS = {"a": part_a, "b": part_b, "c": part_c, "d": part_d, "e": part_e, "f": part_f}
@@ -632,8 +635,8 @@ def markdown(report):
                       f"student-images/s, best of {meta_c.get('rounds', '?')} rounds of {meta_c.get('steps', '?')} "
                       f"steps; --compile: {d.get('compile', {}).get('status', '-')}"
                       f"{' (' + d['compile']['reason'] + ')' if d.get('compile', {}).get('reason') else ''}", "",
-                      "| row | students | eager | vs vanilla | peak MiB | compiled | compiled / eager | compiled peak MiB "
-                      "| s to compiled row |", "|---|---|---|---|---|---|---|---|---|"]
+                      "| row | students | eager | vs vanilla | peak MiB | compiled | compiled / eager | "
+                      "compiled peak MiB | s to compiled row |", "|---|---|---|---|---|---|---|---|---|"]
             vanilla = eager.get("vanilla", {}).get("images_per_s")
             for name in ["bare_compute", "conventional", *METHODS]:
                 e, k = eager.get(name, {}), compiled.get(name, {})
@@ -728,10 +731,10 @@ class Check:
             self.write()
             try:
                 out = PARTS[part](self, budget)
-                details, failed = out if isinstance(out, tuple) else (out, [])
-                record.update(details=details, status="failed" if failed else "ok")
-                if failed:
-                    record["error"] = "; ".join(failed)
+                details, failed, partial = (out + ([],))[:3] if isinstance(out, tuple) else (out, [], [])
+                record.update(details=details, status="failed" if failed else "partial" if partial else "ok")
+                if failed or partial:
+                    record["error" if failed else "reason"] = "; ".join(failed + partial)
             except Skip as e:
                 record.update(status="skipped", reason=str(e))
             except Exception as e:
