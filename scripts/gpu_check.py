@@ -59,7 +59,7 @@ TITLES = {"a": "environment", "b": "every method, one short epoch (synthetic dat
           "c": "speed (scripts/bench_speed.py)", "d": "accuracy on the full CIFAR-10 (vanilla, DML, FFL)",
           "e": "torchrun, one process, --sync-bn, killed and resumed; NCCL",
           "f": "streamed data (scripts/bench_data.py)"}
-BUDGETS = {"a": 15, "b": 70, "c": 150, "e": 50, "f": 35, "d": 155}  # seconds, 475 of 480: estimates, not yet run on a GPU
+BUDGETS = {"a": 15, "b": 70, "c": 150, "e": 50, "f": 35, "d": 155}  # seconds, 475 of 480: estimates (no GPU run yet)
 QUICK_BUDGETS = {"a": 60, "b": 240, "c": 120, "e": 60, "f": 90, "d": 180}  # guards only: < 1 min on 2 cores
 TAR_NAME = "cifar10-jpeg.tar.gz"
 
