@@ -11,7 +11,7 @@ the same augmented batch x = views[0]; part ce_s<k>'s gradient reaches student k
 
     x --+--> student 0   --> z_0   --> CE(z_0, y)   = ce_s0     --+
         +--> student 1   --> z_1   --> CE(z_1, y)   = ce_s1     --+--> loss = sum_k ce_s<k>   (one backward)
-        +--> ...                                                |
+        +--> ...                                                  |
         +--> student K-1 --> z_K-1 --> CE(z_K-1, y) = ce_s<K-1> --+
     evaluation only: ens = log mean_k softmax(z_k)   (no loss term: nothing flows back through it)
 

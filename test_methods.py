@@ -2633,5 +2633,61 @@ def test_tensorboard_gets_the_epoch_scalars_and_the_lr(tmp_path):
         assert [e.step for e in events] == [1, 2]
         assert [e.value for e in events] == pytest.approx([r[key] for r in logged])
 
+
+# ================================================================================================
+# scripts/gpu_check.py: its CPU rehearsal (--quick), so that it still runs when a GPU is lent
+# ================================================================================================
+
+GPU_CHECK = os.path.join(HERE, "scripts", "gpu_check.py")
+
+
+def test_gpu_check_quick_on_cpu_reports_every_part(tmp_path):
+    data = ["--data-dir", SHARED_TAR] if os.path.exists(SHARED_TAR) else []
+    proc = subprocess.run([sys.executable, GPU_CHECK, "--quick", "--device", "cpu", "--out", str(tmp_path), *data],
+                          capture_output=True, text=True, cwd=HERE, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    parts = report["parts"]
+    assert sorted(parts) == ["a", "b", "c", "d", "e", "f"]
+    assert all(f"## {p}. " in markdown for p in parts)
+    assert parts["e"]["status"] == "skipped" and "CUDA" in parts["e"]["reason"]  # NCCL, --sync-bn: GPUs only
+    assert parts["d"]["status"] == ("ok" if data else "skipped"), parts["d"]
+    assert all(parts[p]["status"] == "ok" for p in "abcf"), {p: parts[p].get("error") for p in parts}
+    assert parts["a"]["details"]["cuda_available"] in (True, False) and parts["a"]["details"]["torch"]
+    runs = parts["b"]["details"]["runs"]
+    assert [r["method"] for r in runs] == ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
+    assert all(r["exit"] == 0 and r["finite"] for r in runs)
+    assert set(parts["b"]["details"]["skipped_variants"]) == {"--amp off"}  # on CPU the defaults are fp32
+    speed = parts["c"]["details"]
+    assert set(speed["eager"]["rows"]) == {"bare_compute", "conventional", "vanilla", "dml", "kdcl", "ffl", "ffcl",
+                                           "fefr", "ffsd", "mkb_cl"}
+    assert speed["compile"]["status"] == "skipped" and speed["compile"]["reason"]
+    if data:
+        accuracy = parts["d"]["details"]["runs"]
+        assert set(accuracy) == {"vanilla", "dml", "ffl"} and all(r["exit"] == 0 for r in accuracy.values())
+        assert {"s0", "s1", "ens", "fused"} <= set(accuracy["ffl"]["best"])
+    assert parts["f"]["details"]["streamed"] > 0
+
+
+def test_gpu_check_stopped_midway_keeps_the_reports_of_the_parts_it_finished(tmp_path):
+    import time
+    proc = subprocess.Popen([sys.executable, GPU_CHECK, "--quick", "--device", "cpu", "--out", str(tmp_path),
+                             "--parts", "a,b"], cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    report = tmp_path / "gpu_check.json"
+    for _ in range(1200):  # until part b has started (part a's report is written by then)
+        if report.exists() and json.loads(report.read_text())["parts"]["b"]["status"] == "running":
+            break
+        time.sleep(0.1)
+    proc.terminate()
+    assert proc.wait(timeout=60) == 124
+    parts = json.loads(report.read_text())["parts"]
+    assert parts["a"]["status"] == "ok" and parts["b"]["status"] == "failed" and "stopped" in parts["b"]["error"]
+    assert all(parts[p]["status"] == "skipped" for p in "cdef")  # not selected
+    assert "## b. " in (tmp_path / "gpu_check.md").read_text()
+
+
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])
