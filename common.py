@@ -497,10 +497,13 @@ def device_name(device):
 
 
 def tv_version():
+    """torchvision's version, without importing it when the run did not (an import costs seconds)."""
+    if "torchvision" in sys.modules:
+        return sys.modules["torchvision"].__version__
+    import importlib.metadata
     try:
-        import torchvision
-        return torchvision.__version__
-    except Exception:
+        return importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
         return None
 
 
