@@ -86,7 +86,7 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
     if main_rank:
         os.makedirs(out_dir, exist_ok=True)
     method.to(device)
-    if args.sync_bn and args.world_size > 1:  # batch statistics over the global batch (CUDA only)
+    if args.sync_bn and args.distributed:  # batch statistics over the global batch (CUDA only)
         method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if args.channels_last:
         method.to(memory_format=torch.channels_last)
@@ -98,7 +98,7 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
         run = restore(last_path, name, args, method, optimizers, gen)
         print(f"resumed {last_path} at epoch {run['epoch']}")
     train_module = method  # one DistributedDataParallel around everything that trains: one backward a step
-    if args.world_size > 1:
+    if args.distributed:
         train_module = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
     step_fn = torch.compile(train_module) if args.compile else train_module
@@ -153,7 +153,7 @@ def fit(method, data, args, out_dir, name="vanilla") -> dict:
         if board is not None:
             board.close()
         results = write_results(method, run, args, out_dir, name, steps * batch)
-    if args.world_size > 1:  # the others wait for rank 0's files, and return what it wrote
+    if args.distributed:  # the others wait for rank 0's files, and return what it wrote
         results = [results]
         dist.broadcast_object_list(results, 0)
         results = results[0]
@@ -467,7 +467,7 @@ def write_results(method, run, args, out_dir, name, images_per_epoch):
                "params": {**{f"s{i}": count_params(s) for i, s in enumerate(getattr(method, "students", []))},
                           "total": count_params(method),
                           "trainable": sum(p.numel() for p in method.parameters() if p.requires_grad)},
-               "device": (f"{args.world_size} x " if args.world_size > 1 else "") + device_name(device),
+               "device": (f"{args.world_size} x " if args.distributed else "") + device_name(device),
                "torch": torch.__version__, "torchvision": tv_version(),
                "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": plain_args(args)}
     with open(os.path.join(out_dir, "results.json"), "w") as f:
@@ -1354,9 +1354,11 @@ def load_stl10(data_dir):
 
 def check_world(args):
     """This process's place in a torchrun run (args.rank, args.world_size: 0 and 1 without torchrun) and its
-    device (cuda:LOCAL_RANK on GPUs)."""
+    device (cuda:LOCAL_RANK on GPUs). args.distributed: started by torchrun, even as its only process (one GPU
+    then runs the process group, DistributedDataParallel and --sync-bn's conversion like N GPUs do)."""
     args.world_size, args.rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if args.world_size == 1:
+    args.distributed = args.world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if not args.distributed:
         return
     if args.device_type == "cuda":
         if args.device != "cuda" and args.device != f"cuda:{os.environ.get('LOCAL_RANK', '0')}":
@@ -1373,7 +1375,7 @@ def check_world(args):
 def start_processes(args):
     """Join the torchrun run's process group (NCCL on GPUs, gloo on CPU), unless the caller already has;
     from here only rank 0 prints. True when this call made the group (and its caller ends it)."""
-    if args.world_size == 1 or dist.is_initialized():
+    if not args.distributed or dist.is_initialized():
         return False
     if args.device_type == "cuda":
         torch.cuda.set_device(torch.device(args.device))
@@ -1742,7 +1744,7 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
         remove_if_empty(args.out_dir, created)
         sys.exit(2)
     except RuntimeError as e:  # under torchrun: a collective that lost another process says so in one line
-        if args.world_size == 1 or not lost_contact(e):
+        if not args.distributed or not lost_contact(e):
             raise
         print(f"error (rank {rank}): another process of this run stopped (its error line, or torchrun's report "
               f"of how it ended, says why); continue from the last checkpoint with --resume --out-dir "

@@ -1958,11 +1958,19 @@ def torchrun_driver(mode, out):
     torch.distributed.destroy_process_group()
 
 
-def torchrun(*argv, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+def torchrun(*argv, timeout=600, nproc=2):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                            *argv], capture_output=True, text=True, cwd=HERE, timeout=timeout,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path):
+    """`torchrun --nproc_per_node=1` (one GPU) runs the process group and DistributedDataParallel, as N do."""
+    status, output = torchrun("common.py", *DDP, "--out-dir", str(tmp_path), nproc=1)
+    assert status == 0, output[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["args"]["distributed"] and results["device"].startswith("1 x cpu")
 
 
 def test_torchrun_trains_every_method_on_two_processes_and_resumes_across_process_counts(tmp_path):

@@ -423,9 +423,8 @@ def part_e(c, budget):
                    device=results["device"] if results else None)
     if resumed.proc.returncode != 0 or details["epochs_logged"] != list(range(1, epochs + 1)):
         failed.append(f"the resumed run did not complete epochs 1..{epochs} once each ({resumed.error()})")
-    if results and results["args"].get("world_size") == 1:
-        details["note"] = ("with one process, common.py takes its single-process path (WORLD_SIZE=1: no process "
-                           "group, no DDP, --sync-bn not applied); the probe below runs NCCL, DDP and SyncBatchNorm")
+    if results and not results["args"].get("distributed"):
+        failed.append("the run under torchrun did not take the distributed path (no process group, no DDP)")
     probe_path = os.path.join(c.work_dir, "nccl_probe.py")
     with open(probe_path, "w") as f:
         f.write(NCCL_PROBE)
