@@ -1,7 +1,7 @@
 """Tests: backbones, data, the loop, checkpoints, bad input, every method (its loss against the paper's
 equations, its gradients, its flags, end to end on tiny budgets) and the two scripts.
 
-Run: python -m pytest -q test_methods.py      (about 5 minutes on 2 CPU cores)
+Run: python -m pytest -q test_methods.py      (about 10 minutes on 2 CPU cores)
 """
 import copy
 import importlib
