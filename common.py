@@ -1,27 +1,17 @@
-"""Shared code for every method: the train/eval loop, checkpoints, backbones, data, torchrun, flags.
+"""Shared code for every method: the run, the train/eval loop, checkpoints, backbones, data, torchrun, flags.
 
-Run alone it trains K independent students, the *vanilla* baseline every method is compared with:
+Run alone it trains K independent students, the *vanilla* baseline every method is compared with (a method
+script trains it with its own recipe too: `python ffsd.py --recipe paper --baseline`):
 
     python common.py --arch resnet32 --students 2                 # CIFAR-100
     python common.py --dataset synthetic --epochs 2 --arch resnet20   # zero-setup demo on CPU
-    torchrun --standalone --nproc_per_node=4 common.py --arch resnet32   # 4 GPUs (every script; see below)
+    torchrun --standalone --nproc_per_node=4 common.py --arch resnet32   # 4 GPUs (every script; see torchrun below)
 
-Vanilla: K students, each trained on the labels alone; nothing passes between them. Every student sees
-the same augmented batch x = views[0]; part ce_s<k>'s gradient reaches student k only (no term links two):
-
-    x --+--> student 0   --> z_0   --> CE(z_0, y)   = ce_s0     --+
-        +--> student 1   --> z_1   --> CE(z_1, y)   = ce_s1     --+--> loss = sum_k ce_s<k>   (one backward)
-        +--> ...                                                  |
-        +--> student K-1 --> z_K-1 --> CE(z_K-1, y) = ce_s<K-1> --+
-    evaluation only: ens = log mean_k softmax(z_k)   (no loss term: nothing flows back through it)
-
-Reading path: a step, in the order it runs. main() (the last function of this file) parses the flags, loads
-the data and builds the method; fit() (the first function of the loop section) runs the epochs: train_epoch()
-does each step as lr -> loss, parts = method(views, y) -> zero_grad -> backward -> step, then the epoch ends
-with evaluate_epoch() (every head on the test set) and save_checkpoint() (last.pt, best.pt). The sections, in
-order: errors; the train/eval loop (fit, train_epoch, then what they call); the vanilla baseline (Vanilla);
-checkpoints (save_checkpoint beside restore); backbones; data (the in-memory path, then the streamed one);
-several processes (torchrun); flags, set-up and the entry point (main).
+Reading path, top to bottom, in the order a run goes: main() (flags, settings, data, method, fit), Settings
+(what the loop derives from the flags, made once by derive_settings), fit() (the epochs), train_epoch() (the
+step: lr -> loss, parts = method(views, y) -> zero_grad -> backward -> step), the learning rate, evaluation.
+Everything else is below the one banner that follows them: the loop's plumbing, the vanilla baseline,
+checkpoints, backbones, data, torchrun, flags, errors.
 
 The method contract (duck-typed; every method file states it again at its top, for whoever copies that file
 alone into another project: a method file needs nothing from here for its modules and loss):
@@ -49,6 +39,8 @@ alone into another project: a method file needs nothing from here for its module
                               (default: every student in method.students as OUT/s<i>.pt)
 """
 import argparse
+import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -62,119 +54,139 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class UsageError(Exception):
-    """A mistake the user can fix (bad flag, missing data, wrong checkpoint): printed as one sentence."""
+METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl")  # a new method: its file + its name here
 
 
-class SharedError(UsageError):
-    """A stop every process of a torchrun run finds at the same time (a non-finite loss): printed once."""
-
-
-# ==================================================================================================
-# Train / eval loop
-# ==================================================================================================
-# fit runs the epochs, train_epoch the steps of one; below them, what they call: the step's helpers, the end of
-# an epoch (evaluation), then the set-up and the end of a run.
-
-def fit(method, data, args, out_dir, name="vanilla") -> dict:
-    """Train `method` on `data` for args.epochs (resuming from out_dir/last.pt with --resume), evaluating
-    every head every epoch; write metrics.jsonl, last.pt, best.pt and results.json into out_dir (the epoch's
-    scalars also into --tensorboard's folder). Under torchrun every process calls it and returns the same
-    results; rank 0 prints, evaluates and writes, the others wait."""
-    main_rank, device = args.rank == 0, data.device
-    if main_rank:
-        os.makedirs(out_dir, exist_ok=True)
-    method.to(device)
-    if args.sync_bn and args.distributed:  # batch statistics over the global batch (CUDA only)
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    if args.channels_last:
-        method.to(memory_format=torch.channels_last)
-    optimizers = make_optimizers(method, args)
-    gen = torch.Generator(device=device).manual_seed(args.seed)  # the same on every process
-    last_path = os.path.join(out_dir, "last.pt")
-    run = {"epoch": 0, "best": {}, "best_epoch": {}, "elapsed": 0.0, "final": {}, "final_top5": {}, "collapsed": {}}
-    if args.resume:
-        run = restore(last_path, name, args, method, optimizers, gen)
-        print(f"resumed {last_path} at epoch {run['epoch']}")
-    train_module = method  # one DistributedDataParallel around everything that trains: one backward a step
-    if args.distributed:
-        train_module = nn.parallel.DistributedDataParallel(
-            method, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True)
-    step_fn = torch.compile(train_module) if args.compile else train_module
-    num_views = getattr(method, "num_views", 1)
-
-    n_train = len(data.train_y)
-    batch = min(args.batch_size, n_train)  # the global batch: each of the world_size processes gets its share
-    batch -= batch % args.world_size
-    steps = n_train // batch  # the last incomplete batch is dropped; every epoch reshuffles
-    metrics_file = open_metrics(os.path.join(out_dir, "metrics.jsonl"), run["epoch"]) if main_rank else None
-    board = open_tensorboard(args, run["epoch"]) if main_rank else None
-    for epoch in range(run["epoch"], args.epochs):
-        set_lr(optimizers, lr_factor(args, epoch, 0, steps))
-        if hasattr(method, "set_epoch"):
-            method.set_epoch(epoch)
-        method.train()
-        progress = Progress(args, epoch, steps, batch)
-        t0 = time.perf_counter()
-        try:
-            names, sums = train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, epoch,
-                                      progress)
-        except NonFinite as e:
-            kept = (f"the last good checkpoint {last_path} (epoch {run['epoch']}) is untouched"
-                    if os.path.exists(last_path) else "no checkpoint had been written")
-            raise SharedError(f"training stopped: the loss part '{e.part}' became non-finite at epoch "
-                              f"{epoch + 1}, step {e.step}; {kept}") from None
-        finally:
-            progress.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_time = time.perf_counter() - t0
-        run["elapsed"] += train_time
-        run["epoch"] = epoch + 1
-        if main_rank:
-            logged = evaluate_epoch(method, data, args, epoch, run)
-            lr = args.lr * lr_factor(args, epoch, steps - 1, steps)  # where the epoch ended
-            record = {"epoch": epoch + 1, "lr": lr, **{n: float(v) / steps for n, v in zip(names, sums.tolist())},
-                      **logged, "seconds": train_time, "images_per_s": steps * batch / train_time}
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-            write_scalars(board, record)
-            save_checkpoint(out_dir, run, name, method, optimizers, args, gen)
-            eta = run["elapsed"] / (epoch + 1) * (args.epochs - epoch - 1)
-            heads = "  ".join(f"{h} {a:.2f}" for h, a in run["final"].items())
-            print(f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  loss {record['loss']:.4f}  "
-                  f"top1 {heads}  |  {train_time:.1f}s  {record['images_per_s']:.0f} img/s  eta {format_eta(eta)}",
-                  flush=True)
-        share_state(method, args)
-    results = None
-    if main_rank:
-        metrics_file.close()
-        if board is not None:
-            board.close()
-        results = write_results(method, run, args, out_dir, name, steps * batch)
-    if args.distributed:  # the others wait for rank 0's files, and return what it wrote
-        results = [results]
-        dist.broadcast_object_list(results, 0)
-        results = results[0]
+def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
+    """A script's run: flags, settings, data, method (a method file passes its name, add_arguments and build), then
+    fit(). An error a user can cause ends in one sentence and a non-zero exit status (stop(), below)."""
+    args, recipe = parse_flags(name, add_arguments, argv, doc)  # as given, --recipe's values as their defaults
+    if args.baseline:  # this script's recipe and shared flags, for the independent students alone
+        name, build = "vanilla", None
+    settings = derive_settings(args, recipe)
+    own_group = created = False
+    try:
+        own_group = start_processes(settings)  # under torchrun: join its process group
+        created = agree(settings, lambda: make_out_dir(args.out_dir) if settings.rank == 0 else False)
+        torch.manual_seed(args.seed)
+        data, method = agree(settings, lambda: set_up(args, settings.device, build))
+        if settings.rank == 0 and not args.resume:  # the flags and the settings made from them
+            write_json(os.path.join(args.out_dir, "args.json"), saved_args(args, settings, data.image_size))
+        print(headline(name, args, settings, data, method), flush=True)
+        results = fit(method, data, args, settings, name)
+    except BaseException as e:
+        stop(e, args, settings, own_group, created)  # an error a user can cause: one sentence, an exit status
+        raise  # any other error: its traceback
+    end_processes(own_group)
+    print(f"done in {format_eta(results['train_seconds'])}: final top-1 {top1_line(results['final'])}  "
+          f"(results in {args.out_dir})")
     return results
 
 
-def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, epoch, progress=None,
+@dataclasses.dataclass
+class Settings:
+    """What the run derives from its flags, made once (derive_settings) and read by the loop; `args` keeps the
+    flags as given. args.json, results.json and every checkpoint record both."""
+    device: torch.device     # --device; under torchrun each process's GPU is its LOCAL_RANK's
+    bf16: bool               # autocast to bfloat16 (--amp; auto: on GPUs)
+    channels_last: bool      # the memory layout of images and weights (on GPUs)
+    rank: int                # this process under torchrun (0 alone) ...
+    world_size: int          # ... of this many (1 alone)
+    distributed: bool        # started by torchrun, even as its only process
+    milestone_epochs: list   # --milestones in epochs
+    archs: list              # --arch, one name per student
+    recipe_flags: list       # --recipe's values as flags (recorded)
+    recipe_overridden: list  # those the command gave otherwise (recorded)
+
+
+def derive_settings(args, recipe=None) -> Settings:
+    """The run's settings from its flags (check_args has refused what this machine or torchrun cannot do)."""
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    distributed = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun, even with one process
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if distributed and device.startswith("cuda"):  # each process takes the GPU of its LOCAL_RANK
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    on_gpu, recipe = device.startswith("cuda"), recipe or {}
+    flags = recipe_flags(recipe)
+    return Settings(device=torch.device(device), bf16=args.amp == "bf16" or (args.amp == "auto" and on_gpu),
+                    channels_last=on_gpu, rank=rank, world_size=world_size, distributed=distributed,
+                    milestone_epochs=milestone_epochs(args), archs=student_archs(args), recipe_flags=flags,
+                    recipe_overridden=[f for (dest, v), f in zip(recipe.items(), flags) if getattr(args, dest) != v])
+
+
+def fit(method, data, args, settings, name="vanilla") -> dict:
+    """Train `method` on `data` for --epochs, every head evaluated after each; metrics.jsonl, last.pt, best.pt and
+    results.json go to --out-dir (--resume continues its last.pt). Under torchrun every process calls it and
+    returns the same results; rank 0 evaluates, writes and prints."""
+    method = on_device(method, args, settings)  # channels_last on GPUs; --sync-bn under torchrun
+    optimizers = make_optimizers(method, args)
+    gen = torch.Generator(device=settings.device).manual_seed(args.seed)  # order, augmentation: same everywhere
+    record = {"epoch": 0, "best": {}, "best_epoch": {}, "elapsed": 0.0, "final": {}, "final_top5": {}, "collapsed": {}}
+    if args.resume:  # that record (epochs done, time, top-1), weights, optimizers, generators: --out-dir's last.pt
+        record = restore(os.path.join(args.out_dir, "last.pt"), name, args, method, optimizers, gen)
+    step_fn = step_module(method, args, settings)  # torchrun: one DistributedDataParallel; --compile
+    batch = min(args.batch_size, len(data.train_y))  # the global batch: each process gets its share
+    batch -= batch % settings.world_size
+    steps = len(data.train_y) // batch  # the last incomplete batch is dropped; every epoch reshuffles
+    saved = saved_args(args, settings, data.image_size)  # as args.json and every checkpoint keep them
+    log = EpochLog(args, settings, record["epoch"], steps, batch)  # metrics.jsonl, TensorBoard: rank 0's
+    for epoch in range(record["epoch"], args.epochs):
+        set_lr(optimizers, lr_factor(args, settings, epoch, 0, steps))
+        if hasattr(method, "set_epoch"):
+            method.set_epoch(epoch)
+        method.train()
+        t0 = time.perf_counter()
+        with stop_on_non_finite(args.out_dir, record, epoch):  # in one sentence, the last checkpoint kept
+            with Progress(args, epoch, steps, batch, settings.rank) as progress:
+                names, sums = train_epoch(step_fn, optimizers, data, args, settings, gen,
+                                          getattr(method, "num_views", 1), batch, steps, epoch, progress)
+        if settings.device.type == "cuda":
+            torch.cuda.synchronize(settings.device)  # the epoch's time includes the device's queue
+        seconds = time.perf_counter() - t0
+        record["elapsed"] += seconds
+        record["epoch"] = epoch + 1
+        if settings.rank == 0:  # the others wait for it in share_state
+            scores = evaluate_epoch(method, data, args, settings, epoch, record)
+            line = log.write(epoch, names, sums, scores, seconds, record)
+            save_checkpoint(args.out_dir, record, name, method, optimizers, saved, gen)  # last.pt, best.pt
+            print(line, flush=True)
+        share_state(method, settings)  # every process takes rank 0's parameters and buffers
+    log.close()
+    results = write_results(method, record, args, settings, name, saved, steps * batch) if settings.rank == 0 else None
+    return share_results(results, settings)  # under torchrun: rank 0's, once its files are written
+
+
+def make_optimizers(method, args):
+    """SGD over method.param_groups() (default: every trainable parameter), and method.extra_optimizer() where
+    the method has one; every group keeps its base lr, which the schedule scales."""
+    groups = method.param_groups() if hasattr(method, "param_groups") else \
+        [{"params": [p for p in method.parameters() if p.requires_grad]}]
+    try:  # a flag combination torch.optim refuses ends in its one sentence
+        optimizers = [torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
+                                      weight_decay=args.wd)]
+        extra = method.extra_optimizer() if hasattr(method, "extra_optimizer") else None
+        optimizers += [extra] if extra is not None else []
+    except ValueError as e:
+        raise UsageError(f"the optimizer refuses these flags: {e}") from None
+    for group in (g for opt in optimizers for g in opt.param_groups):
+        group.setdefault("base_lr", group["lr"])
+    return optimizers
+
+
+def train_epoch(step_fn, optimizers, data, args, settings, gen, num_views, batch, steps, epoch, progress=None,
                 check_every=50):
-    """`steps` optimisation steps over a fresh permutation of the training set (of every batch, this
-    process's share). Returns the loss parts' names and their sums over the steps (a device tensor, the mean
-    over the processes). No step waits for the device: the sums stay there (LossSums, checked every
-    `check_every` steps), and `progress` reads them only when it prints."""
-    losses = LossSums(steps, args.world_size, check_every)
+    """`steps` optimisation steps over a fresh permutation of the training set (of every batch, this process's
+    share). Returns the loss parts' names and their sums over the steps (the mean over the processes), left on the
+    device: no step waits for it (LossSums checks them every `check_every` steps, `progress` when it prints)."""
+    losses = LossSums(steps, settings.world_size, check_every)
     warming = epoch < args.lr_warmup  # the lr changes every step of this epoch
-    batches = data.train_batches(gen, batch, steps, num_views, args.rank, args.world_size)
+    batches = data.train_batches(gen, batch, steps, num_views, settings.rank, settings.world_size)
     for step, (views, y) in enumerate(batches):
         if warming:
-            set_lr(optimizers, lr_factor(args, epoch, step, steps))
-        if args.channels_last:
+            set_lr(optimizers, lr_factor(args, settings, epoch, step, steps))
+        if settings.channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        with autocast(args):
+        with torch.autocast(settings.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
             loss, parts = step_fn(views, y)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
@@ -187,14 +199,14 @@ def train_epoch(step_fn, optimizers, data, args, gen, num_views, batch, steps, e
     return losses.names, losses.totals()
 
 
-def lr_factor(args, epoch, step=0, steps=1):
+def lr_factor(args, settings, epoch, step=0, steps=1):
     """The learning rate at `step` of `epoch` (both from 0) as a fraction of --lr: the epoch's schedule value
     times a linear warm-up, per step, over the first --lr-warmup epochs: step g of W gets s + (1 - s)(g + 1) / W,
     s = --lr-warmup-start (0 by default)."""
     if args.schedule == "cosine":
         factor = 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
     else:
-        factor = args.gamma ** sum(epoch >= m for m in args.milestone_epochs)
+        factor = args.gamma ** sum(epoch >= m for m in settings.milestone_epochs)
     warmup_steps = args.lr_warmup * steps
     done = epoch * steps + step + 1
     start = args.lr_warmup_start  # KDCL's ImageNet recipe warms up from 0.1 to 0.8: 0.125
@@ -208,8 +220,107 @@ def set_lr(optimizers, factor):
             g["lr"] = g["base_lr"] * factor
 
 
-def autocast(args):
-    return torch.autocast(args.device_type, dtype=torch.bfloat16, enabled=args.bf16)
+def evaluate_epoch(method, data, args, settings, epoch, record):
+    """After a training epoch (rank 0 only): the method's epoch_end, then every head on the test set (top-1, and
+    top-5 for 100 classes or more). Updates the record's final and best figures and collapse record and warns once
+    per collapsed head; returns what to log."""
+    logged = (method.epoch_end(epoch, data) or {}) if hasattr(method, "epoch_end") else {}
+    with_top5 = data.num_classes >= 100  # top-5 is what ImageNet and CIFAR-100 papers report beside top-1
+    final, top_share, *top5 = evaluate(method, data, settings, with_top_share=True, with_top5=with_top5)
+    for head, acc in final.items():
+        if acc > record["best"].get(head, -1.0):
+            record["best"][head], record["best_epoch"][head] = acc, epoch + 1
+    warmed_up = epoch >= args.lr_warmup  # checked from the first epoch after the warm-up: before it, a
+    # network that has barely started often predicts one class for most images without having collapsed
+    for head in collapsed_heads(final, top_share, data.num_classes) if warmed_up else []:
+        if head not in record["collapsed"]:
+            record["collapsed"][head] = epoch + 1
+            print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of "
+                  f"the test images at {final[head]:.1f} % top-1: its predictions no longer depend on the input "
+                  f"(a collapse); try a longer --lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
+    record["final"] = final
+    if top5:
+        record["final_top5"] = top5[0]
+    return {**logged, **{f"top1_{h}": a for h, a in final.items()},
+            **{f"top5_{h}": a for h, a in (top5[0] if top5 else {}).items()},
+            **{f"top_share_{h}": v for h, v in top_share.items()}}
+
+
+@torch.no_grad()
+def evaluate(module, data, settings=None, batch_size=None, with_top_share=False, with_top5=False):
+    """Top-1 (%) of every head on the test set. `module`'s eval forward may return a dict of heads, a
+    (logits, features) tuple (a plain backbone, head `top1`) or a logits tensor (head `top1`). With `settings`,
+    in the run's layout and precision (channels_last, bf16); without, as the tensors come.
+    with_top_share: also return, per head, the share of test images given its most common prediction
+    (the collapse signal: 1/C for a balanced test set predicted perfectly, 1.0 for a constant network).
+    with_top5: also return, per head, top-5 (%): the label is among the five highest logits (or is the top-1
+    prediction, so that top-5 >= top-1 even where logits tie). Asked for both, (top1, top_share, top5)."""
+    was_training = module.training
+    module.eval()
+    correct, correct5, counts, n = {}, {}, {}, len(data.test_y)
+    for x, y in data.test_batches(batch_size):
+        if settings is not None and settings.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(settings.device.type if settings is not None else "cpu", dtype=torch.bfloat16,
+                            enabled=settings is not None and settings.bf16):
+            out = module(x)
+        if not isinstance(out, dict):
+            out = {"top1": out[0] if isinstance(out, tuple) else out}
+        for head, logits in out.items():
+            pred = logits.argmax(1)
+            correct[head] = correct.get(head, 0) + (pred == y).sum()
+            counts[head] = counts.get(head, 0) + torch.bincount(pred, minlength=logits.shape[1])
+            if with_top5:  # summed on the device like top-1: no host sync per batch
+                top = logits.topk(min(5, logits.shape[1]), 1).indices
+                correct5[head] = correct5.get(head, 0) + ((top == y[:, None]).any(1) | (pred == y)).sum()
+    module.train(was_training)
+    top1 = {head: 100.0 * float(c) / n for head, c in correct.items()}
+    extras = [{head: float(c.max()) / n for head, c in counts.items()}] if with_top_share else []
+    if with_top5:
+        extras.append({head: 100.0 * float(c) / n for head, c in correct5.items()})
+    return (top1, *extras) if extras else top1
+
+
+def collapsed_heads(top1, top_share, num_classes):
+    """Heads whose predictions no longer depend on the input (the collapse students that teach each other fall
+    into at full learning rate from the first step): their most common prediction takes at least halfway from a
+    balanced share (1/C) to all of the test images, and their top-1 is at most twice chance. The share alone
+    would also catch a passing swing of a high learning rate on a small training set, whose top-1 stays well
+    above chance; a collapsed head's stays near chance."""
+    return [head for head, share in top_share.items()
+            if share >= (1 + 1 / num_classes) / 2 and top1[head] <= 2 * 100 / num_classes]
+
+
+# ##################################################################################################
+# Below: what the run, the loop and evaluation call, behind the names above, in sections: the loop's plumbing
+# (placement, loss sums, progress, metrics and TensorBoard, results); the vanilla baseline; checkpoints;
+# backbones; data; several processes (torchrun); flags; errors (one sentence each).
+# ##################################################################################################
+
+# ==================================================================================================
+# The run's and the loop's plumbing
+# ==================================================================================================
+
+def on_device(method, args, settings):
+    """The method on the run's device, in its memory layout (channels_last on GPUs); under torchrun with --sync-bn,
+    its batch norms take their statistics over the global batch (CUDA only)."""
+    method.to(settings.device)
+    if args.sync_bn and settings.distributed:
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    if settings.channels_last:
+        method.to(memory_format=torch.channels_last)
+    return method
+
+
+def step_module(method, args, settings):
+    """What a step calls: under torchrun, one DistributedDataParallel around everything that trains (a step's
+    gradients are averaged over the processes in its one backward); compiled with --compile."""
+    module = method
+    if settings.distributed:
+        module = nn.parallel.DistributedDataParallel(
+            method, device_ids=[settings.device.index] if settings.device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
+    return torch.compile(module) if args.compile else module
 
 
 class LossSums:
@@ -263,6 +374,20 @@ class NonFinite(Exception):
         self.part, self.step = part, step
 
 
+@contextlib.contextmanager
+def stop_on_non_finite(out_dir, record, epoch):
+    """A loss part that became non-finite in this epoch (LossSums' NonFinite, found by every process at the same
+    step) ends the run in one sentence that names the last good checkpoint, left untouched."""
+    try:
+        yield
+    except NonFinite as e:
+        last_path = os.path.join(out_dir, "last.pt")
+        kept = (f"the last good checkpoint {last_path} (epoch {record['epoch']}) is untouched"
+                if os.path.exists(last_path) else "no checkpoint had been written")
+        raise SharedError(f"training stopped: the loss part '{e.part}' became non-finite at epoch "
+                          f"{epoch + 1}, step {e.step}; {kept}") from None
+
+
 TERMINAL_EVERY_S = 1.0  # on a terminal, the progress line is rewritten at most this often
 PLAIN_EVERY_S = 60.0  # elsewhere (a log file), a progress line at most this often and every 10 % of an epoch
 
@@ -271,16 +396,22 @@ class Progress:
     """Where the epoch stands, printed by rank 0 (not with --quiet): on a terminal one line rewritten in place,
     at most every TERMINAL_EVERY_S; elsewhere (a log file, a cluster job) a plain line at most every 10 % of the
     epoch's steps or every PLAIN_EVERY_S, whichever is rarer. The host's clock alone decides when to print;
-    the running loss is read from the device (a wait) only then."""
+    the running loss is read from the device (a wait) only then. As a context, cleared on leaving it."""
 
-    def __init__(self, args, epoch, steps, batch):
-        self.on = args.rank == 0 and not args.quiet
+    def __init__(self, args, epoch, steps, batch, rank=0):
+        self.on = rank == 0 and not args.quiet
         self.terminal = sys.stdout.isatty()
         self.epoch, self.epochs, self.steps, self.batch = epoch, args.epochs, steps, batch
         self.every_s = TERMINAL_EVERY_S if self.terminal else PLAIN_EVERY_S
         self.every_steps = 1 if self.terminal else math.ceil(steps / 10)
         self.start = self.shown_at = time.perf_counter()
         self.shown_step = self.width = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def update(self, done, losses):
         """After `done` steps of the epoch; the epoch's own line follows its last one."""
@@ -314,102 +445,44 @@ def format_eta(seconds):
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def evaluate_epoch(method, data, args, epoch, run):
-    """After a training epoch (rank 0 only): the method's epoch_end, then every head on the test set (top-1, and
-    top-5 for 100 classes or more). Updates run's final and best figures and collapse record and warns once per
-    collapsed head; returns what to log."""
-    logged = (method.epoch_end(epoch, data) or {}) if hasattr(method, "epoch_end") else {}
-    with_top5 = data.num_classes >= 100  # top-5 is what ImageNet and CIFAR-100 papers report beside top-1
-    final, top_share, *top5 = evaluate(method, data, args, with_top_share=True, with_top5=with_top5)
-    for head, acc in final.items():
-        if acc > run["best"].get(head, -1.0):
-            run["best"][head], run["best_epoch"][head] = acc, epoch + 1
-    warmed_up = epoch >= args.lr_warmup  # checked from the first epoch after the warm-up: before it, a
-    # network that has barely started often predicts one class for most images without having collapsed
-    for head in collapsed_heads(final, top_share, data.num_classes) if warmed_up else []:
-        if head not in run["collapsed"]:
-            run["collapsed"][head] = epoch + 1
-            print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of "
-                  f"the test images at {final[head]:.1f} % top-1: its predictions no longer depend on the input "
-                  f"(a collapse); try a longer --lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
-    run["final"] = final
-    if top5:
-        run["final_top5"] = top5[0]
-    return {**logged, **{f"top1_{h}": a for h, a in final.items()},
-            **{f"top5_{h}": a for h, a in (top5[0] if top5 else {}).items()},
-            **{f"top_share_{h}": v for h, v in top_share.items()}}
+def top1_line(final):
+    """{head: top-1} as the run prints it: `s0 71.20  s1 70.85  ens 73.02`."""
+    return "  ".join(f"{h} {a:.2f}" for h, a in final.items())
 
 
-@torch.no_grad()
-def evaluate(module, data, args=None, batch_size=None, with_top_share=False, with_top5=False):
-    """Top-1 (%) of every head on the test set. `module`'s eval forward may return a dict of heads, a
-    (logits, features) tuple (a plain backbone, head `top1`) or a logits tensor (head `top1`).
-    with_top_share: also return, per head, the share of test images given its most common prediction
-    (the collapse signal: 1/C for a balanced test set predicted perfectly, 1.0 for a constant network).
-    with_top5: also return, per head, top-5 (%): the label is among the five highest logits (or is the top-1
-    prediction, so that top-5 >= top-1 even where logits tie). Asked for both, (top1, top_share, top5)."""
-    was_training = module.training
-    module.eval()
-    correct, correct5, counts, n = {}, {}, {}, len(data.test_y)
-    for x, y in data.test_batches(batch_size):
-        if args is not None and args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(args) if args is not None else torch.autocast("cpu", enabled=False):
-            out = module(x)
-        if not isinstance(out, dict):
-            out = {"top1": out[0] if isinstance(out, tuple) else out}
-        for head, logits in out.items():
-            pred = logits.argmax(1)
-            correct[head] = correct.get(head, 0) + (pred == y).sum()
-            counts[head] = counts.get(head, 0) + torch.bincount(pred, minlength=logits.shape[1])
-            if with_top5:  # summed on the device like top-1: no host sync per batch
-                top = logits.topk(min(5, logits.shape[1]), 1).indices
-                correct5[head] = correct5.get(head, 0) + ((top == y[:, None]).any(1) | (pred == y)).sum()
-    module.train(was_training)
-    top1 = {head: 100.0 * float(c) / n for head, c in correct.items()}
-    extras = [{head: float(c.max()) / n for head, c in counts.items()}] if with_top_share else []
-    if with_top5:
-        extras.append({head: 100.0 * float(c) / n for head, c in correct5.items()})
-    return (top1, *extras) if extras else top1
+class EpochLog:
+    """Rank 0's account of each epoch: a line of metrics.jsonl in --out-dir (made here where missing; a resumed
+    run keeps the lines of the epochs its checkpoint holds), the same scalars for TensorBoard (--tensorboard),
+    and the line the run prints. The other processes keep none."""
 
+    def __init__(self, args, settings, epoch, steps, batch):
+        self.args, self.settings, self.steps, self.batch = args, settings, steps, batch
+        self.file = self.board = None
+        if settings.rank == 0:
+            os.makedirs(args.out_dir, exist_ok=True)
+            self.file = open_metrics(os.path.join(args.out_dir, "metrics.jsonl"), epoch)
+            self.board = open_tensorboard(args, epoch)
 
-def collapsed_heads(top1, top_share, num_classes):
-    """Heads whose predictions no longer depend on the input (the collapse students that teach each other fall
-    into at full learning rate from the first step): their most common prediction takes at least halfway from a
-    balanced share (1/C) to all of the test images, and their top-1 is at most twice chance. The share alone
-    would also catch a passing swing of a high learning rate on a small training set, whose top-1 stays well
-    above chance; a collapsed head's stays near chance."""
-    return [head for head, share in top_share.items()
-            if share >= (1 + 1 / num_classes) / 2 and top1[head] <= 2 * 100 / num_classes]
+    def write(self, epoch, names, sums, scores, seconds, record):
+        """The epoch's line of metrics.jsonl (its lr, mean loss parts, scores, time) and TensorBoard's scalars;
+        returns the line to print."""
+        args, steps = self.args, self.steps
+        lr = args.lr * lr_factor(args, self.settings, epoch, steps - 1, steps)  # where the epoch ended
+        line = {"epoch": epoch + 1, "lr": lr, **{n: float(v) / steps for n, v in zip(names, sums.tolist())},
+                **scores, "seconds": seconds, "images_per_s": steps * self.batch / seconds}
+        self.file.write(json.dumps(line) + "\n")
+        self.file.flush()
+        write_scalars(self.board, line)
+        eta = record["elapsed"] / (epoch + 1) * (args.epochs - epoch - 1)
+        return (f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  loss {line['loss']:.4f}  "
+                f"top1 {top1_line(record['final'])}  |  {seconds:.1f}s  {line['images_per_s']:.0f} img/s  "
+                f"eta {format_eta(eta)}")
 
-
-def share_state(method, args):
-    """Every process takes rank 0's parameters and buffers (what epoch_end changed there: KDCL's ensemble
-    weights; batch-norm statistics, which each process gathers from its own share)."""
-    if args.world_size > 1:
-        for t in itertools.chain(method.parameters(), method.buffers()):
-            dist.broadcast(t.data, 0)
-
-
-def make_optimizers(method, args):
-    if hasattr(method, "param_groups"):
-        groups = method.param_groups()
-    else:
-        groups = [{"params": [p for p in method.parameters() if p.requires_grad]}]
-    try:  # a flag combination torch.optim refuses ends in its one sentence
-        sgd = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
-                              weight_decay=args.wd)
-        optimizers = [sgd]
-        if hasattr(method, "extra_optimizer"):
-            extra = method.extra_optimizer()
-            if extra is not None:
-                optimizers.append(extra)
-    except ValueError as e:
-        raise UsageError(f"the optimizer refuses these flags: {e}") from None
-    for opt in optimizers:
-        for g in opt.param_groups:
-            g.setdefault("base_lr", g["lr"])
-    return optimizers
+    def close(self):
+        if self.file is not None:
+            self.file.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def open_metrics(path, keep_epochs):
@@ -455,25 +528,60 @@ def write_scalars(board, record):
         board.flush()
 
 
-def write_results(method, run, args, out_dir, name, images_per_epoch):
+def set_up(args, device, build):
+    """The data and the method: build(args, data), or vanilla's students without one (a configuration a method's
+    modules cannot be built for: one sentence)."""
+    data = load_data(args, device)
+    try:  # a method refuses a configuration its modules cannot be built for with one sentence (ValueError)
+        method = build(args, data) if build is not None else Vanilla(build_students(args, data))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return data, method
+
+
+def headline(name, args, settings, data, method):
+    """The run's first line: what trains on what, where, and where its files go."""
+    processes = f"{settings.world_size} processes, each " if settings.world_size > 1 else ""
+    return (f"{name}: {args.arch} x{args.students} on {args.dataset} ({len(data.train_y)} train / "
+            f"{len(data.test_y)} test images, {data.num_classes} classes), {processes}{device_name(settings.device)}, "
+            f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}")
+
+
+def plain_args(args):
+    """The flags as plain values (what JSON holds)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+def saved_args(args, settings, image_size):
+    """What args.json, results.json and every checkpoint keep as `args`: the flags, then the settings made from
+    them (`device` as the one used), then the input size the networks were built for."""
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    values.update(device=str(settings.device), device_type=settings.device.type)
+    return {**plain_args(args), **values, "input_size": list(image_size)}
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def write_results(method, record, args, settings, name, saved, images_per_epoch):
     """results.json and the exported networks, at the end of a run."""
-    elapsed = run["elapsed"]
-    device = torch.device(args.device)
-    results = {"method": name, "final": run["final"],
-               **({"final_top5": run["final_top5"]} if run.get("final_top5") else {}),  # 100 classes or more
-               "best": run["best"], "best_epoch": run["best_epoch"],
-               "epochs": args.epochs, "collapsed": run["collapsed"], "train_seconds": elapsed,
+    elapsed = record["elapsed"]
+    results = {"method": name, "final": record["final"],
+               **({"final_top5": record["final_top5"]} if record.get("final_top5") else {}),  # 100 classes or more
+               "best": record["best"], "best_epoch": record["best_epoch"],
+               "epochs": args.epochs, "collapsed": record["collapsed"], "train_seconds": elapsed,
                "images_per_s": args.epochs * images_per_epoch / elapsed if elapsed else None,
                "params": {**{f"s{i}": count_params(s) for i, s in enumerate(getattr(method, "students", []))},
                           "total": count_params(method),
                           "trainable": sum(p.numel() for p in method.parameters() if p.requires_grad)},
-               "device": (f"{args.world_size} x " if args.distributed else "") + device_name(device),
+               "device": (f"{settings.world_size} x " if settings.distributed else "") + device_name(settings.device),
                "torch": torch.__version__, "torchvision": tv_version(),
-               "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": plain_args(args)}
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+               "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": saved}
+    write_json(os.path.join(args.out_dir, "results.json"), results)
     for export_name, payload in exports(method).items():
-        atomic_save(payload, os.path.join(out_dir, f"{export_name}.pt"))
+        atomic_save(payload, os.path.join(args.out_dir, f"{export_name}.pt"))
     return results
 
 
@@ -482,10 +590,6 @@ def exports(method) -> dict:
     if hasattr(method, "export"):
         return method.export()
     return {f"s{i}": backbone_payload(s) for i, s in enumerate(method.students)}
-
-
-def plain_args(args):
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
 
 
 def device_name(device):
@@ -517,6 +621,16 @@ def ensemble_head(logits):
 
 
 class Vanilla(nn.Module):
+    """K students, each trained on the labels alone; nothing passes between them. Every student sees the same
+    augmented batch x = views[0]; part ce_s<k>'s gradient reaches student k only (no term links two):
+
+        x --+--> student 0   --> z_0   --> CE(z_0, y)   = ce_s0     --+
+            +--> student 1   --> z_1   --> CE(z_1, y)   = ce_s1     --+--> loss = sum_k ce_s<k>   (one backward)
+            +--> ...                                                  |
+            +--> student K-1 --> z_K-1 --> CE(z_K-1, y) = ce_s<K-1> --+
+        evaluation only: ens = log mean_k softmax(z_k)   (no loss term: nothing flows back through it)
+    """
+
     def __init__(self, students):
         super().__init__()
         self.students = nn.ModuleList(students)
@@ -560,18 +674,19 @@ def load_checkpoint(path):
                          f"it may be truncated or corrupt") from None
 
 
-def save_checkpoint(out_dir, run, name, method, optimizers, args, gen):
-    """After an epoch: last.pt, everything restore() needs to continue the run, and the same as best.pt when
-    the epoch is the best yet of the method's primary head (method.primary_head, else ens)."""
+def save_checkpoint(out_dir, record, name, method, optimizers, saved, gen):
+    """After an epoch: last.pt, everything restore() needs to continue the run (the run's record, the weights,
+    the optimizers, the generators, and `saved`: the flags and settings, as args.json holds them), and the same
+    as best.pt when the epoch is the best yet of the method's primary head (method.primary_head, else ens)."""
     device = gen.device
-    ckpt = {**run, "method": name, "model": method.state_dict(),
-            "optimizers": [o.state_dict() for o in optimizers], "args": plain_args(args),
+    ckpt = {**record, "method": name, "model": method.state_dict(),
+            "optimizers": [o.state_dict() for o in optimizers], "args": saved,
             "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state().cpu(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
     atomic_save(ckpt, os.path.join(out_dir, "last.pt"))
-    final, primary = run["final"], getattr(method, "primary_head", None)
+    final, primary = record["final"], getattr(method, "primary_head", None)
     key = primary if primary in final else ("ens" if "ens" in final else next(iter(final)))
-    if run["best_epoch"].get(key) == run["epoch"]:
+    if record["best_epoch"].get(key) == record["epoch"]:
         atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
 
 
@@ -601,6 +716,7 @@ def restore(path, name, args, method, optimizers, gen):
     if ckpt["epoch"] >= args.epochs:
         raise UsageError(f"{path} already finished {ckpt['epoch']} epoch{'s' * (ckpt['epoch'] != 1)}; "
                          f"raise --epochs to train further")
+    print(f"resumed {path} at epoch {ckpt['epoch']}")
     return {key: ckpt.get(key, {}) for key in RUN_RECORD}
 
 
@@ -846,10 +962,16 @@ def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backb
     return model
 
 
-def build_students(args, num_classes: int) -> list:
-    """One backbone per student from --arch (one name, or a comma list as long as --students), shaped for
-    args.input_size (the data's (H, W), set by main; 32 px where it is missing)."""
-    return [build_model(arch, num_classes, getattr(args, "input_size", 32)) for arch in args.archs]
+def build_students(args, data) -> list:
+    """One backbone per student from --arch (one name, or a comma list as long as --students), for the data's
+    classes and image size (what a method's build() reads of `data`: num_classes, image_size)."""
+    return [build_model(arch, data.num_classes, tuple(data.image_size)) for arch in student_archs(args)]
+
+
+def student_archs(args) -> list:
+    """--arch as one name per student: a single name is every student's."""
+    archs = [a.strip() for a in args.arch.split(",")]
+    return archs * args.students if len(archs) == 1 else archs
 
 
 class Student(nn.Module):
@@ -1339,6 +1461,7 @@ def load_stl10(data_dir):
     return (*sets, 10)
 
 
+
 # ==================================================================================================
 # Several processes: torchrun
 # ==================================================================================================
@@ -1352,41 +1475,75 @@ def load_stl10(data_dir):
 # and so does anything a method computes per batch (KDCL linear's ensemble weights). Rank 0 evaluates, logs,
 # writes checkpoints and exports; after every epoch the others take its state.
 
-def check_world(args):
-    """This process's place in a torchrun run (args.rank, args.world_size: 0 and 1 without torchrun) and its
-    device (cuda:LOCAL_RANK on GPUs). args.distributed: started by torchrun, even as its only process (one GPU
-    then runs the process group, DistributedDataParallel and --sync-bn's conversion like N GPUs do)."""
-    args.world_size, args.rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    args.distributed = args.world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ
-    if not args.distributed:
-        return
-    if args.device_type == "cuda":
-        if args.device != "cuda" and args.device != f"cuda:{os.environ.get('LOCAL_RANK', '0')}":
-            raise UsageError(f"under torchrun each process takes the GPU of its LOCAL_RANK: pass --device cuda "
-                             f"(or auto), not {args.device}")
-        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    elif args.sync_bn:
-        raise UsageError("--sync-bn needs GPUs (torch's SyncBatchNorm does not run on CPU)")
-    if args.batch_size % args.world_size or args.batch_size // args.world_size < 2:
-        raise UsageError(f"--batch-size {args.batch_size} is the global batch: it must split into equal shares of "
-                         f"at least 2 images over the {args.world_size} processes")
-
-
-def start_processes(args):
+def start_processes(settings):
     """Join the torchrun run's process group (NCCL on GPUs, gloo on CPU), unless the caller already has;
     from here only rank 0 prints. True when this call made the group (and its caller ends it)."""
-    if not args.distributed or dist.is_initialized():
+    if not settings.distributed or dist.is_initialized():
         return False
-    if args.device_type == "cuda":
-        torch.cuda.set_device(torch.device(args.device))
-    dist.init_process_group("nccl" if args.device_type == "cuda" else "gloo")
-    if args.rank != 0:
+    if settings.device.type == "cuda":
+        torch.cuda.set_device(settings.device)
+    dist.init_process_group("nccl" if settings.device.type == "cuda" else "gloo")
+    if settings.rank != 0:
         sys.stdout = open(os.devnull, "w")
     return True
 
 
+def agree(settings, work):
+    """work() on every process; if it failed on any, every process stops with the failures' sentences,
+    said once by rank 0 (a data folder missing on one node stops the run before training starts)."""
+    try:
+        result, failure = work(), None
+    except UsageError as e:
+        result, failure = None, str(e)
+    if settings.world_size > 1:
+        failures = [None] * settings.world_size
+        dist.all_gather_object(failures, failure)
+        said = {}
+        for r, f in enumerate(failures):
+            if f is not None:
+                said.setdefault(f, []).append(r)
+        if said:
+            everyone = len(said) == 1 and len(next(iter(said.values()))) == settings.world_size
+            raise SharedError("; ".join(f if everyone else f"{f} (rank {', '.join(map(str, ranks))})"
+                                        for f, ranks in said.items()))
+    if failure is not None:
+        raise UsageError(failure)
+    return result
+
+
+def share_state(method, settings):
+    """Every process takes rank 0's parameters and buffers (what epoch_end changed there: KDCL's ensemble
+    weights; batch-norm statistics, which each process gathers from its own share)."""
+    if settings.world_size > 1:
+        for t in itertools.chain(method.parameters(), method.buffers()):
+            dist.broadcast(t.data, 0)
+
+
+def share_results(results, settings):
+    """Rank 0's results on every process: under torchrun the others wait here until its files are written."""
+    if settings.distributed:
+        results = [results]
+        dist.broadcast_object_list(results, 0)
+        results = results[0]
+    return results
+
+
+def lost_contact(error):
+    """Whether an error raised by a collective means that another process is gone."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"))
+
+
+def end_processes(own_group):
+    """Leave the process group this run made (before exiting on an error too: not leaving it aborts the process
+    on exit)."""
+    if own_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 # ==================================================================================================
-# Flags, set-up and the entry point shared by every method script
+# Flags: the shared ones, --recipe, --baseline, their checks, the output folder
 # ==================================================================================================
 
 class Parser(argparse.ArgumentParser):
@@ -1394,20 +1551,41 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n" if os.environ.get("RANK", "0") == "0" else None)
 
 
-def baseline_recipes(parser):
-    """Vanilla's recipes: the baseline of each paper, i.e. the flags of the method file's recipe that vanilla
-    has (its training recipe, architectures and data, no temperature), named <method> for its `paper` recipe
-    and <method>-imagenet; read from the method files, so that each recipe is defined once."""
-    import importlib
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in sys.path:
-        sys.path.insert(0, here)
-    dests = set(vars(parser.parse_args([])))
-    recipes = {}
-    for method in (m for m in METHODS if m != "vanilla"):  # every paper's baseline
-        for name, recipe in importlib.import_module(method).RECIPES.items():
-            recipes[method + name[len("paper"):]] = {k: v for k, v in recipe.items() if k in dests and k != "T"}
-    return recipes
+def parse_flags(name, add_arguments=None, argv=None, doc=None):
+    """A script's flags as given (the shared ones, then its own), --recipe's values as their defaults, checked;
+    with --baseline only vanilla's. Returns (args, the recipe's values used); a mistake ends in one sentence
+    (said by rank 0 alone under torchrun: every process makes it) and exit status 2."""
+    parser = make_parser(doc or __doc__)
+    if add_arguments is not None:
+        add_arguments(parser)  # a method file's add_arguments also sets parser.recipes, its RECIPES
+    try:
+        recipe = apply_recipe(parser, getattr(parser, "recipes", None) or {}, argv)
+        args = parser.parse_args(argv)
+        if args.baseline:
+            args, recipe, name = baseline_args(args), baseline_recipe(recipe), "vanilla"
+        return check_args(args, name), recipe
+    except UsageError as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def shared_flags():
+    """The dests of the shared flags (those every script has)."""
+    return set(vars(make_parser().parse_args([])))
+
+
+def baseline_recipe(recipe):
+    """The part of a method's recipe the vanilla baseline trains with (--baseline): its shared flags (training
+    recipe, architectures, data), without the temperature."""
+    shared = shared_flags()
+    return {k: v for k, v in recipe.items() if k in shared and k != "T"}
+
+
+def baseline_args(args):
+    """--baseline's flags: a method script's, less its own (and --T, which vanilla does not use)."""
+    shared = shared_flags()
+    return argparse.Namespace(**{k: (None if k == "T" else v) for k, v in vars(args).items() if k in shared})
 
 
 def recipe_flags(recipe):
@@ -1418,8 +1596,6 @@ def recipe_flags(recipe):
         value = f"{value:g}" if isinstance(value, float) else value
         flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
     return flags
-
-
 def apply_recipe(parser, recipes, argv):
     """--recipe NAME: the recipe's values become the parser's defaults (so --help shows them and any flag given
     explicitly still wins), and every recipe is listed under --help. Returns the recipe ({} without --recipe)."""
@@ -1437,7 +1613,8 @@ def apply_recipe(parser, recipes, argv):
     if name is None:
         return {}
     if name not in recipes:
-        raise UsageError(f"unknown recipe '{name}'; choose from {', '.join(recipes) or 'none (this script has none)'}")
+        raise UsageError(f"unknown recipe '{name}'; " + (f"choose from {', '.join(recipes)}" if recipes else
+                         "this script has none (a paper's baseline: <method>.py --recipe paper --baseline)"))
     unknown = set(recipes[name]) - set(vars(parser.parse_args([])))
     assert not unknown, f"recipe {name} sets flags this script does not have: {sorted(unknown)}"
     parser.set_defaults(**recipes[name])
@@ -1453,10 +1630,14 @@ def make_parser(doc=None):
     a = p.add_argument
     a("--recipe", default=None, metavar="NAME",
       help="a paper's recipe (listed at the end): its flags become the defaults shown here. A method's `paper` is "
-           "its paper's CIFAR recipe as published, `paper-imagenet` its ImageNet one; vanilla's are each paper's "
-           "baseline, by method name. As published: no lr warm-up where the paper has none (--lr-warmup 0), "
+           "its paper's CIFAR recipe as published, `paper-imagenet` its ImageNet one (with --baseline: that "
+           "paper's baseline). As published: no lr warm-up where the paper has none (--lr-warmup 0), "
            "although students that teach each other can collapse without one (README 'Learning-rate warm-up'); "
            "add --lr-warmup 5 for ours")
+    a("--baseline", action="store_true",
+      help="train the vanilla baseline instead of this script's method: the students alone, each on the labels "
+           "(named vanilla in the results), with this script's --recipe and shared flags; the flags vanilla has "
+           "not (--T, this script's own) are ignored")
     a("--arch", default="resnet32", help="backbone of every student, or a comma list, one per student")
     a("--students", type=int, default=2, help="number of students (networks trained together)")
     a("--dataset", default="cifar100", choices=DATASETS,
@@ -1504,21 +1685,22 @@ def make_parser(doc=None):
     return p
 
 
+
+
 def check_args(args, name):
-    """Validate the shared flags and derive the fields the loop uses (archs, milestone_epochs, device...)."""
-    given = dict(vars(args))  # the flags as parsed, before anything is derived from them
+    """Refuse, in one sentence, a flag value the run cannot use: on its own, with the other flags, on this
+    machine, under this torchrun launch, or with what --out-dir already holds. Fills in --out-dir's default
+    (made from the other flags, see default_out_dir); returns args."""
+    given = dict(vars(args))  # the flags as parsed, before --out-dir's default
     if args.students < 1:
         raise UsageError(f"--students must be at least 1, got {args.students}")
-    archs = [a.strip() for a in args.arch.split(",")]
-    if len(archs) == 1:
-        archs = archs * args.students
+    archs = student_archs(args)
     if len(archs) != args.students:
         raise UsageError(f"--arch lists {len(archs)} architectures but --students is {args.students}; "
                          f"give one name, or one per student")
     for arch in archs:
         if arch not in ARCHS:
             raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
-    args.archs = archs
     for flag in ("epochs", "batch_size"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1")
@@ -1548,21 +1730,10 @@ def check_args(args, name):
     if args.workers < 0:
         raise UsageError(f"--workers must be 0 or more, got {args.workers}")
     try:
-        ms = [float(m) for m in args.milestones.split(",") if m.strip()]
+        milestone_epochs(args)
     except ValueError:
         raise UsageError(f"--milestones must be a comma list of numbers, got '{args.milestones}'") from None
-    epochs = [round(m * args.epochs) if m < 1 else int(m) for m in ms]
-    args.milestone_epochs = [e for e in epochs if e >= 1]  # a fraction of a very short run may round to 0
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device} was asked for but this machine has no CUDA device")
-    if args.device != "cpu" and not args.device.startswith("cuda"):
-        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got '{args.device}'")
-    args.device_type = "cuda" if args.device.startswith("cuda") else "cpu"
-    check_world(args)
-    args.bf16 = args.amp == "bf16" or (args.amp == "auto" and args.device_type == "cuda")
-    args.channels_last = args.device_type == "cuda"
+    check_device(args)
     if args.out_dir is None:
         args.out_dir = default_out_dir(args, name)
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
@@ -1573,6 +1744,35 @@ def check_args(args, name):
         raise UsageError(existing_run(args.out_dir, given))
     return args
 
+
+def milestone_epochs(args) -> list:
+    """--milestones in epochs: values below 1 are fractions of --epochs (ValueError for a value that is no
+    number). A fraction of a very short run may round to epoch 0: it is dropped."""
+    epochs = [round(m * args.epochs) if m < 1 else int(m)
+              for m in (float(m) for m in args.milestones.split(",") if m.strip())]
+    return [e for e in epochs if e >= 1]
+
+
+def check_device(args):
+    """--device on this machine, and the flags a torchrun launch (WORLD_SIZE, LOCAL_RANK in the environment)
+    cannot honour: one sentence each."""
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} was asked for but this machine has no CUDA device")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got '{device}'")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if not (world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ):
+        return
+    if device.startswith("cuda"):
+        if device != "cuda" and device != f"cuda:{os.environ.get('LOCAL_RANK', '0')}":
+            raise UsageError(f"under torchrun each process takes the GPU of its LOCAL_RANK: pass --device cuda "
+                             f"(or auto), not {device}")
+    elif args.sync_bn:
+        raise UsageError("--sync-bn needs GPUs (torch's SyncBatchNorm does not run on CPU)")
+    if args.batch_size % world_size or args.batch_size // world_size < 2:
+        raise UsageError(f"--batch-size {args.batch_size} is the global batch: it must split into equal shares of "
+                         f"at least 2 images over the {world_size} processes")
 
 def default_out_dir(args, name):
     """runs/<method>_<arch>_<dataset>_seed<seed>, followed by whatever else changes the training images: the
@@ -1607,6 +1807,52 @@ def existing_run(out_dir, given):
             f"--out-dir to keep both, or that run's flags with --resume to continue it")
 
 
+
+# ==================================================================================================
+# Errors: one sentence each, a non-zero exit status, nothing saved lost
+# ==================================================================================================
+
+class UsageError(Exception):
+    """A mistake the user can fix (bad flag, missing data, wrong checkpoint): printed as one sentence."""
+
+
+class SharedError(UsageError):
+    """A stop every process of a torchrun run finds at the same time (a non-finite loss): printed once."""
+
+
+def stop(error, args, settings, own_group, created):
+    """How main() ends on an error a user can cause or fix: one sentence on stderr and an exit status (2: a
+    mistake, 1: a fault, 130: interrupted), the checkpoints written so far kept. Returns for any other error,
+    which main() re-raises with its traceback."""
+    rank = settings.rank
+    said = f"error{f' (rank {rank})' if rank else ''}"
+    if isinstance(error, UsageError):  # under torchrun: one line from rank 0, or from the one process that failed
+        if rank == 0 or not isinstance(error, SharedError):
+            print(f"{said}: {error}", file=sys.stderr)
+        end_processes(own_group)
+        remove_if_empty(args.out_dir, created)
+        sys.exit(2)
+    if isinstance(error, torch.OutOfMemoryError):  # before RuntimeError, of which it is one
+        print(f"{said}: out of memory on {settings.device} at --batch-size {args.batch_size}"
+              f"{f' over {settings.world_size} processes' if settings.world_size > 1 else ''}; "
+              f"lower it (and --lr with it), or use more GPUs", file=sys.stderr)
+        sys.exit(2)
+    if isinstance(error, RuntimeError) and settings.distributed and lost_contact(error):
+        print(f"error (rank {rank}): another process of this run stopped (its error line, or torchrun's report "
+              f"of how it ended, says why); continue from the last checkpoint with --resume --out-dir "
+              f"{args.out_dir}", file=sys.stderr)
+        sys.exit(1)
+    if isinstance(error, OSError):  # a write the probe could not foresee (a full disk): the checkpoints written stay
+        print(f"{said}: {write_failure(error, args.out_dir)}", file=sys.stderr)
+        end_processes(own_group)
+        remove_if_empty(args.out_dir, created)
+        sys.exit(1)
+    if isinstance(error, KeyboardInterrupt):
+        if rank == 0:
+            print(f"interrupted; continue with --resume --out-dir {args.out_dir}", file=sys.stderr)
+        sys.exit(130)
+
+
 def make_out_dir(out_dir):
     """Create --out-dir and write (then remove) a file in it, so that a folder that cannot be written stops the
     run in one sentence before any data is loaded. True when this call created the folder."""
@@ -1630,53 +1876,6 @@ def os_reason(error):
     return f"{reason}: {error.filename}" if error.filename else reason
 
 
-def lost_contact(error):
-    """Whether an error raised by a collective means that another process is gone."""
-    text = str(error)
-    return isinstance(error, dist.DistError) or any(
-        s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"))
-
-
-def end_processes(own_group):
-    """Leave the process group before exiting on an error (not leaving it aborts the process on exit)."""
-    if own_group and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def set_up(args, device, build):
-    """The data and the method (a configuration a method's modules cannot be built for: one sentence)."""
-    data = load_data(args, device)
-    args.input_size = list(data.image_size)  # build_students shapes the backbones for it
-    try:  # a method refuses a configuration its modules cannot be built for with one sentence (ValueError)
-        method = build(args, data) if build is not None else Vanilla(build_students(args, data.num_classes))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    return data, method
-
-
-def agree(args, work):
-    """work() on every process; if it failed on any, every process stops with the failures' sentences,
-    said once by rank 0 (a data folder missing on one node stops the run before training starts)."""
-    try:
-        result, failure = work(), None
-    except UsageError as e:
-        result, failure = None, str(e)
-    if args.world_size > 1:
-        failures = [None] * args.world_size
-        dist.all_gather_object(failures, failure)
-        said = {}
-        for r, f in enumerate(failures):
-            if f is not None:
-                said.setdefault(f, []).append(r)
-        if said:
-            everyone = len(said) == 1 and len(next(iter(said.values()))) == args.world_size
-            raise SharedError("; ".join(f if everyone else f"{f} (rank {', '.join(map(str, ranks))})"
-                                        for f, ranks in said.items()))
-    if failure is not None:
-        raise UsageError(failure)
-    return result
-
-
 def write_failure(error, out_dir):
     """The sentence for a file operation that failed during a run (a full disk, a folder removed under it)."""
     import errno
@@ -1697,78 +1896,6 @@ def remove_if_empty(out_dir, created):
             os.rmdir(out_dir)
         except OSError:
             pass  # not empty (or already gone): keep what is there
-
-
-METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl")  # a new method: its file + its name here
-
-
-def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
-    """Parse the shared flags and the method's own, load data, build the method, train, save. Errors a user
-    can cause end in one sentence and exit status 2."""
-    parser = make_parser(doc or __doc__)
-    if add_arguments is not None:
-        add_arguments(parser)  # a method file's add_arguments also sets parser.recipes, its RECIPES
-    rank = int(os.environ.get("RANK", "0"))
-    try:
-        recipes = getattr(parser, "recipes", None) or (baseline_recipes(parser) if name == "vanilla" else {})
-        recipe = apply_recipe(parser, recipes, argv)
-        args = parser.parse_args(argv)
-        args.recipe_flags = recipe_flags(recipe)  # written to args.json and results.json beside the values used
-        args.recipe_overridden = [flag for (dest, value), flag in zip(recipe.items(), args.recipe_flags)
-                                  if getattr(args, dest) != value]  # the recipe's flags given otherwise
-        args = check_args(args, name)
-    except UsageError as e:  # a flag mistake is the same for every process: rank 0 says it
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    own_group = created = False
-    try:
-        own_group = start_processes(args)
-        # the output folder first (rank 0 writes it): one that cannot be written stops before data and networks
-        created = agree(args, lambda: make_out_dir(args.out_dir) if rank == 0 else False)
-        torch.manual_seed(args.seed)
-        device = torch.device(args.device)
-        data, method = agree(args, lambda: set_up(args, device, build))
-        if rank == 0 and not args.resume:
-            with open(os.path.join(args.out_dir, "args.json"), "w") as f:
-                json.dump(plain_args(args), f, indent=2)
-        processes = f"{args.world_size} processes, each " if args.world_size > 1 else ""
-        print(f"{name}: {args.arch} x{args.students} on {args.dataset} ({len(data.train_y)} train / "
-              f"{len(data.test_y)} test images, {data.num_classes} classes), {processes}{device_name(device)}, "
-              f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}", flush=True)
-        results = fit(method, data, args, args.out_dir, name)
-    except UsageError as e:  # under torchrun: one line from rank 0, or from the one process that failed
-        if rank == 0 or not isinstance(e, SharedError):
-            print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
-        end_processes(own_group)
-        remove_if_empty(args.out_dir, created)
-        sys.exit(2)
-    except RuntimeError as e:  # under torchrun: a collective that lost another process says so in one line
-        if not args.distributed or not lost_contact(e):
-            raise
-        print(f"error (rank {rank}): another process of this run stopped (its error line, or torchrun's report "
-              f"of how it ended, says why); continue from the last checkpoint with --resume --out-dir "
-              f"{args.out_dir}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:  # a write the probe could not foresee (a full disk): the checkpoints already written stay
-        print(f"error{f' (rank {rank})' if rank else ''}: {write_failure(e, args.out_dir)}", file=sys.stderr)
-        end_processes(own_group)
-        remove_if_empty(args.out_dir, created)
-        sys.exit(1)
-    except torch.OutOfMemoryError:
-        print(f"error{f' (rank {rank})' if rank else ''}: out of memory on {args.device} at --batch-size "
-              f"{args.batch_size}{f' over {args.world_size} processes' if args.world_size > 1 else ''}; "
-              f"lower it (and --lr with it), or use more GPUs", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        if rank == 0:
-            print(f"interrupted; continue with --resume --out-dir {args.out_dir}", file=sys.stderr)
-        sys.exit(130)
-    if own_group:
-        dist.destroy_process_group()
-    heads = "  ".join(f"{h} {a:.2f}" for h, a in results["final"].items())
-    print(f"done in {format_eta(results['train_seconds'])}: final top-1 {heads}  (results in {args.out_dir})")
-    return results
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ def build(args, data):
     if args.students < 2:
         raise common.UsageError(f"DML needs at least two students to learn from each other, "
                                 f"got --students {args.students}")
-    return DML(common.build_students(args, data.num_classes), T=args.T, image_size=tuple(data.image_size))
+    return DML(common.build_students(args, data), T=args.T, image_size=tuple(data.image_size))
 
 
 def main(argv=None):

@@ -275,7 +275,7 @@ def build(args, data):
         raise common.UsageError("--groups must be at least 1, --fusion-wd and --rampup non-negative")
     if args.students < 2:
         raise common.UsageError(f"feature fusion needs at least 2 students, got --students {args.students}")
-    return FEFR(common.build_students(args, data.num_classes), data.num_classes, T=args.T, rampup=args.rampup,
+    return FEFR(common.build_students(args, data), data.num_classes, T=args.T, rampup=args.rampup,
                 groups=args.groups, early_fusion=args.early_fusion, reconstruction=args.reconstruction,
                 attention=args.attention, detach_fusion_input=args.detach_fusion_input, fusion_wd=args.fusion_wd,
                 image_size=tuple(data.image_size))

@@ -249,9 +249,10 @@ def pretrain(args, data, arch_names):
         pre_args.epochs, pre_args.out_dir = args.pretrain_epochs, out_dir
         pre_args.resume = args.resume and os.path.exists(os.path.join(out_dir, "last.pt"))  # interrupted
         pre_args.tensorboard = getattr(args, "tensorboard", None) and os.path.join(args.tensorboard, "pretrain")
-        pre_args = common.check_args(pre_args, "vanilla")  # milestones as fractions of the pre-training
+        pre_args = common.check_args(pre_args, "vanilla")
         print(f"ffcl: pre-training {args.students} peers for {args.pretrain_epochs} epochs -> {out_dir}")
-        common.fit(common.Vanilla(common.build_students(args, data.num_classes)), data, pre_args, out_dir)
+        settings = common.derive_settings(pre_args)  # milestones as fractions of the pre-training
+        common.fit(common.Vanilla(common.build_students(args, data)), data, pre_args, settings)
     return [common.load_backbone(p, arch, data.num_classes) for p, arch in zip(paths, arch_names)]
 
 
@@ -272,19 +273,19 @@ def build(args, data):
         raise common.UsageError("--no-regularization uses no pre-trained peers; drop --pretrained/--pretrain-epochs")
     if min(args.T, args.T_resp, args.T_reg) <= 0 or min(args.lambda_feature, args.lambda_response, args.lambda_reg) < 0:
         raise common.UsageError("temperatures must be positive and --lambda-* weights non-negative")
-    students = common.build_students(args, data.num_classes)
+    students, archs = common.build_students(args, data), common.student_archs(args)
     stages = [len(stage_shapes(s, tuple(data.image_size))) for s in students]
     if not all(-n <= args.fusion_stage < n for n in stages):
         raise common.UsageError(f"--fusion-stage {args.fusion_stage} is not a stage of every peer "
-                                f"({', '.join(f'{a}: {n} stages' for a, n in zip(args.archs, stages))})")
+                                f"({', '.join(f'{a}: {n} stages' for a, n in zip(archs, stages))})")
     pretrained = None
     if args.regularization and args.pretrained:
         paths = [p.strip() for p in args.pretrained.split(",")]
         if len(paths) != args.students:
             raise common.UsageError(f"--pretrained lists {len(paths)} files but --students is {args.students}")
-        pretrained = [common.load_backbone(p, arch, data.num_classes) for p, arch in zip(paths, args.archs)]
+        pretrained = [common.load_backbone(p, arch, data.num_classes) for p, arch in zip(paths, archs)]
     elif args.regularization:
-        pretrained = pretrain(args, data, args.archs)
+        pretrained = pretrain(args, data, archs)
     return FFCL(students, data.num_classes, pretrained=pretrained, fusion_stage=args.fusion_stage, T=args.T,
                 T_resp=args.T_resp, T_reg=args.T_reg, lambda_feature=args.lambda_feature * args.feature,
                 lambda_response=args.lambda_response * args.response,

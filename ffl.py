@@ -182,7 +182,7 @@ def build(args, data):
         raise common.UsageError(f"feature fusion needs at least 2 students, got --students {args.students}")
     if args.fusion_wd < 0 or args.rampup < 0:
         raise common.UsageError("--fusion-wd and --rampup must be non-negative")
-    return FFL(common.build_students(args, data.num_classes), data.num_classes, T=args.T, rampup=args.rampup,
+    return FFL(common.build_students(args, data), data.num_classes, T=args.T, rampup=args.rampup,
                detach_fusion_input=args.detach_fusion_input, fusion_wd=args.fusion_wd,
                image_size=tuple(data.image_size))
 

@@ -386,7 +386,7 @@ def build(args, data):
     import common
     if args.students < 2:
         raise common.UsageError(f"FFSD needs --students 2 or more (a leader and common students), got {args.students}")
-    if len(set(args.archs)) > 1:
+    if len(set(common.student_archs(args))) > 1:
         raise common.UsageError(f"FFSD trains one architecture for the leader and every common student, "
                                 f"got --arch {args.arch}")
     for flag in ("lambda_div", "lambda_fusion", "lambda_sd", "lambda_kl", "sd_wd", "fusion_wd"):
@@ -394,7 +394,7 @@ def build(args, data):
             raise common.UsageError(f"--{flag.replace('_', '-')} must be non-negative")
     if args.rampup < 0 or args.sd_lr <= 0:
         raise common.UsageError("--rampup must be non-negative and --sd-lr positive")
-    return FFSD(common.build_students(args, data.num_classes), data.num_classes, T=args.T,
+    return FFSD(common.build_students(args, data), data.num_classes, T=args.T,
                 lambda_div=args.lambda_div, lambda_fusion=args.lambda_fusion, lambda_sd=args.lambda_sd,
                 lambda_kl=args.lambda_kl, rampup=args.rampup, fusion_wd=args.fusion_wd, sd_lr=args.sd_lr,
                 sd_wd=args.sd_wd, image_size=tuple(data.image_size))

@@ -282,7 +282,7 @@ def build(args, data):
             raise common.UsageError("--ensemble general needs --holdout-per-class of at least 1 "
                                     "to estimate its weights")
         data.hold_out(args.holdout_per_class)  # these images are never trained on
-    return KDCL(common.build_students(args, data.num_classes), ensemble=args.ensemble, icl=args.icl, T=args.T,
+    return KDCL(common.build_students(args, data), ensemble=args.ensemble, icl=args.icl, T=args.T,
                 lambda_kd=args.lambda_kd, image_size=tuple(data.image_size))
 
 

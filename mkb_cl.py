@@ -343,7 +343,7 @@ def build(args, data):
         raise common.UsageError("--mkb-at needs at least one stage index")
     if args.embed_dim < 1 or args.mkb_width < 1 or args.alpha < 0:
         raise common.UsageError("--embed-dim and --mkb-width must be positive and --alpha non-negative")
-    return MKBCL(common.build_students(args, data.num_classes), data.num_classes, mkb_at=mkb_at,
+    return MKBCL(common.build_students(args, data), data.num_classes, mkb_at=mkb_at,
                  embed_dim=args.embed_dim, width=args.mkb_width, route=args.route, alpha=args.alpha,
                  metric_detach=args.metric_detach, image_size=tuple(data.image_size))
 

@@ -466,7 +466,7 @@ class Exploding(common.Vanilla):
 
 def test_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     def build_exploding(args, data):
-        return Exploding(common.build_students(args, data.num_classes))
+        return Exploding(common.build_students(args, data))
 
     message = usage_error(capsys, lambda: common.main("exploding", None, build_exploding,
                                                       SMOKE + ["--epochs", "3", "--out-dir", str(tmp_path)]))
@@ -483,6 +483,7 @@ def test_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoin
 def test_lr_warmup_is_linear_per_step_for_every_optimizer(tmp_path):
     """Step g (from 0) of a W-step warm-up runs at (g + 1) / W of each group's base lr: SGD and FFSD's Adam."""
     args = method_args(ffsd, SMOKE + ["--limit-train", "256", "--lr-warmup", "1.5", "--milestones", "9"], tmp_path)
+    settings = common.derive_settings(args)
     data = common.load_data(args, torch.device("cpu"))
     method = ffsd.build(args, data)
     optimizers = common.make_optimizers(method, args)
@@ -495,8 +496,8 @@ def test_lr_warmup_is_linear_per_step_for_every_optimizer(tmp_path):
 
     gen = torch.Generator().manual_seed(0)
     for epoch in range(2):  # 4 steps an epoch: a 6-step warm-up ends in the second epoch
-        common.set_lr(optimizers, common.lr_factor(args, epoch, 0, 4))
-        common.train_epoch(step_fn, optimizers, data, args, gen, 1, 64, 4, epoch)
+        common.set_lr(optimizers, common.lr_factor(args, settings, epoch, 0, 4))
+        common.train_epoch(step_fn, optimizers, data, args, settings, gen, 1, 64, 4, epoch)
     expected = [1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1, 1, 1]
     assert [row[0] for row in seen] == pytest.approx(expected)
     assert all(row == pytest.approx([row[0]] * len(row)) for row in seen)  # every group of both optimizers
@@ -505,7 +506,9 @@ def test_lr_warmup_is_linear_per_step_for_every_optimizer(tmp_path):
 def test_lr_warmup_start_is_where_the_line_begins(tmp_path):
     """KDCL's ImageNet warm-up, 0.1 to 0.8: --lr 0.8 --lr-warmup-start 0.125; 0 and 1 are refused outside."""
     args = method_args(kdcl, ["--lr", "0.8", "--lr-warmup", "1", "--lr-warmup-start", "0.125"], tmp_path)
-    lrs = [0.8 * common.lr_factor(args, 0, step, 4) for step in range(4)] + [0.8 * common.lr_factor(args, 1, 0, 4)]
+    settings = common.derive_settings(args)
+    lrs = [0.8 * common.lr_factor(args, settings, 0, step, 4) for step in range(4)] + \
+        [0.8 * common.lr_factor(args, settings, 1, 0, 4)]
     assert lrs == pytest.approx([0.1 + 0.7 * g / 4 for g in (1, 2, 3)] + [0.8, 0.8])
     with pytest.raises(common.UsageError, match="--lr-warmup-start"):
         method_args(kdcl, ["--lr-warmup-start", "1.5"], tmp_path)
@@ -1934,7 +1937,7 @@ def torchrun_driver(mode, out):
     torch.distributed.init_process_group("gloo")
     rank = torch.distributed.get_rank()
     if mode != "every":
-        build = lambda args, data: FailsOnRank1(common.build_students(args, data.num_classes), mode)  # noqa: E731
+        build = lambda args, data: FailsOnRank1(common.build_students(args, data), mode)  # noqa: E731
         common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", out])  # exits on the failure
         return
     real_batches, real_epoch = common.Data.train_batches, common.train_epoch
@@ -2014,7 +2017,7 @@ def test_a_failure_on_one_process_ends_every_process_and_keeps_the_checkpoint(tm
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (tmp_path / "results.json").exists()
     # the run continues with --resume (here in one process, where nothing fails)
-    build = lambda args, data: FailsOnRank1(common.build_students(args, data.num_classes), how)  # noqa: E731
+    build = lambda args, data: FailsOnRank1(common.build_students(args, data), how)  # noqa: E731
     common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", str(tmp_path), "--resume"])
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
 
@@ -2077,15 +2080,25 @@ def test_an_unknown_recipe_ends_in_one_sentence(capsys):
     assert e.value.code == 2 and err == "error: unknown recipe 'imagenet'; choose from paper, paper-imagenet"
 
 
-def test_vanilla_recipes_are_the_papers_baselines():
-    recipes = common.baseline_recipes(script_parser())
-    assert set(recipes) == {m.__name__ + name[5:] for m in METHOD_MODULES for name in m.RECIPES}
+def test_baseline_trains_vanilla_with_the_scripts_recipe_and_its_shared_flags_only(tmp_path, capsys):
+    """`<method>.py --recipe R --baseline` is the paper's baseline: vanilla's independent students, recorded as
+    vanilla, with the recipe's shared flags; --T and the method's own flags (from the recipe or given) are ignored."""
     dests = set(vars(script_parser().parse_args([])))
     for module in METHOD_MODULES:
-        for name, recipe in module.RECIPES.items():
-            baseline = recipes[module.__name__ + name[5:]]
-            assert baseline == {k: v for k, v in recipe.items() if k in dests and k != "T"}
-    assert recipes["ffsd"]["epochs"] == 300 and "fusion_wd" not in recipes["ffsd"]
+        for recipe in module.RECIPES.values():
+            assert common.baseline_recipe(recipe) == {k: v for k, v in recipe.items() if k in dests and k != "T"}
+    baseline = common.baseline_recipe(ffsd.RECIPES["paper"])
+    assert baseline["epochs"] == 300 and "fusion_wd" not in baseline and "T" not in baseline
+    results = run_main(ffsd.main, ["--recipe", "paper", "--baseline", *TINY, "--sd-lr", "0.5", "--T", "4"], tmp_path)
+    args = results["args"]
+    assert results["method"] == "vanilla" and set(results["final"]) == {"s0", "s1", "s2", "ens"}  # the recipe's 3
+    assert args["baseline"] and args["recipe"] == "paper" and args["T"] is None and "sd_lr" not in args
+    assert args["milestones"] == "150,225" and args["wd"] == 1e-4 and args["epochs"] == 1  # the recipe's; TINY's
+    assert "--milestones 150,225" in args["recipe_flags"] and not any("--T" in f or "sd-lr" in f
+                                                                      for f in args["recipe_flags"])
+    assert json.loads((tmp_path / "args.json").read_text()) == args
+    err = usage_error(capsys, lambda: vanilla(["--recipe", "ffsd"]))  # common.py has no recipes: it says where they are
+    assert "unknown recipe 'ffsd'; this script has none (a paper's baseline: <method>.py --recipe paper --baseline)" in err
 
 
 ROW_KEYS = {"paper", "table", "row", "method", "head", "published", "baseline", "baseline_head", "baseline_published",
@@ -2156,7 +2169,9 @@ def test_reproduce_quick_runs_a_papers_table_and_renders_it_again(tmp_path):
     method = json.loads((results / "dml_paper" / "dml" / "seed0.json").read_text())
     assert method["args"]["recipe"] == "paper" and method["args"]["epochs"] == 1  # the recipe, shrunk by --quick
     baseline = json.loads((results / "dml_paper" / "vanilla" / "seed0.json").read_text())
-    assert baseline["args"]["recipe"] == "dml" and baseline["args"]["batch_size"] == 50
+    recipe = dml.RECIPES["paper"]  # its shared flags, given explicitly where --quick leaves them alone
+    assert baseline["args"]["milestones"] == recipe["milestones"] and baseline["args"]["lr_warmup"] == recipe["lr_warmup"]
+    assert baseline["args"]["batch_size"] == 50 and baseline["args"]["T"] is None
     shutil.rmtree(out)  # the runs are gone: the summaries give the same rows
     status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--render", str(results))
     assert status == 0, output[-2000:]
@@ -2404,6 +2419,14 @@ def test_a_lost_process_points_to_where_its_cause_is_said(tmp_path, capsys, monk
     assert "above" not in err and f"--resume --out-dir {tmp_path / 'run'}" in err
 
 
+def test_out_of_memory_ends_in_one_sentence_naming_the_batch_size(tmp_path, capsys, monkeypatch):
+    """torch's OutOfMemoryError is a RuntimeError: it is told apart before the other RuntimeErrors, so a full GPU
+    ends the run in its sentence, not a traceback."""
+    monkeypatch.setattr(common, "train_epoch", refuse(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(tmp_path / "run")]))
+    assert "error: out of memory on cpu at --batch-size 64; lower it (and --lr with it), or use more GPUs" in err
+
+
 def test_exports_of_a_file_copied_alone_reload_into_the_users_own_students(copied_alone):
     reports, stderr = copied_alone
     exports = {m.__name__: "exported:" + ",".join(sorted(m_exports)) for m, m_exports in
@@ -2554,10 +2577,10 @@ def test_save_checkpoint_writes_best_pt_on_the_primary_heads_best_epoch(tmp_path
     optimizers, gen = [torch.optim.SGD(method.parameters(), lr=0.1)], torch.Generator().manual_seed(0)
     run = {"epoch": 2, "best": {"leader": 50.0, "ens": 60.0}, "best_epoch": {"leader": 1, "ens": 2},
            "elapsed": 1.0, "final": {"leader": 40.0, "ens": 60.0}, "collapsed": {}}
-    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, SimpleNamespace(lr=0.1), gen)
+    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, {"lr": 0.1}, gen)
     assert (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()  # ens's best, not leader's
     run["epoch"], run["best_epoch"]["leader"] = 3, 3
-    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, SimpleNamespace(lr=0.1), gen)
+    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, {"lr": 0.1}, gen)
     best = torch.load(tmp_path / "best.pt", weights_only=True)
     assert best["epoch"] == 3 and best["method"] == "ffsd" and best["args"] == {"lr": 0.1}
 

@@ -95,7 +95,8 @@ def method_args(name, opts, students, out_dir, extra=()):
             "--batch-size", str(opts.batch_size), "--out-dir", out_dir, *extra]
     if opts.compile:
         argv.append("--compile")
-    return module, common.check_args(parser.parse_args(argv), name)
+    args = common.check_args(parser.parse_args(argv), name)
+    return module, args, common.derive_settings(args)
 
 
 def measure_method(name, opts, data, tmp):
@@ -109,11 +110,11 @@ def measure_method(name, opts, data, tmp):
         extra = ["--pretrained", ",".join(paths)]
     if name == "kdcl":
         extra = ["--holdout-per-class", "2"]
-    module, args = method_args(name, opts, students, os.path.join(tmp, name), extra)
+    module, args, settings = method_args(name, opts, students, os.path.join(tmp, name), extra)
     torch.manual_seed(0)
-    method = (common.Vanilla(common.build_students(args, data.num_classes)) if module is None
+    method = (common.Vanilla(common.build_students(args, data)) if module is None
               else module.build(args, data)).to(data.device)
-    if args.channels_last:
+    if settings.channels_last:
         method.to(memory_format=torch.channels_last)
     optimizers = common.make_optimizers(method, args)
     step_fn = torch.compile(method) if args.compile else method
@@ -124,7 +125,7 @@ def measure_method(name, opts, data, tmp):
     method.train()
 
     def run(steps):
-        names, sums = common.train_epoch(step_fn, optimizers, data, args, gen, views, opts.batch_size, steps,
+        names, sums = common.train_epoch(step_fn, optimizers, data, args, settings, gen, views, opts.batch_size, steps,
                                          epoch=10)  # past the lr warm-up too
         float(sums.sum())
 
@@ -136,15 +137,15 @@ def measure_method(name, opts, data, tmp):
 
 def plain_students(opts, data, students):
     """The students alone, on the device, with SGD and a step that is cross-entropy, backward, update."""
-    _, args = method_args("vanilla", opts, students, "unused")
+    _, args, settings = method_args("vanilla", opts, students, "unused")
     torch.manual_seed(0)
-    nets = torch.nn.ModuleList(common.build_students(args, data.num_classes)).to(data.device)
-    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    nets = torch.nn.ModuleList(common.build_students(args, data)).to(data.device)
+    memory_format = torch.channels_last if settings.channels_last else torch.preserve_format
     nets.to(memory_format=memory_format)
     opt = torch.optim.SGD(nets.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
     def step(x, y):
-        with common.autocast(args):
+        with torch.autocast(settings.device.type, dtype=torch.bfloat16, enabled=settings.bf16):
             loss = sum(F.cross_entropy(net(x)[0], y) for net in nets)
         opt.zero_grad(set_to_none=True)
         loss.backward()

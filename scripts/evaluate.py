@@ -67,7 +67,7 @@ def saved_args(path, payload):
 
 
 def data_args(opts, saved):
-    """The namespace common.load_data and common.evaluate read: the training scripts' defaults, the run's own
+    """The flags common.load_data reads (and --device, --amp): the training scripts' defaults, the run's own
     data flags over them, the flags given here over those; checked as a training script checks its own."""
     args = common.make_parser().parse_args([])
     for key in DATA_FLAGS:
@@ -109,7 +109,7 @@ def rebuild(path, ckpt, data, args):
     shape = SimpleNamespace(num_classes=classes, image_size=tuple(saved.input_size),
                             hold_out=lambda per_class: None)  # what build() reads of the data (KDCL holds out none)
     if name == "vanilla":
-        return common.Vanilla(common.build_students(saved, classes))
+        return common.Vanilla(common.build_students(saved, shape))
     if not os.path.isfile(os.path.join(ROOT, f"{name}.py")):
         raise common.UsageError(f"{path} was written by '{name}', which is not a method of this project")
     module = importlib.import_module(name)
@@ -164,17 +164,18 @@ def evaluate_file(path, opts, datasets):
     payload = common.load_checkpoint(path)
     kind = kind_of(path, payload)
     args = data_args(opts, saved_args(path, payload))
+    settings = common.derive_settings(args)  # the device, bf16 and memory layout a training run would use
     key = tuple(getattr(args, k) for k in DATA_FLAGS)
     if key not in datasets:
-        datasets[key] = common.load_data(args, torch.device(args.device))
+        datasets[key] = common.load_data(args, settings.device)
     data = datasets[key]
     module, names, what = load_network(path, payload, kind, data, args)
-    module.to(args.device)
-    if args.channels_last:
+    module.to(settings.device)
+    if settings.channels_last:
         module.to(memory_format=torch.channels_last)
-    top1, top5 = common.evaluate(module, data, args, opts.batch_size, with_top5=True)
+    top1, top5 = common.evaluate(module, data, settings, opts.batch_size, with_top5=True)
     print(f"{path}: {what}; test split of {args.dataset} ({len(data.test_y)} images, {data.num_classes} classes), "
-          f"{common.device_name(torch.device(args.device))}{', bf16' if args.bf16 else ''}")
+          f"{common.device_name(settings.device)}{', bf16' if settings.bf16 else ''}")
     print(f"  {'head':<8} {'top-1':>7} {'top-5':>7}")
     for head, acc in top1.items():
         print(f"  {names.get(head, head):<8} {acc:7.2f} {top5[head]:7.2f}")

@@ -11,7 +11,7 @@ One dict per row:
     baseline_head, baseline_published   the baseline's head and published top-1 (None if not given)
     published_gain                      the published gain where the paper prints it (else method - baseline)
     recipe, flags                       how the row is run: `<method>.py --recipe RECIPE FLAGS`; the baseline
-                                        runs the same recipe's shared flags (common.py --recipe <method>)
+                                        runs the same recipe's shared flags (<method>.py --recipe RECIPE --baseline)
     dataset, archs, epochs              the setting, as the paper gives it (a test checks it against the recipe)
     best_or_last, runs, metric          which epoch and how many runs the paper reports, top-1 or top-5
     source                              paper, table and what the text says

@@ -78,13 +78,10 @@ def run_name(row):
 
 
 def baseline_flags(row):
-    """The baseline's own flags: vanilla takes the paper's baseline recipe by name; another method (FEFR's DML)
-    takes the same recipe's shared flags explicitly."""
-    name = row["method"] + row["recipe"][len("paper"):]
-    if row["baseline"] == "vanilla":
-        return ["--recipe", name]
+    """The baseline's own flags: the row's recipe's shared flags, given explicitly (what `<method>.py --recipe
+    <recipe> --baseline` trains vanilla with), for vanilla (common.py) and another method (FEFR's DML) alike."""
     import common
-    recipe = common.baseline_recipes(common.make_parser())[name]
+    recipe = common.baseline_recipe(importlib.import_module(row["method"]).RECIPES[row["recipe"]])
     return [token for flag in common.recipe_flags(recipe) for token in flag.split(" ", 1)]
 
 
