@@ -10,7 +10,7 @@ script trains it with its own recipe too: `python ffsd.py --recipe paper --basel
 Reading path, top to bottom, in the order a run goes: main() (flags, settings, data, method, fit), Settings
 (what the loop derives from the flags, made once by derive_settings), fit() (the epochs), train_epoch() (the
 step: lr -> loss, parts = method(views, y) -> zero_grad -> backward -> step), the learning rate, evaluation.
-Everything else is below the one banner that follows them: the loop's plumbing, the vanilla baseline,
+Everything else is below the one banner that follows them: the plumbing of the run and the loop, vanilla,
 checkpoints, backbones, data, torchrun, flags, errors.
 
 The method contract (duck-typed; every method file states it again at its top, for whoever copies that file
@@ -292,14 +292,62 @@ def collapsed_heads(top1, top_share, num_classes):
 
 
 # ##################################################################################################
-# Below: what the run, the loop and evaluation call, behind the names above, in sections: the loop's plumbing
-# (placement, loss sums, progress, metrics and TensorBoard, results); the vanilla baseline; checkpoints;
-# backbones; data; several processes (torchrun); flags; errors (one sentence each).
+# Below: what the run, the loop and evaluation above call, behind the names they use there. Sections: the
+# run's and the loop's plumbing (set-up, args.json, placement, metrics and TensorBoard, progress, loss sums,
+# results); the vanilla baseline; checkpoints; backbones; data; several processes (torchrun); flags; errors.
+# New infrastructure goes into its section here, behind a name, so that the step above stays as it reads.
 # ##################################################################################################
 
 # ==================================================================================================
 # The run's and the loop's plumbing
 # ==================================================================================================
+
+def set_up(args, device, build):
+    """The data and the method: build(args, data), or vanilla's students without one (a configuration a method's
+    modules cannot be built for: one sentence)."""
+    data = load_data(args, device)
+    try:  # a method refuses a configuration its modules cannot be built for with one sentence (ValueError)
+        method = build(args, data) if build is not None else Vanilla(build_students(args, data))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return data, method
+
+
+def saved_args(args, settings, image_size):
+    """What args.json, results.json and every checkpoint keep as `args`: the flags, then the settings made from
+    them (`device` as the one used), then the input size the networks were built for."""
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
+    values.update(device=str(settings.device), device_type=settings.device.type)
+    return {**plain_args(args), **values, "input_size": list(image_size)}
+
+
+def plain_args(args):
+    """The flags as plain values (what JSON holds)."""
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def headline(name, args, settings, data, method):
+    """The run's first line: what trains on what, where, and where its files go."""
+    processes = f"{settings.world_size} processes, each " if settings.world_size > 1 else ""
+    return (f"{name}: {args.arch} x{args.students} on {args.dataset} ({len(data.train_y)} train / "
+            f"{len(data.test_y)} test images, {data.num_classes} classes), {processes}{device_name(settings.device)}, "
+            f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}")
+
+
+def format_eta(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def top1_line(final):
+    """{head: top-1} as the run prints it: `s0 71.20  s1 70.85  ens 73.02`."""
+    return "  ".join(f"{h} {a:.2f}" for h, a in final.items())
+
 
 def on_device(method, args, settings):
     """The method on the run's device, in its memory layout (channels_last on GPUs); under torchrun with --sync-bn,
@@ -321,133 +369,6 @@ def step_module(method, args, settings):
             method, device_ids=[settings.device.index] if settings.device.type == "cuda" else None,
             gradient_as_bucket_view=True)
     return torch.compile(module) if args.compile else module
-
-
-class LossSums:
-    """The loss and its parts summed over an epoch's steps, on the device. The first step where one of them was
-    not finite is recorded there too, and checked every `check_every` steps: by every process together (the
-    earliest bad step of any), so that they all stop at the same step."""
-
-    def __init__(self, steps, world_size=1, check_every=50):
-        self.steps, self.world_size, self.check_every = steps, world_size, check_every
-        self.names = self.sums = self.bad_step = self.bad_parts = None
-
-    def add(self, step, loss, parts):
-        values = torch.stack([loss.detach().float()] + [p.detach().float() for p in parts.values()])
-        if self.sums is None:
-            self.names = ["loss"] + list(parts)
-            self.sums, self.bad_step = torch.zeros_like(values), torch.full((), -1, device=values.device)
-            self.bad_parts = torch.zeros_like(values, dtype=torch.int32)
-        finite = torch.isfinite(values)
-        first_bad = (self.bad_step < 0) & ~finite.all()
-        self.bad_step = torch.where(first_bad, step, self.bad_step)
-        self.bad_parts = torch.where(first_bad, (~finite).int(), self.bad_parts)
-        self.sums += values
-        if (step + 1) % self.check_every == 0 or step + 1 == self.steps:
-            self.check()
-
-    def check(self):
-        """NonFinite (the epoch's first bad step, from 1, and a part that went bad there) if there was one."""
-        first, which = torch.where(self.bad_step >= 0, self.bad_step, self.steps), self.bad_parts.clone()
-        if self.world_size > 1:  # the earliest bad step of any process, and the parts that went bad
-            dist.all_reduce(first, dist.ReduceOp.MIN)
-            dist.all_reduce(which, dist.ReduceOp.MAX)
-        if int(first) < self.steps:
-            bad = [n for n, b in zip(self.names, which.tolist()) if b]
-            raise NonFinite(next((n for n in bad if n != "loss"), "loss"), int(first) + 1)
-
-    def mean_loss(self, steps_done):
-        """The mean loss of the steps done so far, on this process's share (a wait for the device)."""
-        return float(self.sums[0]) / steps_done
-
-    def totals(self):
-        """The sums over the epoch's steps, each the mean over the processes' shares (what every process logs)."""
-        if self.world_size > 1:
-            dist.all_reduce(self.sums)
-            self.sums /= self.world_size
-        return self.sums
-
-
-class NonFinite(Exception):
-    def __init__(self, part, step):
-        super().__init__(f"{part} at step {step}")
-        self.part, self.step = part, step
-
-
-@contextlib.contextmanager
-def stop_on_non_finite(out_dir, record, epoch):
-    """A loss part that became non-finite in this epoch (LossSums' NonFinite, found by every process at the same
-    step) ends the run in one sentence that names the last good checkpoint, left untouched."""
-    try:
-        yield
-    except NonFinite as e:
-        last_path = os.path.join(out_dir, "last.pt")
-        kept = (f"the last good checkpoint {last_path} (epoch {record['epoch']}) is untouched"
-                if os.path.exists(last_path) else "no checkpoint had been written")
-        raise SharedError(f"training stopped: the loss part '{e.part}' became non-finite at epoch "
-                          f"{epoch + 1}, step {e.step}; {kept}") from None
-
-
-TERMINAL_EVERY_S = 1.0  # on a terminal, the progress line is rewritten at most this often
-PLAIN_EVERY_S = 60.0  # elsewhere (a log file), a progress line at most this often and every 10 % of an epoch
-
-
-class Progress:
-    """Where the epoch stands, printed by rank 0 (not with --quiet): on a terminal one line rewritten in place,
-    at most every TERMINAL_EVERY_S; elsewhere (a log file, a cluster job) a plain line at most every 10 % of the
-    epoch's steps or every PLAIN_EVERY_S, whichever is rarer. The host's clock alone decides when to print;
-    the running loss is read from the device (a wait) only then. As a context, cleared on leaving it."""
-
-    def __init__(self, args, epoch, steps, batch, rank=0):
-        self.on = rank == 0 and not args.quiet
-        self.terminal = sys.stdout.isatty()
-        self.epoch, self.epochs, self.steps, self.batch = epoch, args.epochs, steps, batch
-        self.every_s = TERMINAL_EVERY_S if self.terminal else PLAIN_EVERY_S
-        self.every_steps = 1 if self.terminal else math.ceil(steps / 10)
-        self.start = self.shown_at = time.perf_counter()
-        self.shown_step = self.width = 0
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def update(self, done, losses):
-        """After `done` steps of the epoch; the epoch's own line follows its last one."""
-        if not self.on or done == self.steps:
-            return
-        now = time.perf_counter()
-        if now - self.shown_at < self.every_s or done - self.shown_step < self.every_steps:
-            return
-        self.shown_at, self.shown_step = now, done
-        per_step = (now - self.start) / done
-        left = per_step * (self.steps - done)
-        run_left = left + per_step * self.steps * (self.epochs - self.epoch - 1)  # training only, as the epoch's
-        line = (f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  "
-                f"{self.batch / per_step:.0f} img/s  loss {losses.mean_loss(done):.4f}  "
-                f"eta {format_eta(left)} (run {format_eta(run_left)})")
-        if self.terminal:
-            print("\r" + line.ljust(self.width), end="", flush=True)
-            self.width = max(self.width, len(line))
-        else:
-            print(line, flush=True)
-
-    def close(self):
-        """Clear the terminal's progress line, for the epoch's line or an error."""
-        if self.width:
-            print("\r" + " " * self.width + "\r", end="", flush=True)
-            self.width = 0
-
-
-def format_eta(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def top1_line(final):
-    """{head: top-1} as the run prints it: `s0 71.20  s1 70.85  ens 73.02`."""
-    return "  ".join(f"{h} {a:.2f}" for h, a in final.items())
 
 
 class EpochLog:
@@ -528,41 +449,121 @@ def write_scalars(board, record):
         board.flush()
 
 
-def set_up(args, device, build):
-    """The data and the method: build(args, data), or vanilla's students without one (a configuration a method's
-    modules cannot be built for: one sentence)."""
-    data = load_data(args, device)
-    try:  # a method refuses a configuration its modules cannot be built for with one sentence (ValueError)
-        method = build(args, data) if build is not None else Vanilla(build_students(args, data))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    return data, method
+TERMINAL_EVERY_S = 1.0  # on a terminal, the progress line is rewritten at most this often
+PLAIN_EVERY_S = 60.0  # elsewhere (a log file), a progress line at most this often and every 10 % of an epoch
 
 
-def headline(name, args, settings, data, method):
-    """The run's first line: what trains on what, where, and where its files go."""
-    processes = f"{settings.world_size} processes, each " if settings.world_size > 1 else ""
-    return (f"{name}: {args.arch} x{args.students} on {args.dataset} ({len(data.train_y)} train / "
-            f"{len(data.test_y)} test images, {data.num_classes} classes), {processes}{device_name(settings.device)}, "
-            f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}")
+class Progress:
+    """Where the epoch stands, printed by rank 0 (not with --quiet): on a terminal one line rewritten in place,
+    at most every TERMINAL_EVERY_S; elsewhere (a log file, a cluster job) a plain line at most every 10 % of the
+    epoch's steps or every PLAIN_EVERY_S, whichever is rarer. The host's clock alone decides when to print;
+    the running loss is read from the device (a wait) only then. As a context, cleared on leaving it."""
+
+    def __init__(self, args, epoch, steps, batch, rank=0):
+        self.on = rank == 0 and not args.quiet
+        self.terminal = sys.stdout.isatty()
+        self.epoch, self.epochs, self.steps, self.batch = epoch, args.epochs, steps, batch
+        self.every_s = TERMINAL_EVERY_S if self.terminal else PLAIN_EVERY_S
+        self.every_steps = 1 if self.terminal else math.ceil(steps / 10)
+        self.start = self.shown_at = time.perf_counter()
+        self.shown_step = self.width = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def update(self, done, losses):
+        """After `done` steps of the epoch; the epoch's own line follows its last one."""
+        if not self.on or done == self.steps:
+            return
+        now = time.perf_counter()
+        if now - self.shown_at < self.every_s or done - self.shown_step < self.every_steps:
+            return
+        self.shown_at, self.shown_step = now, done
+        per_step = (now - self.start) / done
+        left = per_step * (self.steps - done)
+        run_left = left + per_step * self.steps * (self.epochs - self.epoch - 1)  # training only, as the epoch's
+        line = (f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  "
+                f"{self.batch / per_step:.0f} img/s  loss {losses.mean_loss(done):.4f}  "
+                f"eta {format_eta(left)} (run {format_eta(run_left)})")
+        if self.terminal:
+            print("\r" + line.ljust(self.width), end="", flush=True)
+            self.width = max(self.width, len(line))
+        else:
+            print(line, flush=True)
+
+    def close(self):
+        """Clear the terminal's progress line, for the epoch's line or an error."""
+        if self.width:
+            print("\r" + " " * self.width + "\r", end="", flush=True)
+            self.width = 0
 
 
-def plain_args(args):
-    """The flags as plain values (what JSON holds)."""
-    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+class LossSums:
+    """The loss and its parts summed over an epoch's steps, on the device. The first step where one of them was
+    not finite is recorded there too, and checked every `check_every` steps: by every process together (the
+    earliest bad step of any), so that they all stop at the same step."""
+
+    def __init__(self, steps, world_size=1, check_every=50):
+        self.steps, self.world_size, self.check_every = steps, world_size, check_every
+        self.names = self.sums = self.bad_step = self.bad_parts = None
+
+    def add(self, step, loss, parts):
+        values = torch.stack([loss.detach().float()] + [p.detach().float() for p in parts.values()])
+        if self.sums is None:
+            self.names = ["loss"] + list(parts)
+            self.sums, self.bad_step = torch.zeros_like(values), torch.full((), -1, device=values.device)
+            self.bad_parts = torch.zeros_like(values, dtype=torch.int32)
+        finite = torch.isfinite(values)
+        first_bad = (self.bad_step < 0) & ~finite.all()
+        self.bad_step = torch.where(first_bad, step, self.bad_step)
+        self.bad_parts = torch.where(first_bad, (~finite).int(), self.bad_parts)
+        self.sums += values
+        if (step + 1) % self.check_every == 0 or step + 1 == self.steps:
+            self.check()
+
+    def check(self):
+        """NonFinite (the epoch's first bad step, from 1, and a part that went bad there) if there was one."""
+        first, which = torch.where(self.bad_step >= 0, self.bad_step, self.steps), self.bad_parts.clone()
+        if self.world_size > 1:  # the earliest bad step of any process, and the parts that went bad
+            dist.all_reduce(first, dist.ReduceOp.MIN)
+            dist.all_reduce(which, dist.ReduceOp.MAX)
+        if int(first) < self.steps:
+            bad = [n for n, b in zip(self.names, which.tolist()) if b]
+            raise NonFinite(next((n for n in bad if n != "loss"), "loss"), int(first) + 1)
+
+    def mean_loss(self, steps_done):
+        """The mean loss of the steps done so far, on this process's share (a wait for the device)."""
+        return float(self.sums[0]) / steps_done
+
+    def totals(self):
+        """The sums over the epoch's steps, each the mean over the processes' shares (what every process logs)."""
+        if self.world_size > 1:
+            dist.all_reduce(self.sums)
+            self.sums /= self.world_size
+        return self.sums
 
 
-def saved_args(args, settings, image_size):
-    """What args.json, results.json and every checkpoint keep as `args`: the flags, then the settings made from
-    them (`device` as the one used), then the input size the networks were built for."""
-    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-    values.update(device=str(settings.device), device_type=settings.device.type)
-    return {**plain_args(args), **values, "input_size": list(image_size)}
+class NonFinite(Exception):
+    def __init__(self, part, step):
+        super().__init__(f"{part} at step {step}")
+        self.part, self.step = part, step
 
 
-def write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
+@contextlib.contextmanager
+def stop_on_non_finite(out_dir, record, epoch):
+    """A loss part that became non-finite in this epoch (LossSums' NonFinite, found by every process at the same
+    step) ends the run in one sentence that names the last good checkpoint, left untouched."""
+    try:
+        yield
+    except NonFinite as e:
+        last_path = os.path.join(out_dir, "last.pt")
+        kept = (f"the last good checkpoint {last_path} (epoch {record['epoch']}) is untouched"
+                if os.path.exists(last_path) else "no checkpoint had been written")
+        raise SharedError(f"training stopped: the loss part '{e.part}' became non-finite at epoch "
+                          f"{epoch + 1}, step {e.step}; {kept}") from None
 
 
 def write_results(method, record, args, settings, name, saved, images_per_epoch):
