@@ -1699,7 +1699,7 @@ def remove_if_empty(out_dir, created):
             pass  # not empty (or already gone): keep what is there
 
 
-METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl")  # a new method: its file + its name here
+METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl", "one")  # a new method: file + name here
 
 
 def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
