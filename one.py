@@ -276,7 +276,7 @@ RECIPES = {
 def add_arguments(parser):
     parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
     a = parser.add_argument
-    a("--branches", dest="students", type=int,
+    a("--branches", dest="students", type=int, metavar="M",
       help="m, the number of branches; each with the trunk is a student s<i> (--students under ONE's name)")
     a("--branch-at", type=int, default=None,
       help="the first stage (from 0) each branch owns a copy of; the trunk keeps the stages below it "
