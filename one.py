@@ -40,9 +40,9 @@ Gradient flow: the gate learns from ce_gate alone (kd's teacher is detached); br
 and, through z_e, ce_gate; the trunk from every part, through the branches and through the gate.
 
 Official code recipe (CIFAR-100: scripts/ONE_ResNet32.sh and ONE_ResNet110.sh over cifar_one.py's defaults):
-ResNet-32 (or -110), 3 branches on the last stage (layer3), 300 epochs, batch 128,
-SGD momentum 0.9 (no Nesterov), lr 0.1 x0.1 at epochs 151 and 225, wd 1e-4, T = 3, ramp-up 80 epochs, no lr
-warm-up (--lr-warmup 0): RECIPES["paper"] below. Reproduce with:
+ResNet-32 (or -110), 3 branches on the last stage (layer3), 300 epochs, batch 128, SGD momentum 0.9 (no
+Nesterov), lr 0.1 x0.1 at epochs 151 and 225, wd 1e-4, T = 3, ramp-up 80 epochs, no lr warm-up (--lr-warmup 0):
+RECIPES["paper"] below. Reproduce with:
 
     python one.py --recipe paper                       # --arch resnet110 for the paper's deeper network
     python scripts/reproduce.py --paper one --seeds 0,1,2        # beside the seed papers' ONE rows
@@ -50,9 +50,9 @@ warm-up (--lr-warmup 0): RECIPES["paper"] below. Reproduce with:
 (without a warm-up the branches can collapse in their first steps, README 'Learning-rate warm-up'; add
 --lr-warmup 5 for the project's default)
 
-ImageNet: the official code has none. ResNet-18 with 3 branches on its last stage (Res4, as KDCL's Table 3
-reimplements ONE), torchvision's reference schedule (ours: 90 epochs, batch 256, lr 0.1 /10 at 30 and 60, wd
-1e-4), T = 3, no ramp-up (the paper's objective has none):
+ImageNet: the official code has none, so the schedule is ours, torchvision's reference ResNet recipe (90 epochs,
+batch 256, lr 0.1 /10 at 30 and 60, wd 1e-4); ResNet-18 with 3 branches on its last stage (Res4, as KDCL's
+Table 3 reimplements ONE), T = 3, no ramp-up (the paper's objective has none):
 
     python one.py --recipe paper-imagenet --data-dir DIR         # --arch resnet34 for FFSD's other row
 
@@ -149,8 +149,8 @@ class BranchWithTrunk(nn.Module):
 def stage_structure(network, image_size):
     """stage_shapes(network), once `network` is checked to be cut where ONE cuts it: its forward's logits are what
     `stages`, run in order, and then `classifier` give, and those two hold all its state; else one sentence."""
-    name, stages, classifier = type(network).__name__, getattr(network, "stages", None), getattr(network, "classifier",
-                                                                                                  None)
+    name = type(network).__name__
+    stages, classifier = getattr(network, "stages", None), getattr(network, "classifier", None)
     if not isinstance(stages, (nn.ModuleList, nn.Sequential)) or not isinstance(classifier, nn.Module):
         raise TypeError(f"ONE cuts a network between two stages: it needs `stages` (a ModuleList run in order, the "
                         f"stem in stage 0) and `classifier` (the last stage's output -> logits), which {name} lacks")
@@ -266,7 +266,7 @@ RECIPES = {
               "momentum": 0.9, "nesterov": False, "wd": 1e-4, "milestones": "151,225", "lr_warmup": 0, "T": 3.0,
               "rampup": 80.0},
     # no ImageNet script in the official code: ResNet-18, 3 branches on its last stage (KDCL's Table 3: "3 branches
-    # (Res4 block)"); torchvision's reference ResNet schedule (ours); the code's T; no ramp-up (the paper's objective)
+    # (Res4 block)"); torchvision's reference ResNet recipe (our choice); the code's T; no ramp-up (the paper's loss)
     "paper-imagenet": {"arch": "resnet18", "students": 3, "dataset": "imagenet", "epochs": 90, "batch_size": 256,
                        "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 1e-4, "milestones": "30,60",
                        "lr_warmup": 0, "T": 3.0, "rampup": 0.0},
