@@ -54,7 +54,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl")  # a new method: its file + its name here
+METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl", "one")  # a new method: its file + its name here
 
 
 def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):

@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ import ffl  # noqa: E402
 import ffsd  # noqa: E402
 import kdcl  # noqa: E402
 import mkb_cl  # noqa: E402
+import one  # noqa: E402
 
 METHOD_MODULES = [importlib.import_module(name) for name in common.METHODS if name != "vanilla"]
 
@@ -320,6 +322,7 @@ def test_streamed_imagefolder_trains_and_a_resumed_run_continues_exactly(tiny_im
 @pytest.mark.parametrize("module,argv", [
     (None, []), (dml, []), (kdcl, ["--holdout-per-class", "1"]), (ffl, []), (ffcl, ["--pretrain-epochs", "1"]),
     (fefr, []), (ffsd, ["--students", "3"]), (mkb_cl, ["--embed-dim", "3136"]),  # stage 1 is 28 x 28 at 224 px
+    (one, []),
 ], ids=lambda v: getattr(v, "__name__", "vanilla") if not isinstance(v, list) else "")
 def test_every_method_trains_streamed_resnet18_at_224(tiny_imagenet, tmp_path, module, argv):
     main = vanilla if module is None else module.main
@@ -1546,8 +1549,8 @@ def test_mkb_load_network_rejects_other_files(tmp_path):
 METHOD_FILES = [m.__name__ + ".py" for m in METHOD_MODULES]
 PROJECT_MODULES = {"common", *(m.__name__ for m in METHOD_MODULES)}
 # definitions every file that uses them carries as the same text (CleanRL's price for standalone files)
-SHARED = {"kd_loss": [dml, kdcl, ffl, ffcl, fefr, ffsd], "ensemble_head": METHOD_MODULES,
-          "stage_shapes": METHOD_MODULES, "FusionModule": [ffl, ffcl, fefr, ffsd], "ramp_up": [ffl, fefr],
+SHARED = {"kd_loss": [dml, kdcl, ffl, ffcl, fefr, ffsd, one], "ensemble_head": METHOD_MODULES,
+          "stage_shapes": METHOD_MODULES, "FusionModule": [ffl, ffcl, fefr, ffsd], "ramp_up": [ffl, fefr, one],
           "fusion_loss": [ffl, fefr]}
 
 
@@ -1608,6 +1611,23 @@ def student(seed, arch="resnet18"):
     return helper.as_student(getattr(torchvision.models, arch)(num_classes=5))
 
 
+class OwnNet(torch.nn.Module):  # the user's own stage-structured network, what ONE cuts: stages, then classifier
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        block = lambda cin, cout, s: torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, s, 1, bias=False),
+                                                         torch.nn.BatchNorm2d(cout), torch.nn.ReLU())
+        self.stages = torch.nn.ModuleList([block(3, 8, 1), block(8, 16, 2), block(16, 16, 2)])
+        self.classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 5))
+
+    def forward(self, x):
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return self.classifier(x), features
+
+
 def build(name, M):
     S = lambda k: [student(i) for i in range(k)]
     return {"dml": lambda: M.DML([student(0), student(1, "mobilenet_v2")]),
@@ -1616,7 +1636,8 @@ def build(name, M):
             "ffcl": lambda: M.FFCL(S(2), 5, pretrained=S(2)),
             "fefr": lambda: M.FEFR(S(2), 5),
             "ffsd": lambda: M.FFSD(S(3), 5),
-            "mkb_cl": lambda: M.MKBCL(S(2), 5)}[name]()
+            "mkb_cl": lambda: M.MKBCL(S(2), 5),
+            "one": lambda: M.ONE([OwnNet(i) for i in range(3)])}[name]()
 
 
 def train_and_evaluate(name):
@@ -1661,8 +1682,8 @@ def reload_exports(method, M, x, heads, folder):
             fresh = M.MKBNetwork(student(100), {int(k): M.MKBHalf(**c) for k, c in payload["mkb"].items()},
                                  image_size=payload["image_size"])
             head = f"s{i}"
-        else:
-            fresh, head = student(100), key
+        else:  # ONE's branch with the trunk is the user's own network
+            fresh, head = OwnNet(100) if payload["module"] == "OwnNet" else student(100), key
         fresh.load_state_dict(payload["state_dict"])
         with torch.no_grad():
             out = fresh.eval()(x)
@@ -1726,15 +1747,16 @@ def test_a_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
         module.stage_shapes(plain[0], (32, 32))
     assert len(str(info.value).splitlines()) == 1
     assert "common" not in str(info.value)  # a copied file names nothing its copy lacks
-    classes = {dml: "DML", kdcl: "KDCL", ffl: "FFL", ffcl: "FFCL", fefr: "FEFR", ffsd: "FFSD", mkb_cl: "MKBCL"}
+    classes = {dml: "DML", kdcl: "KDCL", ffl: "FFL", ffcl: "FFCL", fefr: "FEFR", ffsd: "FFSD", mkb_cl: "MKBCL",
+               one: "ONE"}
     extra = {ffl: [5], ffcl: [5], fefr: [5], ffsd: [5], mkb_cl: [5]}.get(module, [])
     options = {"pretrained": plain[:2]} if module is ffcl else {}
-    with pytest.raises(TypeError, match="create_feature_extractor"):
+    with pytest.raises(TypeError, match="`stages`.*`classifier`" if module is one else "create_feature_extractor"):
         getattr(module, classes[module])(plain[:3] if module is ffsd else plain[:2], *extra, **options)
 
 
 @pytest.mark.parametrize("module,argv", [(dml, []), (kdcl, ["--ensemble", "naive"]), (ffl, []), (fefr, []),
-                                         (ffsd, ["--students", "3"]), (mkb_cl, []),
+                                         (ffsd, ["--students", "3"]), (mkb_cl, []), (one, []),
                                          (ffcl, ["--no-regularization"])], ids=lambda v: getattr(v, "__name__", ""))
 def test_every_loss_part_is_weighted_and_they_sum_to_the_loss(tmp_path, module, argv):
     method = build_method(module, ["--arch", "resnet20"] + argv, tmp_path).train()
@@ -2430,7 +2452,7 @@ def test_out_of_memory_ends_in_one_sentence_naming_the_batch_size(tmp_path, caps
 def test_exports_of_a_file_copied_alone_reload_into_the_users_own_students(copied_alone):
     reports, stderr = copied_alone
     exports = {m.__name__: "exported:" + ",".join(sorted(m_exports)) for m, m_exports in
-               ((ffsd, ["leader"]), (mkb_cl, ["net0", "net1"]))}
+               ((ffsd, ["leader"]), (mkb_cl, ["net0", "net1"]), (one, ["s0", "s1", "s2"]))}
     for name, line in exports.items():
         assert line in reports.get(name, stderr), reports.get(name, stderr).replace("\\n", "\n")
 
@@ -2688,12 +2710,11 @@ def test_gpu_check_quick_on_cpu_reports_every_part(tmp_path):
     assert all(parts[p]["status"] == "ok" for p in "abcf"), {p: parts[p].get("error") for p in parts}
     assert parts["a"]["details"]["cuda_available"] in (True, False) and parts["a"]["details"]["torch"]
     runs = parts["b"]["details"]["runs"]
-    assert [r["method"] for r in runs] == ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
+    assert [r["method"] for r in runs] == list(common.METHODS)  # gpu_check keeps its own list: the same
     assert all(r["exit"] == 0 and r["finite"] for r in runs)
     assert set(parts["b"]["details"]["skipped_variants"]) == {"--amp off"}  # on CPU the defaults are fp32
     speed = parts["c"]["details"]
-    assert set(speed["eager"]["rows"]) == {"bare_compute", "conventional", "vanilla", "dml", "kdcl", "ffl", "ffcl",
-                                           "fefr", "ffsd", "mkb_cl"}
+    assert set(speed["eager"]["rows"]) == {"bare_compute", "conventional", *common.METHODS}
     assert speed["compile"]["status"] == "skipped" and speed["compile"]["reason"]
     if data:
         accuracy = parts["d"]["details"]["runs"]
@@ -2718,6 +2739,212 @@ def test_gpu_check_stopped_midway_keeps_the_reports_of_the_parts_it_finished(tmp
     assert parts["a"]["status"] == "ok" and parts["b"]["status"] == "failed" and "stopped" in parts["b"]["error"]
     assert all(parts[p]["status"] == "skipped" for p in "cdef")  # not selected
     assert "## b. " in (tmp_path / "gpu_check.md").read_text()
+
+
+# ================================================================================================
+# ONE
+# ================================================================================================
+
+class StagedNet(nn.Module):
+    """A user's own stage-structured network, what ONE cuts: `stages` run in order, then `classifier`."""
+
+    def __init__(self, seed=0, width=4, num_classes=5):
+        super().__init__()
+        torch.manual_seed(seed)
+        block = lambda cin, cout, s: nn.Sequential(nn.Conv2d(cin, cout, 3, s, 1, bias=False), nn.BatchNorm2d(cout),
+                                                   nn.ReLU())
+        self.stages = nn.ModuleList([block(3, width, 1), block(width, width, 2), block(width, 2 * width, 2)])
+        self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
+
+    def forward(self, x):
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return self.classifier(x), features
+
+
+def one_method(branches=3, **kw):
+    return one.ONE([StagedNet(seed=i) for i in range(branches)], image_size=(8, 8), **kw)
+
+
+def test_one_loss_is_the_papers_objective_by_hand():
+    """CE of every branch + CE of the gated teacher + w(e) T^2 KL(teacher || branch), the gate computed by hand:
+    GAP of the trunk's output, FC, batch norm on the batch's statistics, ReLU, softmax."""
+    method = one_method(rampup=80).train()
+    g = torch.Generator().manual_seed(1)
+    method.gate.bn.weight.data = torch.rand(3, generator=g) + 0.5  # a BN scale and shift that are not 1 and 0
+    method.gate.bn.bias.data = torch.randn(3, generator=g)
+    method.set_epoch(20)
+    x, y = torch.randn(6, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 3, 4, 0])
+    loss, parts = method([x], y)
+    with torch.no_grad():
+        h = x
+        for stage in method.trunk:
+            h = stage(h)
+        z = [branch(h).tolist() for branch in method.branches]  # train mode: the same batch statistics
+        pooled = h.mean((2, 3)).tolist()
+    W, b = method.gate.fc.weight.tolist(), method.gate.fc.bias.tolist()
+    gamma, beta, eps = method.gate.bn.weight.tolist(), method.gate.bn.bias.tolist(), method.gate.bn.eps
+    B, m, C, T, w = 6, 3, 5, 3.0, math.exp(-5 * (1 - 20 / 80) ** 2)
+    a = [[sum(W[i][c] * pooled[n][c] for c in range(len(pooled[n]))) + b[i] for i in range(m)] for n in range(B)]
+    mu = [sum(a[n][i] for n in range(B)) / B for i in range(m)]
+    var = [sum((a[n][i] - mu[i]) ** 2 for n in range(B)) / B for i in range(m)]  # biased, as BN normalises
+    gate = [softmax_loop([max(0.0, (a[n][i] - mu[i]) / math.sqrt(var[i] + eps) * gamma[i] + beta[i])
+                          for i in range(m)]) for n in range(B)]
+    z_e = [[sum(gate[n][i] * z[i][n][c] for i in range(m)) for c in range(C)] for n in range(B)]
+
+    def kl(teacher, student):  # T^2 KL(softmax(teacher/T) || softmax(student/T)), mean over the batch
+        p, q = softmax_loop(teacher, T), softmax_loop(student, T)
+        return T * T * sum(pc * math.log(pc / qc) for pc, qc in zip(p, q))
+
+    expected = {f"ce_s{i}": sum(ce_loop(z[i][n], y[n]) for n in range(B)) / B for i in range(m)}
+    expected["ce_gate"] = sum(ce_loop(z_e[n], y[n]) for n in range(B)) / B
+    expected.update({f"kd_s{i}": w * sum(kl(z_e[n], z[i][n]) for n in range(B)) / B for i in range(m)})
+    assert list(parts) == list(expected)
+    for name, value in expected.items():
+        assert parts[name].item() == pytest.approx(value, rel=1e-5), name
+    assert loss.item() == pytest.approx(sum(expected.values()), rel=1e-5)
+    method.eval()
+    with torch.no_grad():  # the gate head is the teacher: in eval mode, on BN's running statistics
+        heads = method(x)
+        h = x
+        for stage in method.trunk:
+            h = stage(h)
+        scores = method.gate(h)
+    assert set(heads) == {"s0", "s1", "s2", "ens", "gate"} and torch.allclose(scores.sum(1), torch.ones(6))
+    assert torch.allclose(heads["gate"], sum(scores[:, i:i + 1] * heads[f"s{i}"] for i in range(3)), atol=1e-6)
+    method.set_epoch(0)
+    assert method.kd_weight.item() == pytest.approx(math.exp(-5))  # the code's ramp-up, epochs from 0
+    assert one_method(rampup=0).kd_weight.item() == 1.0  # never set, or --rampup 0: the full weight
+
+
+def test_one_gradients_the_gate_learns_from_the_teachers_ce_alone():
+    """ce_s<i>, kd_s<i>: branch i and the trunk (kd's teacher is detached); ce_gate: the gate, every branch and the
+    trunk (the teacher is not detached there); nothing else reaches the gate."""
+    method = one_method().train()
+    x, y = torch.randn(6, 3, 8, 8), torch.arange(6) % 5
+    _, parts = method([x], y)
+    groups = {"trunk": method.trunk, "gate": method.gate, **{f"b{i}": b for i, b in enumerate(method.branches)}}
+
+    def reached(part):
+        method.zero_grad()
+        parts[part].backward(retain_graph=True)
+        return {name for name, mod in groups.items() if any(p.grad is not None and p.grad.abs().sum() > 0
+                                                              for p in mod.parameters())}
+    for i in range(3):
+        assert reached(f"ce_s{i}") == {"trunk", f"b{i}"}
+        assert reached(f"kd_s{i}") == {"trunk", f"b{i}"}
+    assert reached("ce_gate") == {"trunk", "gate", "b0", "b1", "b2"}
+    gate_from_ce = [p.grad.clone() for p in method.gate.parameters()]
+    method.zero_grad()
+    sum(parts.values()).backward()
+    assert all(torch.allclose(p.grad, q) for p, q in zip(method.gate.parameters(), gate_from_ce))
+
+
+def test_one_cuts_the_network_where_asked_and_each_branch_with_the_trunk_is_that_network(tmp_path):
+    method = build_method(one, ["--arch", "resnet20", "--branches", "4", "--branch-at", "1"], tmp_path).eval()
+    assert len(method.branches) == 4 and len(method.trunk) == 1 and method.branch_at == 1
+    assert method.gate.fc.in_features == 16  # reads the trunk's output, resnet20's first stage
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        heads = method(x)
+        for i, network in enumerate(method.students):  # branch i with the trunk: the whole network, alone
+            assert torch.allclose(network(x)[0], heads[f"s{i}"], atol=1e-6)
+    resnet20 = common.build_model("resnet20", 10)
+    assert [(k, v.shape) for k, v in method.students[0].state_dict().items()] == \
+        [(k, v.shape) for k, v in resnet20.state_dict().items()]
+    assert not torch.equal(method.branches[0].classifier[2].weight, method.branches[1].classifier[2].weight)
+    default = build_method(one, ["--arch", "resnet18"], tmp_path)  # 3 branches on the last of 4 stages
+    assert len(default.branches) == 3 and default.branch_at == 3 and default.gate.fc.in_features == 256
+    assert build_method(one, ["--arch", "resnet20", "--students", "2"], tmp_path).gate.fc.out_features == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--branches", "1"], "ONE needs at least 2 branches to ensemble, got --branches 1"),
+    (["--arch", "resnet20,wrn_16_2", "--students", "2"], "give one --arch, got resnet20,wrn_16_2"),
+    (["--branch-at", "3"], "must be a stage from 1 to 2 of resnet20 (its stages are 0 to 2), got 3"),
+    (["--branch-at", "0"], "must be a stage from 1 to 2 of resnet20"),
+    (["--rampup", "-1"], "--rampup must be non-negative, got -1"),
+])
+def test_one_refuses_what_it_cannot_build_in_one_sentence(tmp_path, capsys, argv, message):
+    assert message in usage_error(capsys, lambda: one.main(SMOKE + argv + ["--out-dir", str(tmp_path / "run")]))
+    assert not (tmp_path / "run").exists()
+
+
+class ForwardElsewhere(StagedNet):
+    def forward(self, x):  # its logits are not the classifier's on the last stage
+        logits, features = super().forward(x)
+        return 2 * logits, features
+
+
+def test_one_refuses_a_network_it_cannot_cut_in_one_sentence():
+    import torchvision
+    extra = StagedNet()
+    extra.head = nn.Linear(2, 2)  # state outside `stages` and `classifier`: a branch could not carry it
+    for networks, error, says in [
+        ([torchvision.models.resnet18(num_classes=5) for _ in range(2)], TypeError, "needs `stages`"),
+        ([extra, StagedNet(1)], TypeError, "also keeps state in head"),
+        ([ForwardElsewhere(0), ForwardElsewhere(1)], TypeError, "forward must run its `stages` in order"),
+        ([StagedNet(0), StagedNet(1, width=8)], ValueError, "every student must have the same architecture"),
+        ([StagedNet(0)], ValueError, "at least 2 branches")]:
+        with pytest.raises(error, match=re.escape(says)) as info:
+            one.ONE(networks, image_size=(8, 8))
+        assert len(str(info.value).splitlines()) == 1 and "common" not in str(info.value)
+
+
+def test_one_copied_alone_trains_a_users_own_stage_structured_network(copied_alone):
+    reports, stderr = copied_alone
+    report = reports.get("one", stderr)
+    assert report.startswith("trained one"), report.replace("\\n", "\n")
+    assert "'ce_gate'" in report and "'kd_s2'" in report and "'gate'" in report and "exported:s0,s1,s2" in report
+
+
+def test_one_exports_load_as_backbones_and_evaluate_gives_the_runs_figures(tmp_path, capsys):
+    results = run_main(one.main, SMOKE + ["--branches", "2", "--branch-at", "1"], tmp_path / "run")
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("s*.pt")) == ["s0.pt", "s1.pt"]
+    network = common.load_backbone(str(run / "s1.pt"), "resnet20", 10)  # exactly the backbone, nothing of ONE's
+    assert common.count_params(network) == common.count_params(common.build_model("resnet20", 10))
+    found = script_module("evaluate").main([str(run / "s0.pt"), str(run / "s1.pt"), str(run / "last.pt")])
+    for i in range(2):
+        assert found[str(run / f"s{i}.pt")][f"s{i}"][0] == pytest.approx(results["final"][f"s{i}"])
+    heads = found[str(run / "last.pt")]  # the method rebuilt from the checkpoint's flags: every head
+    assert set(heads) == {"s0", "s1", "ens", "gate"}
+    assert all(top1 == pytest.approx(results["final"][head]) for head, (top1, _) in heads.items())
+
+
+def test_one_resumed_run_equals_the_uninterrupted_one(tmp_path):
+    argv = SMOKE + ["--epochs", "2", "--milestones", "1", "--rampup", "2"]  # w(e) and the lr change at epoch 2
+    run_main(one.main, argv, tmp_path / "a")
+    run_main(one.main, SMOKE + ["--milestones", "1", "--rampup", "2"], tmp_path / "b")
+    run_main(one.main, argv + ["--resume"], tmp_path / "b")
+    a, b = (without_timing(read_metrics(tmp_path / d)) for d in "ab")
+    assert len(a) == 2 and a == b and a[0]["kd_s0"] != 0
+    for i in range(3):
+        sa, sb = (torch.load(tmp_path / d / f"s{i}.pt", weights_only=True)["state_dict"] for d in "ab")
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_one_trains_under_torchrun_on_two_processes_and_continues_in_one(tmp_path):
+    status, output = torchrun("one.py", *DDP, "--out-dir", str(tmp_path))  # 5 steps: an unused parameter would stop
+    assert status == 0, output[-3000:]                                      # DDP at the second
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["args"]["world_size"] == 2 and set(results["final"]) == {"s0", "s1", "s2", "ens", "gate"}
+    run_main(one.main, DDP + ["--resume", "--epochs", "2"], tmp_path)
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_one_end_to_end_reports_every_branch_and_the_ensemble(tmp_path):
+    status, output = run_cli("one.py", *TINY, "--out-dir", str(tmp_path))
+    assert status == 0, output[-3000:]
+    done = output.strip().splitlines()[-1]
+    assert done.startswith("done in") and all(f" {h} " in done for h in ("s0", "s1", "s2", "ens", "gate")), done
+    results = check_heads(json.loads((tmp_path / "results.json").read_text()), ("s0", "s1", "s2", "ens", "gate"))
+    assert results["method"] == "one" and results["args"]["students"] == 3
+    assert results["params"]["s0"] == common.count_params(common.build_model("resnet20", 10))  # deployed: one resnet20
+    assert sorted(p.name for p in tmp_path.glob("s*.pt")) == ["s0.pt", "s1.pt", "s2.pt"]
+    assert set(read_metrics(tmp_path)[0]) >= {"ce_s0", "ce_s2", "ce_gate", "kd_s1", "top1_gate", "top1_ens"}
 
 
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT

@@ -4,7 +4,7 @@
                    cross-entropy only: the limit the machine sets for these networks
     conventional   the same students trained from torchvision's CIFAR dataset through a DataLoader with PIL
                    RandomCrop / RandomHorizontalFlip / ToTensor / Normalize: what most research code runs
-    vanilla, dml, kdcl, ffl, ffcl, fefr, ffsd, mkb_cl
+    vanilla, dml, kdcl, ffl, ffcl, fefr, ffsd, mkb_cl, one
                    this repository's training loop (common.train_epoch: on-device data, augmentation and
                    bookkeeping), each method built exactly as its script builds it
 
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 METHODS = common.METHODS  # the one list of method scripts
-STUDENTS = {"ffsd": 3}  # the leader and two common students; every other method trains two
+STUDENTS = {"ffsd": 3, "one": 3}  # FFSD: the leader and two common students; ONE: 3 branches; the rest: two
 
 
 def die(message):

@@ -1,6 +1,6 @@
 """Run several methods with identical settings over several seeds and write one table.
 
-    python scripts/compare.py --methods vanilla,dml,kdcl,ffl,ffcl,fefr,ffsd,mkb_cl --arch resnet20 \
+    python scripts/compare.py --methods vanilla,dml,kdcl,ffl,ffcl,fefr,ffsd,mkb_cl,one --arch resnet20 \
         --students 2 --dataset folder --data-dir DIR --epochs 15 --seeds 0,1,2 --jobs 2 \
         --out-dir runs/compare --results results/my_comparison
     python scripts/compare.py --render results/my_comparison      # the table again, from the summaries alone

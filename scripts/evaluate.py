@@ -4,10 +4,11 @@
     python scripts/evaluate.py runs/dml_resnet32_cifar100_seed0/best.pt      # every head of a run's checkpoint
     python scripts/evaluate.py RUN/leader.pt OTHER_RUN/net0.pt --dataset cifar100 --data-dir ./data --device cuda
 
-What it reads: the networks a run exports (s<k>.pt, every method's students but FFSD's; leader.pt, FFSD's
-leader: plain backbones, common.load_backbone reads them; net<k>.pt, an MKB-CL student with its MKB halves,
-mkb_cl.load_network) and a run's checkpoints (best.pt, last.pt), whose method is rebuilt from the flags saved
-in them, so that every head is evaluated: s0, s1, ..., ens and the method's own (fused, leader).
+What it reads: the networks a run exports (s<k>.pt, every method's students but FFSD's, ONE's branches each with
+the trunk; leader.pt, FFSD's leader: plain backbones, common.load_backbone reads them; net<k>.pt, an MKB-CL
+student with its MKB halves, mkb_cl.load_network) and a run's checkpoints (best.pt, last.pt), whose method is
+rebuilt from the flags saved in them, so that every head is evaluated: s0, s1, ..., ens and the method's own
+(fused, leader, gate).
 
 The data flags are the training scripts'. Each one left out is the run's own: saved in a checkpoint, or in
 args.json (else results.json) beside an exported network; so `evaluate.py RUN/s0.pt` measures what the run
@@ -95,8 +96,9 @@ def check_fit(path, num_classes, image_size, data, args):
 
 
 def trained_classes(state):
-    """The classes a run's checkpoint was trained for: the outputs of student 0's classifier (None: not found)."""
-    weights = [v for k, v in state.items() if k.startswith("students.0.") and ".classifier." in k
+    """The classes a run's checkpoint was trained for: the outputs of student 0's classifier (ONE: branch 0's; None:
+    not found)."""
+    weights = [v for k, v in state.items() if k.startswith(("students.0.", "branches.0.")) and ".classifier." in k
                and k.endswith(".weight") and v.dim() == 2]
     return weights[-1].shape[0] if weights else None
 

@@ -7,7 +7,7 @@ after every part, so a run that is cut short still reports every part it finishe
 they run (the most important first; part d takes what is left of the budget):
 
     a  environment      torch, torchvision, CUDA, cuDNN, NCCL, GPU name and memory, cores
-    b  every method     vanilla and the seven methods, one short epoch each on synthetic data, with the GPU
+    b  every method     vanilla and the eight methods, one short epoch each on synthetic data, with the GPU
                         defaults (bf16 autocast, channels_last) and with --amp off: exit status, finite
                         losses, peak memory
     c  speed            scripts/bench_speed.py: vanilla against bare compute and the conventional DataLoader
@@ -51,7 +51,7 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl"]
+METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl", "one"]  # common.METHODS (tested)
 SCRIPT = {m: "common.py" if m == "vanilla" else f"{m}.py" for m in METHODS}
 EXTRA = {"ffcl": ["--pretrain-epochs", "1"], "ffsd": ["--students", "3"]}  # FFCL's peers, FFSD's third network
 ORDER = ["a", "b", "c", "e", "f", "d"]
