@@ -205,7 +205,7 @@ def cifar10_subset(tmp_path_factory):
 def test_folder_dataset_on_real_cifar10_trains_and_caches(cifar10_subset, tmp_path):
     results = run_main(vanilla, ["--dataset", "folder", "--data-dir", str(cifar10_subset), "--epochs", "1",
                                  "--batch-size", "50", "--arch", "resnet20", "--device", "cpu"], tmp_path / "a")
-    assert set(results["final"]) == {"s0", "s1", "ens"}
+    assert set(results["final"]) == {"s0", "s1", "ens", "any"}
     assert os.path.exists(cifar10_subset / ".okd-cache.pt")
     first = common.load_folder(str(cifar10_subset), 1)
     assert first[0].shape == (300, 3, 32, 32) and first[2].shape == (100, 3, 32, 32) and first[4] == 10
@@ -1364,7 +1364,7 @@ def test_ffsd_sd_application_leaves_batchnorm_statistics_alone():
 def test_ffsd_end_to_end(tmp_path, students):
     # run_main also checks that main() returns what results.json holds
     saved = run_main(ffsd.main, (TINY if students == 3 else SMOKE) + ["--students", str(students)], tmp_path)
-    heads = {"leader", "ens", "fused"} | {f"s{k}" for k in range(1, students)}
+    heads = {"leader", "ens", "fused", "any"} | {f"s{k}" for k in range(1, students)}
     assert set(saved["final"]) == heads
     assert all(0 <= v <= 100 for v in saved["final"].values())
     record = read_metrics(tmp_path)[-1]
@@ -1484,7 +1484,7 @@ def test_mkb_verification_head_trains():
 
 def test_mkb_end_to_end_sum_route_and_standalone_networks(tmp_path):
     results = run_main(mkb_cl.main, TINY, tmp_path)
-    assert set(results["final"]) == {"s0", "s1", "ens"}
+    assert set(results["final"]) == {"s0", "s1", "ens", "any"}
     data = common.load_data(SimpleNamespace(dataset="synthetic", limit_train=256, limit_test=128),
                             torch.device("cpu"))
     for i in (0, 1):
@@ -1498,7 +1498,7 @@ def test_mkb_end_to_end_sum_route_and_standalone_networks(tmp_path):
 
 def test_mkb_end_to_end_mul_route_two_mkbs(tmp_path):
     results = run_main(mkb_cl.main, SMOKE + ["--route", "mul", "--mkb-at", "1,2"], tmp_path)
-    assert set(results["final"]) == {"s0", "s1", "ens"}
+    assert set(results["final"]) == {"s0", "s1", "ens", "any"}
     record = read_metrics(tmp_path)[-1]
     assert record["metric_s0"] > 0 and record["verif_s1"] > 0
     net = mkb_cl.load_network(str(tmp_path / "net1.pt"))
@@ -2064,7 +2064,8 @@ def test_help_shows_the_recipes_values_as_defaults_and_lists_every_recipe(capsys
         ffsd.main(["--recipe", "paper", "--help"])
     text = capsys.readouterr().out
     assert "training epochs (default: 300)" in text and "(default: 150,225)" in text
-    assert "paper-imagenet  --arch resnet18 --students 3 --dataset imagenet --epochs 90" in text
+    assert "  paper-imagenet\n    paper, Table III (ResNet-18): --arch resnet18\n" in text  # each value by its source
+    assert "--students 3 --dataset imagenet --epochs 90" in " ".join(text.split())
     with pytest.raises(SystemExit):
         ffsd.main(["--help"])
     assert "training epochs (default: 200)" in capsys.readouterr().out  # without --recipe: the project's defaults
@@ -2088,79 +2089,89 @@ def test_vanilla_recipes_are_the_papers_baselines():
     assert recipes["ffsd"]["epochs"] == 300 and "fusion_wd" not in recipes["ffsd"]
 
 
-ROW_KEYS = {"paper", "table", "row", "method", "head", "published", "baseline", "baseline_head", "baseline_published",
-            "published_gain", "recipe", "flags", "dataset", "archs", "epochs", "best_or_last", "runs", "metric",
-            "source"}
+def row_flags(row):
+    """{flag: value} of a row's own flags, read as its script reads them."""
+    return dict(reproduce.merged(row["method"], row["flags"]))
 
 
 def test_every_published_row_has_a_source_and_the_setting_of_its_recipe():
     modules = {m.__name__: m for m in METHOD_MODULES}
-    assert {r["paper"] for r in published.ROWS} == set(modules)  # every seed paper and DML
+    assert {r["method"] for r in published.ROWS} - {"vanilla"} == set(modules)  # every method has rows
     for row in published.ROWS:
-        assert set(row) == ROW_KEYS, row["row"]
-        assert len(row["source"]) > 40 and row["table"] in row["source"] or "Table" in row["source"], row["row"]
-        for key in ("published", "baseline_published", "published_gain"):
+        assert set(row) == set(published.FIELDS), row["row"]
+        assert row["paper"] in published.PAPERS and len(row["place"]) > 10, row["row"]
+        for key in ("published", "spread", "published_gain"):
             assert row[key] is None or isinstance(row[key], float), (row["row"], key)
         if row["published"] is None:
-            assert row["published_gain"] is not None or "not in our copy" in row["source"], row["row"]
-        recipe = modules[row["method"]].RECIPES[row["recipe"]]  # the row runs its paper's recipe
-        flags = dict(zip(row["flags"][::2], row["flags"][1::2]))
-        assert row["dataset"] == flags.get("--dataset", recipe["dataset"]) == reproduce.dataset_of(row)
-        assert row["archs"] == flags.get("--arch", recipe["arch"]) and row["epochs"] == recipe["epochs"]
-        assert row["baseline"] in ("vanilla", *modules) and row["metric"] == "top1"
+            assert row["provenance"] and (row["published_gain"] is not None or "not" in row["provenance"]), row["row"]
+        owner, recipe = row["setting"]
+        setting = modules[owner].RECIPES[recipe]  # the row runs a paper's recipe
+        flags = row_flags(row)
+        assert row["dataset"] == flags.get("--dataset", setting["dataset"]) == reproduce.dataset_of(row), row["row"]
+        assert row["archs"] == flags.get("--arch", setting["arch"]), row["row"]
+        if row["baseline"] is not None:
+            assert row["baseline"]["setting"][1] in modules[row["baseline"]["setting"][0]].RECIPES
     assert len({(r["paper"], r["table"], r["row"]) for r in published.ROWS}) == len(published.ROWS)
 
 
-def fake_run(seed, final, best):
-    return {"seed": seed, "final": final, "best": best}
+def fake_run(seed, curve, collapsed=None):
+    """A run's summary as compare.py keeps it: the per-epoch curve of every head's top-1."""
+    return {"seed": seed, "curve": [{"epoch": e + 1, **{f"top1_{h}": v for h, v in heads.items()}}
+                                    for e, heads in enumerate(curve)], "collapsed": collapsed or {}}
 
 
 def test_the_table_puts_published_and_measured_side_by_side():
-    rows = [r for r in published.ROWS if r["paper"] == "ffsd" and r["table"] == "I"][:2]  # leader, common student 1
-    runs = {"vanilla": {s: fake_run(s, {"s0": 69.0 + s, "s1": 71.0 + s, "s2": 70.0 + s, "ens": 75.0},
-                                    {"s0": 70.0, "s1": 72.0, "s2": 71.0, "ens": 76.0}) for s in (0, 1)},
-            "ffsd": {s: fake_run(s, {"leader": 74.0 + 2 * s, "s1": 73.0, "s2": 73.5, "ens": 78.0, "fused": 75.0},
-                                 {"leader": 75.0 + 2 * s, "s1": 74.0, "s2": 74.0, "ens": 79.0, "fused": 76.0})
-                     for s in (0, 1)}}
-    measured = {0: reproduce.measure(rows[0], runs)}
-    assert measured[0]["last"][0] == 75.0 and measured[0]["best"][0] == 76.0 and measured[0]["n"] == 2
-    assert measured[0]["gain"][0] == 75.0 - 70.5  # paired by seed: leader - mean of vanilla's students
-    text = reproduce.render(rows, measured, {1: "CIFAR-100 is not in ./data"})
-    leader = next(line for line in text.splitlines() if "| ResNet-32 leader |" in line)
-    cells = [c.strip() for c in leader.split("|")[1:-1]]
-    assert cells == ["I", "ResNet-32 leader", "74.85", "75.00 ± 1.41 (n=2)", "76.00 ± 1.41 (n=2)", "+0.15",
-                     "+4.90 over vanilla", "+4.50 ± 0.71 (n=2)"]  # gains 4 and 5
-    common_student = next(line for line in text.splitlines() if "| ResNet-32 common student 1 |" in line)
-    assert "skipped" in common_student and "+4.34 over vanilla" in common_student  # 74.30 - 69.96
-    assert "Skipped: table I, ResNet-32 common student 1: CIFAR-100 is not in ./data." in text
-    assert "Sources:" in text and published.FFSD in text
+    leader, ens = (next(r for r in published.ROWS if r["row"] == f"ResNet-32 {name}") for name in ("leader", "Ens"))
+    rows = [leader, ens]
+    done = {reproduce.baseline_spec(leader): {s: fake_run(s, [{"s0": 69.0 + s}, {"s0": 68.0}]) for s in (0, 1, 2)},
+            reproduce.run_spec(leader): {s: fake_run(s, [{"leader": 74.0 + s, "any": 79.0, "ens": 76.0},
+                                                        {"leader": 73.0, "any": 80.0, "ens": 77.5}])
+                                         for s in (0, 1, 2)}}
+    measured = {i: reproduce.measure(row, done) for i, row in enumerate(rows)}
+    assert measured[0]["ours"] == 75.0 and measured[0]["n"] == 3  # best epochs 74, 75, 76
+    assert measured[0]["gain"] == 5.0  # paired by seed: 74 - 69, 75 - 70, 76 - 71
+    assert measured[1]["ours"] == 80.0 and measured[1]["beside"] == {"ens": 77.5}
+    verdicts = {i: reproduce.judge(row, measured[i]) for i, row in enumerate(rows)}
+    runs = reproduce.plan(rows, SimpleNamespace(quick=False, data_dir="data", imagenet_dir=None), [])
+    text = reproduce.render(rows, measured, verdicts, runs)
+    line = next(line for line in text.splitlines() if "| ResNet-32 leader [" in line)
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[2:9] == ["leader top-1", "best epoch; mean ± pop. std of 3 runs", "74.85 ± 0.05",
+                          "75.00 ± 0.82 (n=3)", "reproduced", "+4.90 over vanilla", "+5.00 ± 0.00 (n=3)"]
+    assert cells[9] == "ffsd --arch resnet32"
+    ens_line = next(line for line in text.splitlines() if "| ResNet-32 Ens [" in line)
+    assert "any-student-correct top-1" in ens_line and "our ens 77.50" in ens_line and "| reproduced |" in ens_line
+    assert "Sources:" in text and published.PAPERS["ffsd"] in text
 
 
 def test_reproduce_skips_a_row_whose_data_is_missing_in_one_sentence(tmp_path):
     status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "mkb_cl", "--data-dir",
                              str(tmp_path), "--out-dir", str(tmp_path / "out"))
-    assert status == 0, output[-2000:]
+    assert status == 2 and len(output.strip().splitlines()) == 1, output[-2000:]  # no row can run: one sentence
     assert f"CIFAR-10 is not in {tmp_path} (torchvision's cifar-10-batches-py/): put it there or pass --data-dir" \
-        in output
-    assert output.count("skipped:") == 4 and not (tmp_path / "out" / "mkb_cl_paper").exists()  # nothing trained
+        in output and "ImageNet rows need --imagenet-dir" in output
+    assert not (tmp_path / "out").exists()  # nothing trained
 
 
 def test_reproduce_quick_runs_a_papers_table_and_renders_it_again(tmp_path):
     out, results = tmp_path / "out", tmp_path / "results"
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--quick", "--jobs", "2",
-                             "--out-dir", str(out), "--results", str(results))
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--table", "7", "--quick",
+                             "--jobs", "2", "--out-dir", str(out), "--results", str(results))
     assert status == 0, output[-2000:]
-    table = (out / "dml.md").read_text()
-    lines = [line for line in table.splitlines() if line.startswith("| 1 |")]
-    assert len(lines) == 2 and all(line.count("(n=1)") == 3 for line in lines), table
-    method = json.loads((results / "dml_paper" / "dml" / "seed0.json").read_text())
-    assert method["args"]["recipe"] == "paper" and method["args"]["epochs"] == 1  # the recipe, shrunk by --quick
-    baseline = json.loads((results / "dml_paper" / "vanilla" / "seed0.json").read_text())
-    assert baseline["args"]["recipe"] == "dml" and baseline["args"]["batch_size"] == 50
+    table = (out / "dml-7.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| 7 |")]
+    assert len(lines) == 2 and all("(n=1)" in line and "not judged: --quick" in line for line in lines), table
+    method = json.loads((results / "dml_kdcl-paper" / "dml" / "seed0.json").read_text())
+    assert method["args"]["milestones"] == "100,150" and method["args"]["epochs"] == 1  # KDCL's setting, shrunk
+    baseline = json.loads((results / "vanilla_kdcl-paper" / "vanilla" / "seed0.json").read_text())
+    assert baseline["args"]["recipe"] == "kdcl" and baseline["args"]["batch_size"] == 50
     shutil.rmtree(out)  # the runs are gone: the summaries give the same rows
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--render", str(results))
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--table", "7", "--render",
+                             str(results))
     assert status == 0, output[-2000:]
-    assert [line for line in (results / "dml.md").read_text().splitlines() if line.startswith("| 1 |")] == lines
+    rendered = [line for line in (results / "dml-7.md").read_text().splitlines() if line.startswith("| 7 |")]
+    assert all("not judged: trained on synthetic, not cifar100" in line for line in rendered)
+    assert [line.split("|")[:7] for line in rendered] == [line.split("|")[:7] for line in lines]
 
 
 # ================================================================================================
@@ -2487,7 +2498,7 @@ def test_top5_is_logged_for_100_classes_and_shown_by_compare(tmp_path, monkeypat
     monkeypatch.setattr(common, "synthetic", lambda: synthetic(num_classes=100))
     results = run_main(vanilla, TINY, tmp_path)
     last = read_metrics(tmp_path)[-1]
-    assert set(results["final_top5"]) == {"s0", "s1", "ens"}
+    assert set(results["final_top5"]) == {"s0", "s1", "ens", "any"}
     for head, top5 in results["final_top5"].items():
         assert last[f"top5_{head}"] == top5 and results["final"][head] <= top5 <= 100
     compare = script_module("compare")
