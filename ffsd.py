@@ -80,9 +80,9 @@ one joint backward gives each parameter exactly the gradient of the official cod
 Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source (the paper first, the official code
 where the paper is silent): Sec. IV-A's 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 /10 at 150 and 225, wd
 1e-4 for the students and the fusion module, SD modules Adam 1e-3 with the same wd and schedule, 2 common
-students, T = 2, the grid-searched lambdas, no warm-up; the code's crop of the reflection-padded image + flip
-(data/cifar100.py) and its 5-epoch ramp of the lambdas (CIFARTrainer.py). Where the code differs: fusion module
-wd 1e-5, and its loop runs epochs 1 to 299:
+students, T = 2, the grid-searched lambdas, no warm-up (--lr-warmup 0); the code's crop of the reflection-padded
+image + flip (data/cifar100.py) and its 5-epoch ramp of the lambdas (CIFARTrainer.py). Where the code differs:
+fusion module wd 1e-5, and its loop runs epochs 1 to 299:
 
     python ffsd.py --recipe paper                      # resnet32, leader + 2 common students
     python scripts/reproduce.py --paper ffsd --table I   # 3 seeds, best epoch: Table I's statistic, Ens included

@@ -43,8 +43,8 @@ Picture (two students; [v] = v detached: a target, no gradient flows back throug
 
 Recipe (CIFAR-100, ResNet-32 + WRN-16-2), RECIPES["paper"] below, each value with its source: Sec. 4.2's 200
 epochs, batch 128, SGD momentum 0.9, lr 0.1 x0.1 at epochs 100 and 150, wd 5e-4, crop (pad 4) + flip, T = 2,
-lambda = 1, General on 50 held-out images per class, no warm-up on CIFAR; accuracy = the median of 5 runs. The
-paper names no Nesterov (--no-nesterov) and no padding fill (zeros):
+lambda = 1, General on 50 held-out images per class, no warm-up on CIFAR (--lr-warmup 0); accuracy = the median
+of 5 runs. The paper names no Nesterov (--no-nesterov) and no padding fill (zeros):
 
     python kdcl.py --recipe paper
     python scripts/reproduce.py --paper kdcl --table 7       # Table 7's rows, 5 seeds (the paper's median of 5)

@@ -52,10 +52,10 @@ Heads: s0, s1, ... (each network with its half), ens (log of the mean softmax). 
 
 Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source: Sec. IV-A's SGD momentum 0.9, weight
 decay 1e-4, batch 128, 200 epochs, lr 0.1 divided by 10 when the error plateaus (at 100 and 150 here), alpha 0.2,
-no augmentation on CIFAR-100 (--augment none; CIFAR-10: random crop only, --augment crop), no lr warm-up.
-Table 2's pair: its caption says ResNet-34, but Table 1's column is the CIFAR ResNet-32 (3x3 16/32/64 x 5 blocks)
-and its IL baseline 68.99 is DML's ResNet-32 figure: resnet32 here; MobileNet (v1, not in the zoo):
-mobilenetv2 stands in:
+no augmentation on CIFAR-100 (--augment none; CIFAR-10: random crop only, --augment crop), no lr warm-up
+(--lr-warmup 0). Table 2's pair: its caption says ResNet-34, but Table 1's column is the CIFAR ResNet-32 (3x3
+16/32/64 x 5 blocks) and its IL baseline 68.99 is DML's ResNet-32 figure: resnet32 here; MobileNet (v1, not in
+the zoo): mobilenetv2 stands in:
 
     python mkb_cl.py --recipe paper
     python scripts/reproduce.py --paper mkb_cl     # Table 2 (CIFAR-100, CIFAR-10) and Table 7 (ImageNet)
