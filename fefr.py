@@ -51,7 +51,8 @@ model is FFL (last maps only).
 
 Recipe: the paper states none. RECIPES["paper"] below is FFL's official code's CIFAR-100 recipe (300
 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and 225, wd 1e-4, fusion branch wd 1e-5, crop of the
-reflection-padded image + flip, no lr warm-up: --lr-warmup 0), each value with its source, on the ResNet-32 pair of Table 7:
+reflection-padded image + flip, no lr warm-up: --lr-warmup 0), each value with its source, on the ResNet-32
+pair of Table 7:
 
     python fefr.py --recipe paper
     python scripts/reproduce.py --paper fefr     # Table 4's gains over DML and Table 7's ablation, as differences

@@ -322,11 +322,12 @@ def measure(row, done):
          "beside": {}, "collapsed": []}
     if values:
         m["ours"], m["spread"] = paper_statistic(list(values.values()), stat), paper_spread(list(values.values()), kind)
-    if row["baseline"]:
-        gains = [gain_of(v, b, row["gain_kind"]) for s, v in values.items() if s in base for b in
-                 [figure(base[s], row["baseline"]["head"], metric, epoch)] if b is not None]
+    if row["baseline"]:  # paired by seed
+        bases = {s: figure(base[s], row["baseline"]["head"], metric, epoch) for s in values if s in base}
+        gains = [gain_of(values[s], b, row["gain_kind"]) for s, b in bases.items() if b is not None]
         if gains:
-            m["gain"], m["gain_spread"], m["n_gain"] = paper_statistic(gains, stat), paper_spread(gains, kind), len(gains)
+            m["gain"], m["gain_spread"], m["n_gain"] = paper_statistic(gains, stat), paper_spread(gains, kind), \
+                len(gains)
     for head in row["beside"]:
         beside = [v for v in (figure(r, head, metric, epoch) for r in runs.values()) if v is not None]
         if beside:
