@@ -27,6 +27,7 @@ alone into another project: a method file needs nothing from here for its module
     optional:
     method.num_views          how many independently augmented views a step gets (default 1)
     method.primary_head       the head whose best epoch is saved as best.pt (default `ens`)
+    method.any_correct_heads  the heads whose any-correct top-1 is logged as head `any` (default: every s<k>)
     method.param_groups()     SGD parameter groups, e.g. a fusion module with its own weight decay
                               (default: every trainable parameter with --wd)
     method.extra_optimizer()  a second optimizer over the parameters the groups leave out (FFSD's Adam);
@@ -60,10 +61,10 @@ METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl", "o
 def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
     """A script's run: flags, settings, data, method (a method file passes its name, add_arguments and build), then
     fit(). An error a user can cause ends in one sentence and a non-zero exit status (stop(), below)."""
-    args, recipe = parse_flags(name, add_arguments, argv, doc)  # as given, --recipe's values as their defaults
+    args, recipe, sources = parse_flags(name, add_arguments, argv, doc)  # as given, --recipe's as defaults
     if args.baseline:  # this script's recipe and shared flags, for the independent students alone
         name, build = "vanilla", None
-    settings = derive_settings(args, recipe)
+    settings = derive_settings(args, recipe, sources)
     own_group = created = False
     try:
         own_group = start_processes(settings)  # under torchrun: join its process group
@@ -97,9 +98,10 @@ class Settings:
     archs: list              # --arch, one name per student
     recipe_flags: list       # --recipe's values as flags (recorded)
     recipe_overridden: list  # those the command gave otherwise (recorded)
+    recipe_sources: list     # where each of the recipe's values comes from (recorded)
 
 
-def derive_settings(args, recipe=None) -> Settings:
+def derive_settings(args, recipe=None, sources=None) -> Settings:
     """The run's settings from its flags (check_args has refused what this machine or torchrun cannot do)."""
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     distributed = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun, even with one process
@@ -111,7 +113,8 @@ def derive_settings(args, recipe=None) -> Settings:
     return Settings(device=torch.device(device), bf16=args.amp == "bf16" or (args.amp == "auto" and on_gpu),
                     channels_last=on_gpu, rank=rank, world_size=world_size, distributed=distributed,
                     milestone_epochs=milestone_epochs(args), archs=student_archs(args), recipe_flags=flags,
-                    recipe_overridden=[f for (dest, v), f in zip(recipe.items(), flags) if getattr(args, dest) != v])
+                    recipe_overridden=[f for (dest, v), f in zip(recipe.items(), flags) if getattr(args, dest) != v],
+                    recipe_sources=[f"{f}: {source_of(sources or {}, dest)}" for dest, f in zip(recipe, flags)])
 
 
 def fit(method, data, args, settings, name="vanilla") -> dict:
@@ -222,11 +225,13 @@ def set_lr(optimizers, factor):
 
 def evaluate_epoch(method, data, args, settings, epoch, record):
     """After a training epoch (rank 0 only): the method's epoch_end, then every head on the test set (top-1, and
-    top-5 for 100 classes or more). Updates the record's final and best figures and collapse record and warns once
-    per collapsed head; returns what to log."""
+    top-5 for 100 classes or more) and `any`, the any-correct accuracy of the heads any_correct_heads names (no
+    collapse check: it is not a network). Updates the record's final and best figures and collapse record and
+    warns once per collapsed head; returns what to log."""
     logged = (method.epoch_end(epoch, data) or {}) if hasattr(method, "epoch_end") else {}
     with_top5 = data.num_classes >= 100  # top-5 is what ImageNet and CIFAR-100 papers report beside top-1
-    final, top_share, *top5 = evaluate(method, data, settings, with_top_share=True, with_top5=with_top5)
+    final, top_share, *top5 = evaluate(method, data, settings, with_top_share=True, with_top5=with_top5,
+                                       with_any=True)
     for head, acc in final.items():
         if acc > record["best"].get(head, -1.0):
             record["best"][head], record["best_epoch"][head] = acc, epoch + 1
@@ -247,17 +252,20 @@ def evaluate_epoch(method, data, args, settings, epoch, record):
 
 
 @torch.no_grad()
-def evaluate(module, data, settings=None, batch_size=None, with_top_share=False, with_top5=False):
+def evaluate(module, data, settings=None, batch_size=None, with_top_share=False, with_top5=False, with_any=False):
     """Top-1 (%) of every head on the test set. `module`'s eval forward may return a dict of heads, a
     (logits, features) tuple (a plain backbone, head `top1`) or a logits tensor (head `top1`). With `settings`,
     in the run's layout and precision (channels_last, bf16); without, as the tensors come.
     with_top_share: also return, per head, the share of test images given its most common prediction
     (the collapse signal: 1/C for a balanced test set predicted perfectly, 1.0 for a constant network).
     with_top5: also return, per head, top-5 (%): the label is among the five highest logits (or is the top-1
-    prediction, so that top-5 >= top-1 even where logits tie). Asked for both, (top1, top_share, top5)."""
+    prediction, so that top-5 >= top-1 even where logits tie). Asked for both, (top1, top_share, top5).
+    with_any: also head `any` in top-1 (and top-5), from the same forward: an image counts when any head of
+    any_correct_heads(module, heads) is right (an oracle's bound, not an ensemble; no top share)."""
     was_training = module.training
     module.eval()
     correct, correct5, counts, n = {}, {}, {}, len(data.test_y)
+    oracle = None
     for x, y in data.test_batches(batch_size):
         if settings is not None and settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -266,19 +274,39 @@ def evaluate(module, data, settings=None, batch_size=None, with_top_share=False,
             out = module(x)
         if not isinstance(out, dict):
             out = {"top1": out[0] if isinstance(out, tuple) else out}
+        if oracle is None:
+            oracle = any_correct_heads(module, list(out)) if with_any else []
+        hit = hit5 = None  # this batch: is any of the oracle's heads right (top-1, top-5)
         for head, logits in out.items():
             pred = logits.argmax(1)
-            correct[head] = correct.get(head, 0) + (pred == y).sum()
+            right = pred == y
+            correct[head] = correct.get(head, 0) + right.sum()
             counts[head] = counts.get(head, 0) + torch.bincount(pred, minlength=logits.shape[1])
             if with_top5:  # summed on the device like top-1: no host sync per batch
                 top = logits.topk(min(5, logits.shape[1]), 1).indices
-                correct5[head] = correct5.get(head, 0) + ((top == y[:, None]).any(1) | (pred == y)).sum()
+                right5 = (top == y[:, None]).any(1) | right
+                correct5[head] = correct5.get(head, 0) + right5.sum()
+            if head in oracle:
+                hit = right if hit is None else hit | right
+                hit5 = (right5 if hit5 is None else hit5 | right5) if with_top5 else None
+        if hit is not None:
+            correct["any"] = correct.get("any", 0) + hit.sum()
+            if with_top5:
+                correct5["any"] = correct5.get("any", 0) + hit5.sum()
     module.train(was_training)
     top1 = {head: 100.0 * float(c) / n for head, c in correct.items()}
     extras = [{head: float(c.max()) / n for head, c in counts.items()}] if with_top_share else []
     if with_top5:
         extras.append({head: 100.0 * float(c) / n for head, c in correct5.items()})
     return (top1, *extras) if extras else top1
+
+
+def any_correct_heads(method, heads):
+    """The heads head `any` counts: those the method lists in `any_correct_heads` (FFSD: its common students, as
+    its "Ens"), else every student head s<k>."""
+    listed = getattr(method, "any_correct_heads", None)
+    return [h for h in heads if h in listed] if listed is not None else \
+        [h for h in heads if h[0] == "s" and h[1:].isdigit()]
 
 
 def collapsed_heads(top1, top_share, num_classes):
@@ -678,7 +706,8 @@ def load_checkpoint(path):
 def save_checkpoint(out_dir, record, name, method, optimizers, saved, gen):
     """After an epoch: last.pt, everything restore() needs to continue the run (the run's record, the weights,
     the optimizers, the generators, and `saved`: the flags and settings, as args.json holds them), and the same
-    as best.pt when the epoch is the best yet of the method's primary head (method.primary_head, else ens)."""
+    as best.pt when the epoch is the best yet of the method's primary head (method.primary_head, else ens; never
+    `any`)."""
     device = gen.device
     ckpt = {**record, "method": name, "model": method.state_dict(),
             "optimizers": [o.state_dict() for o in optimizers], "args": saved,
@@ -686,7 +715,7 @@ def save_checkpoint(out_dir, record, name, method, optimizers, saved, gen):
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
     atomic_save(ckpt, os.path.join(out_dir, "last.pt"))
     final, primary = record["final"], getattr(method, "primary_head", None)
-    key = primary if primary in final else ("ens" if "ens" in final else next(iter(final)))
+    key = primary if primary in final else ("ens" if "ens" in final else next(h for h in final if h != "any"))
     if record["best_epoch"].get(key) == record["epoch"]:
         atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
 
@@ -1029,9 +1058,9 @@ def as_student(model: nn.Module, stage_nodes=None, image_size=(32, 32)) -> Stude
 # ([num_views normalised views], y) on the device for one epoch, test_batches() and holdout_batches() yield
 # (normalised x, y); train_y / test_y hold the labels, image_size the (H, W) the networks see.
 # - Data (CIFAR, MNIST, STL-10, small folder data sets): the whole dataset lives on the training device as
-#   uint8 (N, 3, H, W). Augmentation (random crop from the zero-padded image, H/8 pixels of padding, and a
-#   horizontal flip, drawn per sample) and normalisation are batched tensor ops there: no DataLoader, no
-#   per-image Python in the training loop.
+#   uint8 (N, 3, H, W). Augmentation (random crop from the image padded by H/8 pixels of zeros or, --pad-mode
+#   reflect, of its mirror image, and a horizontal flip, drawn per sample; --augment none / crop drops them) and
+#   normalisation are batched tensor ops there: no DataLoader, no per-image Python in the training loop.
 # - StreamedData (ImageNet, --stream): images stay JPEG files on disk; DataLoader workers decode and augment
 #   them (RandomResizedCrop + flip; test: resize to 8/7 of the size + center crop), uint8 into pinned memory;
 #   the device normalises. Each epoch's order and every image's augmentation come from `gen`, so a resumed
@@ -1044,6 +1073,7 @@ class Data:
         self.num_classes, self.device, self.flip = num_classes, device, flip
         self.image_size = tuple(self.train_x.shape[-2:])
         self.pad = max(1, self.image_size[0] // 8)  # 4 px at 32 px (the CIFAR recipe), 12 at STL-10's 96
+        self.crop, self.pad_mode = True, "zeros"  # --augment, --pad-mode (load_data sets them)
         if mean is None:  # statistics of the training images themselves, in chunks (no float copy of it all)
             total = torch.zeros(2, 3, dtype=torch.float64, device=device)
             for chunk in self.train_x.split(10000):
@@ -1079,8 +1109,8 @@ class Data:
         for step in range(steps):
             idx = perm[step * batch:(step + 1) * batch][rank::world]
             x = self.train_x[idx]
-            yield ([self.normalize(augment(x, gen, self.pad, self.flip, rank, world)) for _ in range(num_views)],
-                   self.train_y[idx])
+            yield ([self.normalize(augment(x, gen, self.pad, self.flip, rank, world, self.crop, self.pad_mode))
+                    for _ in range(num_views)], self.train_y[idx])
 
     def test_batches(self, batch_size=None):
         yield from self._batches(self.test_x, self.test_y, batch_size or 1000)
@@ -1093,23 +1123,35 @@ class Data:
             yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
 
 
-def augment(x, generator, pad=4, flip=True, rank=0, world=1):
-    """Per-sample random crop of the zero-padded batch and random horizontal flip; uint8 in, uint8 out.
+def augment(x, generator, pad=4, flip=True, rank=0, world=1, crop=True, pad_mode="zeros"):
+    """Per-sample random crop of the padded batch and random horizontal flip; uint8 in, uint8 out. The padding is
+    zeros, or with pad_mode="reflect" the image mirrored at its border (torchvision's Pad(padding_mode='reflect'),
+    the border pixel not repeated). crop=False, flip=False: the images as they are, no draws (--augment).
     x is share `rank` of `world` (images rank, rank + world, ...) of a batch: the draws are made for the
     whole batch and this share's are kept, so every process's generator stays the same."""
     b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
-    dx = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
-    rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
-    cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
-    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
-    chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    crops = padded[batch, chan, rows, cols]
+    crops = x
+    if crop:
+        dy = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
+        dx = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), device=x.device, generator=generator)[rank::world]
+        rows = dy + torch.arange(h, device=x.device).view(1, 1, h, 1)
+        cols = dx + torch.arange(w, device=x.device).view(1, 1, 1, w)
+        if pad_mode == "reflect":  # index the image itself: -k -> k, n - 1 + k -> n - 1 - k
+            source, rows, cols = x, reflect_index(rows - pad, h), reflect_index(cols - pad, w)
+        else:
+            source = F.pad(x, (pad, pad, pad, pad))
+        batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+        chan = torch.arange(c, device=x.device).view(1, c, 1, 1)
+        crops = source[batch, chan, rows, cols]
     if not flip:  # digits (MNIST) are not mirror-symmetric
         return crops
     flips = torch.rand(b * world, 1, 1, 1, device=x.device, generator=generator)[rank::world] < 0.5
     return torch.where(flips, crops.flip(3), crops)
+
+
+def reflect_index(i, n):
+    """Indices i in [-n + 1, 2n - 2] mirrored into [0, n - 1] about the first and last pixel."""
+    return (n - 1) - ((n - 1) - i.abs()).abs()
 
 
 def balanced_indices(y, per_class: int, num_classes: int, seed: int = 0):
@@ -1207,7 +1249,8 @@ def load_data(args, device):
                              f"{'/'.join(names)}/<class>/* (ImageNet's validation images sorted into class folders)")
         stats = CINIC_STATS if args.dataset == "cinic10" else IMAGENET_STATS
         return StreamedData(os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, test_name), device,
-                            args.image_size or 224, args.workers, *stats, args.limit_train, args.limit_test)
+                            args.image_size or 224, args.workers, *stats, args.limit_train, args.limit_test,
+                            getattr(args, "augment", "crop+flip"))
     if getattr(args, "image_size", None):
         raise UsageError("--image-size is for streamed data (--dataset imagenet, or --stream); "
                          f"{args.dataset} is used at its own size")
@@ -1228,7 +1271,11 @@ def load_data(args, device):
     train = subset(train_y, args.limit_train, "--limit-train")
     test = subset(test_y, args.limit_test, "--limit-test")
     train_x, train_y, test_x, test_y = train_x[train], train_y[train], test_x[test], test_y[test]
-    return Data(train_x, train_y, test_x, test_y, nc, device, mean, std, flip)
+    data = Data(train_x, train_y, test_x, test_y, nc, device, mean, std, flip)
+    augment_with = getattr(args, "augment", "crop+flip")
+    data.crop, data.flip = augment_with != "none", flip and augment_with == "crop+flip"
+    data.pad_mode = getattr(args, "pad_mode", "zeros")
+    return data
 
 
 # ==================================================================================================
@@ -1320,7 +1367,7 @@ class StreamedData:
     """An ImageFolder pair streamed from disk (see the banner above); the same interface as Data."""
 
     def __init__(self, train_dir, test_dir, device, image_size=224, workers=4, mean=IMAGENET_STATS[0],
-                 std=IMAGENET_STATS[1], limit_train=0, limit_test=0):
+                 std=IMAGENET_STATS[1], limit_train=0, limit_test=0, augment="crop+flip"):
         import torchvision.transforms as T
         classes, train_files, test_files = list_train_test(train_dir, test_dir)
         self.num_classes, self.device, self.workers = len(classes), device, workers
@@ -1330,7 +1377,9 @@ class StreamedData:
             test_files = [test_files[i] for i in subset([c for _, c in test_files], limit_test, "--limit-test")]
         self.image_size = (image_size, image_size)
         eval_transform = T.Compose([T.Resize(round(image_size * 8 / 7)), T.CenterCrop(image_size)])  # 256 -> 224
-        self.train_set = ImageFiles(train_files, T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()]))
+        train_transform = {"none": eval_transform, "crop": T.RandomResizedCrop(image_size),  # --augment
+                           "crop+flip": T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()])}
+        self.train_set = ImageFiles(train_files, train_transform[augment])
         self.test_set = ImageFiles(test_files, eval_transform)
         self.holdout_set = None
         self.train_y = torch.tensor([c for _, c in train_files])
@@ -1554,7 +1603,7 @@ class Parser(argparse.ArgumentParser):
 
 def parse_flags(name, add_arguments=None, argv=None, doc=None):
     """A script's flags as given (the shared ones, then its own), --recipe's values as their defaults, checked;
-    with --baseline only vanilla's. Returns (args, the recipe's values used); a mistake ends in one sentence
+    with --baseline only vanilla's. Returns (args, the recipe's values used, their sources); a mistake ends in one sentence
     (said by rank 0 alone under torchrun: every process makes it) and exit status 2."""
     parser = make_parser(doc or __doc__)
     if add_arguments is not None:
@@ -1564,7 +1613,8 @@ def parse_flags(name, add_arguments=None, argv=None, doc=None):
         args = parser.parse_args(argv)
         if args.baseline:
             args, recipe, name = baseline_args(args), baseline_recipe(recipe), "vanilla"
-        return check_args(args, name), recipe
+        sources = getattr(parser, "recipe_sources", {}).get(args.recipe, {})
+        return check_args(args, name), recipe, sources
     except UsageError as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
@@ -1597,16 +1647,29 @@ def recipe_flags(recipe):
         value = f"{value:g}" if isinstance(value, float) else value
         flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
     return flags
+def source_of(sources, dest):
+    """Where a recipe's value comes from ({source: (dests)}, a method file's RECIPE_SOURCES entry)."""
+    return next((source for source, dests in sources.items() if dest in dests), "not stated")
+
+
 def apply_recipe(parser, recipes, argv):
     """--recipe NAME: the recipe's values become the parser's defaults (so --help shows them and any flag given
-    explicitly still wins), and every recipe is listed under --help. Returns the recipe ({} without --recipe)."""
-    lines = ["recipes (--recipe NAME sets these defaults; a flag given explicitly still wins):"]
+    explicitly still wins), and every recipe is listed under --help, each value beside its source
+    (parser.recipe_sources). Returns the recipe ({} without --recipe)."""
+    lines = ["recipes (--recipe NAME sets these defaults; a flag given explicitly still wins), each value under "
+             "its source:"]
     for name, recipe in recipes.items():
-        lines.append(f"  {name:<16}")
-        for flag in recipe_flags(recipe):
-            if len(lines[-1]) + len(flag) > 110:
-                lines.append(" " * 18)
-            lines[-1] += flag + " "
+        sources = getattr(parser, "recipe_sources", {}).get(name, {})
+        lines.append(f"  {name}")
+        groups = {}
+        for dest, flag in zip(recipe, recipe_flags(recipe)):
+            groups.setdefault(source_of(sources, dest), []).append(flag)
+        for source, flags in groups.items():
+            lines.append(f"    {source}:")
+            for flag in flags:
+                if len(lines[-1]) + len(flag) > 110:
+                    lines.append(" " * 6)
+                lines[-1] += " " + flag
     parser.epilog = "\n".join(line.rstrip() for line in lines) if recipes else None
     pre = Parser(add_help=False)  # --recipe is read before --help is printed, so that help shows its defaults
     pre.add_argument("--recipe", default=None)
@@ -1630,9 +1693,10 @@ def make_parser(doc=None):
     p = Parser(description=(doc or "").split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument
     a("--recipe", default=None, metavar="NAME",
-      help="a paper's recipe (listed at the end): its flags become the defaults shown here. A method's `paper` is "
-           "its paper's CIFAR recipe as published, `paper-imagenet` its ImageNet one (with --baseline: that "
-           "paper's baseline). As published: no lr warm-up where the paper has none (--lr-warmup 0), "
+      help="a paper's recipe (listed at the end, each value under its source: the paper's section or table, the "
+           "official code's file, or this project where both are silent): its flags become the defaults shown "
+           "here. A method's `paper` is its paper's CIFAR setting, `paper-imagenet` its ImageNet one (with "
+           "--baseline: that paper's baseline). No lr warm-up where the paper has none (--lr-warmup 0), "
            "although students that teach each other can collapse without one (README 'Learning-rate warm-up'); "
            "add --lr-warmup 5 for ours")
     a("--baseline", action="store_true",
@@ -1650,6 +1714,12 @@ def make_parser(doc=None):
     # `%(default).0s` prints nothing: it only keeps the formatter from adding "(default: None)" after the real one
     a("--image-size", type=int, default=None,
       help="streamed data: the crop the networks see, in pixels (default: 224)%(default).0s")
+    a("--augment", default="crop+flip", choices=["none", "crop", "crop+flip"],
+      help="training augmentation: none, a random crop (in memory: of the image padded by 1/8 of its size; "
+           "streamed: RandomResizedCrop), or the crop and a random horizontal flip (never a flip on MNIST)")
+    a("--pad-mode", default="zeros", choices=["zeros", "reflect"],
+      help="in-memory data: what pads the image before its random crop, zeros or its mirror image (reflect, "
+           "torchvision's Pad(padding_mode='reflect')); streamed data is cropped without padding")
     a("--epochs", type=int, default=200, help="training epochs")
     a("--batch-size", type=int, default=128, help="images per step (each student sees all of them)")
     a("--lr", type=float, default=0.1, help="initial SGD learning rate")

@@ -32,15 +32,15 @@ Picture (two students; [v] = v detached: a target, no gradient flows back throug
 Flags: --students K (>= 2), --arch (one name for all, or a comma list, one per student), --T (default 1: the
 paper's plain KL(p_j || p_k)).
 
-Paper recipe (CIFAR-100): SGD Nesterov momentum 0.9, lr 0.1 divided by 10 every 60 epochs, 200 epochs,
-batch 64: RECIPES["paper"] below (--help lists it). Reproduce with:
+Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source (--help lists them): the paper's SGD
+Nesterov momentum 0.9, lr 0.1 divided by 10 every 60 epochs, 200 epochs, batch 64, T = 1, ResNet-32 pair; the
+paper gives no weight decay (the project's 5e-4) and no warm-up (--lr-warmup 0):
 
     python dml.py --recipe paper          # resnet32 x2, --epochs 200 --batch-size 64 --milestones 60,120,180 ...
-    python scripts/reproduce.py --paper dml --seeds 0,1,2        # over seeds, beside the published numbers
+    python scripts/reproduce.py --paper dml      # DML's rows as KDCL, FFSD and MKB-CL print them, in their settings
 
-(weight decay is not given in the paper; the project's 5e-4 is kept; no learning-rate warm-up, as in the paper:
---lr-warmup 0, and without one the students can collapse in their first steps, README 'Learning-rate warm-up';
-add --lr-warmup 5 for the project's default).
+(without a warm-up the students can collapse in their first steps, README 'Learning-rate warm-up'; add
+--lr-warmup 5 for the project's default).
 
 Decisions:
 - One forward, one backward, peers detached. The paper updates the networks in turn (update theta_1,
@@ -100,17 +100,23 @@ class DML(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
 RECIPES = {
-    # the paper, CIFAR-100: SGD Nesterov 0.9, lr 0.1 /10 every 60 epochs, 200 epochs, batch 64, T = 1, no warm-up;
-    # the paper gives no weight decay: the project's 5e-4
     "paper": {"arch": "resnet32", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 64, "lr": 0.1,
               "momentum": 0.9, "nesterov": True, "wd": 5e-4, "milestones": "60,120,180", "lr_warmup": 0, "T": 1.0},
+}
+# where each value comes from: the paper, the official code, or this project where both are silent
+RECIPE_SOURCES = {
+    "paper": {"paper, Sec. 4 (CIFAR-100, ResNet-32 pairs)": ("arch", "students", "dataset"),
+              "paper, Sec. 4 (implementation details)": ("epochs", "batch_size", "lr", "momentum", "nesterov",
+                                                          "milestones", "lr_warmup"),
+              "paper, Sec. 3 (KL between the peers' probabilities, no temperature)": ("T",),
+              "project (the paper gives no weight decay)": ("wd",)},
 }
 
 
 def add_arguments(parser):
-    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
+    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
     parser.set_defaults(T=1.0)  # the paper's plain KL between the peers' probabilities
 
 

@@ -49,15 +49,15 @@ Ablation (the paper's Table 7): A = early fusion only (`--no-reconstruction --no
 B = + reconstruction (`--no-attention`), C = + dual attention (default). With all three switched off the
 model is FFL (last maps only).
 
-Paper recipe: not stated in the text; FFL's CIFAR recipe (300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1
-x0.1 at 150 and 225, wd 1e-4, fusion branch wd 1e-5, no lr warm-up: --lr-warmup 0) is RECIPES["paper"] below:
+Recipe: the paper states none. RECIPES["paper"] below is FFL's official code's CIFAR-100 recipe (300
+epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and 225, wd 1e-4, fusion branch wd 1e-5, crop of the
+reflection-padded image + flip, no lr warm-up: --lr-warmup 0), each value with its source, on the ResNet-32
+pair of Table 7:
 
     python fefr.py --recipe paper
-    python scripts/reproduce.py --paper fefr --seeds 0,1,2      # Table 4's gains over DML, DML run beside it
+    python scripts/reproduce.py --paper fefr     # Table 4's gains over DML and Table 7's ablation, as differences
 
-ImageNet 2012 (reported beside FFL, no recipe in the text): FFL's recipe, with the default 5-epoch lr warm-up:
-
-    python fefr.py --recipe paper-imagenet --data-dir DIR
+The paper reports ImageNet 2012 and CINIC-10 without a recipe or the networks: no recipe here.
 
 Decisions where the paper is silent:
 - F1, F2 = the outputs of the third- and second-to-last stages, F3 = the last (resnet/wrn: 16x32x32,
@@ -241,22 +241,24 @@ class FEFR(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
 RECIPES = {
-    # the paper states no recipe: FFL's (300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and 225,
-    # wd 1e-4, fusion branch 1e-5, T = 3, ramp-up 80, no lr warm-up)
     "paper": {"arch": "resnet32", "students": 2, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
               "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
-              "fusion_wd": 1e-5, "T": 3.0, "rampup": 80},
-    # ImageNet 2012 is reported beside FFL without a recipe: FFL's, with our 5-epoch lr warm-up
-    "paper-imagenet": {"arch": "resnet18", "students": 2, "dataset": "imagenet", "epochs": 300, "batch_size": 128,
-                       "lr": 0.1, "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225",
-                       "lr_warmup": 5, "fusion_wd": 1e-5, "T": 3.0, "rampup": 80},
+              "augment": "crop+flip", "pad_mode": "reflect", "fusion_wd": 1e-5, "T": 3.0, "rampup": 80},
+}
+# where each value comes from: the paper states no recipe; FFL's official code, whose loss FEFR keeps
+RECIPE_SOURCES = {
+    "paper": {"paper, Table 7 (ablation on ResNet-32, CIFAR-100)": ("arch", "students", "dataset"),
+              "FFL's official code, train_FFL.py (the FEFR paper states no recipe)": (
+                  "epochs", "batch_size", "lr", "momentum", "nesterov", "wd", "milestones", "lr_warmup", "fusion_wd",
+                  "rampup"),
+              "FFL's official code, utils.py (data loaders, KLLoss)": ("augment", "pad_mode", "T")},
 }
 
 
 def add_arguments(parser):
-    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
+    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
     a = parser.add_argument
     a("--groups", type=int, default=4, help="p, channel groups of the reconstruction")
     a("--early-fusion", action=argparse.BooleanOptionalAction, default=True, help="sum early fusion (FE)")

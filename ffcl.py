@@ -59,12 +59,13 @@ Ablation (the paper's Table 5, ResNet18 pair; RK / FK / NRK kept):
 Without FK the fusion module still trains, on detached features, so the `fused` head is reported as a probe
 that never touches the peers. Without NRK no pre-training is needed (and --pretrained is refused).
 
-Paper recipe (CIFAR-10/100): SGD 0.9, wd 5e-4, 200 epochs, batch 128, lr 0.1 /10 at 60, 120, 160, mean of
-three runs; peers resnet18/34, WRN-28-10, ShuffleNet, also mixed pairs; the baselines (= the pre-training)
-use the same recipe; the paper names no lr warm-up (--lr-warmup 0): RECIPES["paper"] below. Reproduce with:
+Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source: SGD momentum 0.9 and wd 5e-4 are stated
+for every experiment; 200 epochs, batch 128, lr 0.1 /10 at 60, 120, 160 are stated for the baselines (assumed for
+FFCL, whose own schedule the text does not give), which are also the pre-training; ResNet18 pair (Table 5);
+mean of three runs; no Nesterov, no warm-up named (--no-nesterov, --lr-warmup 0):
 
     python ffcl.py --recipe paper                      # resnet18 x2, pre-trained first for 200 epochs
-    python scripts/reproduce.py --paper ffcl --seeds 0,1,2     # (its tables' numbers are not in our copy)
+    python scripts/reproduce.py --paper ffcl           # (its tables' numbers are not in the text we have)
 
 (without a warm-up the response term makes the peers collapse in their first steps, README 'Learning-rate
 warm-up'; drop --lr-warmup 0 to keep the default 5 epochs)
@@ -206,18 +207,24 @@ class FFCL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
 RECIPES = {
-    # Sec. "Data sets and settings" (CIFAR-10/100): SGD 0.9, wd 5e-4, 200 epochs, batch 128, lr 0.1 /10 at 60, 120,
-    # 160, no warm-up named; the peers are pre-trained alone with the same recipe (the paper's baselines)
     "paper": {"arch": "resnet18", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128, "lr": 0.1,
               "momentum": 0.9, "nesterov": False, "wd": 5e-4, "milestones": "60,120,160", "lr_warmup": 0,
               "pretrain_epochs": 200},
 }
+# where each value comes from: the paper, or this project where it is silent (no official code)
+RECIPE_SOURCES = {
+    "paper": {"paper, Table 5 (ablation on a ResNet18 pair, CIFAR-100)": ("arch", "students", "dataset"),
+              "paper, 'Data sets and settings' (every experiment)": ("momentum", "wd"),
+              "paper, 'Baselines' (stated for the baselines, the peers' pre-training; assumed for FFCL)": (
+                  "epochs", "batch_size", "lr", "milestones", "pretrain_epochs"),
+              "project (the paper names neither Nesterov nor a warm-up)": ("nesterov", "lr_warmup")},
+}
 
 
 def add_arguments(parser):
-    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
+    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
     parser.set_defaults(T=3.0)  # --T: temperature of the feature (fusion) knowledge
     a = parser.add_argument
     a("--T-resp", type=float, default=1.0, help="temperature of the response knowledge between peers")

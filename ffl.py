@@ -41,12 +41,13 @@ Picture (two students; F_i = student i's last feature map; [v] = v detached: no 
                                                    '--> w kd(z_f, [mean_i z_i], T) .... kd_fused
     ce_fused and kd_fused reach the students through F_i (--detach-fusion-input: [F_i] instead).
 
-Paper recipe (CIFAR-100, official code): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and
-225, wd 1e-4, fusion module wd 1e-5 (its own optimizer in the code; a parameter group here), T = 3, ramp-up 80,
-no lr warm-up in the code (--lr-warmup 0): RECIPES["paper"] below. Reproduce with:
+Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source, from the official code (train_FFL.py,
+utils.py): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and 225, wd 1e-4, fusion module wd 1e-5
+(its own optimizer in the code; a parameter group here), T = 3, ramp-up 80, crop of the reflection-padded image
++ flip, no lr warm-up (--lr-warmup 0). The code's loop runs epochs 0 to 300 (301 epochs); 300 here:
 
     python ffl.py --recipe paper
-    python scripts/reproduce.py --paper ffl --seeds 0,1,2        # beside FFSD's Table II, which reports FFL
+    python scripts/reproduce.py --paper ffl      # beside FFSD's Table II, which prints FFL's figures
 
 Decisions where the paper is silent or the code departs from it:
 - The fusion module's input is NOT detached, as in the official code: the fused classifier's CE and KD
@@ -156,18 +157,23 @@ class FFL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
 RECIPES = {
-    # the official code's CIFAR-100 recipe: 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 x0.1 at 150 and 225,
-    # wd 1e-4, fusion module 1e-5, T = 3, ramp-up 80 epochs, no lr warm-up
     "paper": {"arch": "resnet32", "students": 2, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
               "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
-              "fusion_wd": 1e-5, "T": 3.0, "rampup": 80},
+              "augment": "crop+flip", "pad_mode": "reflect", "fusion_wd": 1e-5, "T": 3.0, "rampup": 80},
+}
+# where each value comes from: the official code (the paper is not what this recipe was read from)
+RECIPE_SOURCES = {
+    "paper": {"official code, train_FFL.py (its README's command: --depth 32)": (
+                  "arch", "students", "dataset", "epochs", "lr", "momentum", "nesterov", "wd", "milestones",
+                  "lr_warmup", "fusion_wd", "rampup", "batch_size"),
+              "official code, utils.py (data loaders, KLLoss)": ("augment", "pad_mode", "T")},
 }
 
 
 def add_arguments(parser):
-    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
+    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
     parser.set_defaults(T=3.0)
     a = parser.add_argument
     a("--rampup", type=float, default=80, help="epochs R of the KD ramp-up w(e) (0: off)")

@@ -77,18 +77,23 @@ modules are applied in eval mode under no_grad (targets only) and trained by Eq.
 inputs and targets, with their own Adam (--sd-lr 1e-3, --sd-wd 1e-4, the same lr schedule as SGD). Hence
 one joint backward gives each parameter exactly the gradient of the official code's sequential updates.
 
-Paper recipe (CIFAR-100): 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 /10 at 150 and 225, wd 1e-4 (fusion
-module 1e-5), T = 2, 2 common students; no lr warm-up on CIFAR (--lr-warmup 0; ImageNet: 5 epochs up to 0.8):
-RECIPES["paper"] below. Reproduce with:
+Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source (the paper first, the official code
+where the paper is silent): Sec. IV-A's 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 /10 at 150 and 225, wd
+1e-4 for the students and the fusion module, SD modules Adam 1e-3 with the same wd and schedule, 2 common
+students, T = 2, the grid-searched lambdas, no warm-up (--lr-warmup 0); the code's crop of the reflection-padded
+image + flip (data/cifar100.py) and its 5-epoch ramp of the lambdas (CIFARTrainer.py). Where the code differs:
+fusion module wd 1e-5, and its loop runs epochs 1 to 299:
 
     python ffsd.py --recipe paper                      # resnet32, leader + 2 common students
-    python scripts/reproduce.py --paper ffsd --table I --seeds 0,1,2     # beside the published numbers
+    python scripts/reproduce.py --paper ffsd --table I   # 3 seeds, best epoch: Table I's statistic, Ens included
 
 (without a warm-up the common students can collapse in their first steps and drag the leader with them, README
 'Learning-rate warm-up'; add --lr-warmup 5 for the project's default)
 
-ImageNet (ResNet-18; ResNet-34 likewise): 90 epochs, batch 256, Nesterov, wd 1e-4, lr warmed up linearly to 0.8
-over 5 epochs, /10 at 30 and 60, SD modules Adam 1e-3 on the same schedule, 2 common students, T = 2:
+ImageNet (ResNet-18; ResNet-34 likewise), RECIPES["paper-imagenet"], Sec. IV-A: 90 epochs, batch 256, Nesterov,
+wd 1e-4, lr warmed up linearly to 0.8 over 5 epochs, /10 at 30 and 60, SD modules Adam 1e-3 on the same schedule,
+2 common students, T = 2. The official ImageNetTrainer.py differs: lr 0.1 (its options' default; its README's
+command sets none) warmed up over the first epochs, /10 at 30, 60 and 80, fusion module wd 1e-5, epochs 1 to 89:
 
     python ffsd.py --recipe paper-imagenet --data-dir DIR            # --arch resnet34 for the other row
 
@@ -263,6 +268,9 @@ class FFSD(nn.Module):
         if any(s != shapes[0] for s in shapes):
             raise ValueError("FFSD's leader and common students must have the same stage shapes (one architecture)")
         self.students = nn.ModuleList(students)  # students[0] = leader, students[1:] = common students
+        # head `any` (common.py): the paper's "Ens", the official utils/util.py ensemble_accuracy, counts an image
+        # when any common student is right; the leader is not among them (CIFARTrainer.py: self.models only)
+        self.any_correct_heads = [f"s{k}" for k in range(1, len(students))]
         self.T, self.lambda_kl, self.rampup = T, lambda_kl, rampup
         self.lambda_div, self.lambda_fusion, self.lambda_sd = lambda_div, lambda_fusion, lambda_sd
         self.fusion_wd, self.sd_lr, self.sd_wd = fusion_wd, sd_lr, sd_wd
@@ -352,24 +360,39 @@ class FFSD(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
 RECIPES = {
-    # Sec. IV-A (CIFAR-100, Table I): SGD Nesterov 0.9, lr 0.1, wd 1e-4, batch 128, 300 epochs, /10 at 150 and 225,
-    # no warm-up; SD modules Adam 1e-3; 2 common students, T = 2; the grid-searched lambdas
     "paper": {"arch": "resnet32", "students": 3, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
               "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
-              "fusion_wd": 1e-5, "sd_lr": 1e-3, "T": 2.0, "lambda_div": 1e-5, "lambda_fusion": 10.0,
-              "lambda_sd": 1000.0, "lambda_kl": 1.0},
-    # Sec. IV-A (ImageNet, Table III): 90 epochs, batch 256, lr warmed up linearly to 0.8 over 5 epochs, /10 at 30
-    # and 60, the same SGD and SD settings
+              "augment": "crop+flip", "pad_mode": "reflect", "fusion_wd": 1e-4, "sd_lr": 1e-3, "sd_wd": 1e-4,
+              "T": 2.0, "lambda_div": 1e-5, "lambda_fusion": 10.0, "lambda_sd": 1000.0, "lambda_kl": 1.0, "rampup": 5},
     "paper-imagenet": {"arch": "resnet18", "students": 3, "dataset": "imagenet", "epochs": 90, "batch_size": 256,
                        "lr": 0.8, "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "30,60",
-                       "lr_warmup": 5, "fusion_wd": 1e-5, "sd_lr": 1e-3, "T": 2.0},
+                       "lr_warmup": 5, "fusion_wd": 1e-4, "sd_lr": 1e-3, "sd_wd": 1e-4, "T": 2.0,
+                       "lambda_div": 1e-5, "lambda_fusion": 10.0, "lambda_sd": 1000.0, "lambda_kl": 1.0, "rampup": 5},
+}
+# where each value comes from: the paper, the official code where the paper is silent, this project where both are
+RECIPE_SOURCES = {
+    "paper": {"paper, Table I (ResNet-32)": ("arch",),
+              "paper, Sec. IV-A (implementation details; a leader and 2 common students)": (
+                  "students", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov", "wd", "milestones",
+                  "lr_warmup", "fusion_wd", "sd_lr", "sd_wd", "T"),
+              "paper, Sec. IV-A (grid-searched on ResNet-32, below Table I)": (
+                  "lambda_div", "lambda_fusion", "lambda_sd", "lambda_kl"),
+              "official code, data/cifar100.py": ("augment", "pad_mode"),
+              "official code, CIFARTrainer.py (lambda_warmup)": ("rampup",)},
+    "paper-imagenet": {"paper, Table III (ResNet-18)": ("arch",),
+                       "paper, Sec. IV-A (implementation details; a leader and 2 common students)": (
+                           "students", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov", "wd",
+                           "milestones", "lr_warmup", "fusion_wd", "sd_lr", "sd_wd", "T"),
+                       "paper, Sec. IV-A (grid-searched on CIFAR-100, applied to every data set)": (
+                           "lambda_div", "lambda_fusion", "lambda_sd", "lambda_kl"),
+                       "official code, ImageNetTrainer.py (lambda_warmup)": ("rampup",)},
 }
 
 
 def add_arguments(parser):
-    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
+    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
     parser.set_defaults(T=2.0, students=3)  # the paper: a leader and two common students
     a = parser.add_argument
     a("--lambda-div", type=float, default=1e-5, help="lambda_div: diversity loss and its SD transfer (Eq. 9, 11)")

@@ -41,16 +41,16 @@ Picture (two students; [v] = v detached: a target, no gradient flows back throug
     x_i: student i's own view (--icl) or one view for all (--no-icl). General's w is estimated after each
     epoch on the held-out images, students in eval mode, under no_grad (estimate_weights).
 
-Paper recipe (CIFAR-100, ResNet-32 + WRN-16-2): 200 epochs, batch 128, SGD momentum 0.9, lr 0.1 x0.1 at
-epochs 100 and 150, wd 5e-4, crop (pad 4) + flip, T = 2, lambda = 1, General holds out 50 images per class;
-accuracy = median of 5 runs, no learning-rate warm-up on CIFAR (the paper warms it up on ImageNet only):
-RECIPES["paper"] below (Nesterov is not mentioned by the paper, hence --no-nesterov; --lr-warmup 0). Reproduce:
+Recipe (CIFAR-100, ResNet-32 + WRN-16-2), RECIPES["paper"] below, each value with its source: Sec. 4.2's 200
+epochs, batch 128, SGD momentum 0.9, lr 0.1 x0.1 at epochs 100 and 150, wd 5e-4, crop (pad 4) + flip, T = 2,
+lambda = 1, General on 50 held-out images per class, no warm-up on CIFAR (--lr-warmup 0); accuracy = the median
+of 5 runs. The paper names no Nesterov (--no-nesterov) and no padding fill (zeros):
 
     python kdcl.py --recipe paper
-    python scripts/reproduce.py --paper kdcl --table 7 --seeds 0,1,2,3,4     # beside the published numbers
+    python scripts/reproduce.py --paper kdcl --table 7       # Table 7's rows, 5 seeds (the paper's median of 5)
 
-ImageNet (ResNet-50 + ResNet-18, 77.8 / 73.1 %): batch 2048, wd 1e-4, lr warmed up linearly from 0.1 to 0.8 over 5
-epochs, 200 epochs, x0.1 at 60, 120, 180, 20 held-out images per class (the paper's photometric distortion is
+ImageNet (ResNet-50 + ResNet-18, Table 2), Sec. 4.1: batch 2048, wd 1e-4, lr from 0.1 warmed up linearly to
+0.8 over 5 epochs, 200 epochs, x0.1 at 60, 120, 180, 20 held-out images per class (the photometric distortion is
 not implemented here): RECIPES["paper-imagenet"]:
 
     python kdcl.py --recipe paper-imagenet --data-dir DIR                   # add --ensemble linear for 77.8 / 73.1
@@ -243,23 +243,33 @@ class KDCL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
 RECIPES = {
-    # Sec. 4.2 (CIFAR-100, Table 7): 200 epochs, batch 128, momentum 0.9 (no Nesterov named), lr 0.1 x0.1 at 100
-    # and 150, wd 5e-4, T = 2, lambda = 1, General on 50 held-out images per class, no warm-up
     "paper": {"arch": "resnet32,wrn_16_2", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128,
               "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 5e-4, "milestones": "100,150", "lr_warmup": 0,
-              "T": 2.0, "lambda_kd": 1.0, "ensemble": "general", "icl": True, "holdout_per_class": 50},
-    # Sec. 4.1 (ImageNet, Table 2): batch 2048, wd 1e-4, lr warmed up from 0.1 to 0.8 over 5 epochs, 200 epochs,
-    # x0.1 at 60, 120, 180; General holds out 20 images per class
+              "augment": "crop+flip", "T": 2.0, "lambda_kd": 1.0, "ensemble": "general", "icl": True,
+              "holdout_per_class": 50},
     "paper-imagenet": {"arch": "resnet50,resnet18", "students": 2, "dataset": "imagenet", "epochs": 200,
                        "batch_size": 2048, "lr": 0.8, "lr_warmup": 5, "lr_warmup_start": 0.125, "momentum": 0.9,
                        "nesterov": False, "wd": 1e-4, "milestones": "60,120,180", "holdout_per_class": 20},
 }
+# where each value comes from: the paper, or this project where it is silent (no official code)
+RECIPE_SOURCES = {
+    "paper": {"paper, Table 7 (the pair; General + ICL, its best)": ("arch", "students", "ensemble", "icl"),
+              "paper, Sec. 4.2 (CIFAR training details)": ("dataset", "epochs", "batch_size", "lr", "momentum", "wd",
+                                                          "milestones", "lr_warmup", "augment", "T", "lambda_kd",
+                                                          "holdout_per_class"),
+              "project (the paper names momentum, not Nesterov)": ("nesterov",)},
+    "paper-imagenet": {"paper, Table 2 (the pair)": ("arch", "students"),
+                       "paper, Sec. 4.1 (ImageNet training details)": ("dataset", "epochs", "batch_size", "lr",
+                                                                       "lr_warmup", "lr_warmup_start", "momentum",
+                                                                       "wd", "milestones", "holdout_per_class"),
+                       "project (the paper names momentum, not Nesterov)": ("nesterov",)},
+}
 
 
 def add_arguments(parser):
-    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
+    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
     import argparse
     parser.set_defaults(T=2.0)  # the paper's CIFAR temperature
     parser.add_argument("--ensemble", default="general", choices=["naive", "linear", "minlogit", "general"],

@@ -50,16 +50,19 @@ Architecture of one half (Table 1), for a stage output X of shape C x h x w and 
     decoder         transposed 3x3 conv, stride h/u, back to C x h x w, BN -> M
 Heads: s0, s1, ... (each network with its half), ens (log of the mean softmax). Exports: net0.pt, net1.pt...
 
-Paper recipe (CIFAR, Sec. IV-A): SGD momentum 0.9, weight decay 1e-4, batch 128, 200 epochs, lr 0.1 divided
-by 10 when the error plateaus (here at 100 and 150), alpha 0.2, no augmentation on CIFAR-100 (crop only on
-CIFAR-10), no lr warm-up (--lr-warmup 0; ImageNet neither); the loop always crops and flips. Table 2's pair is
-ResNet-34 + MobileNet (v1, not in the zoo: mobilenetv2 stands in). Closest flags, RECIPES["paper"] below:
+Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source: Sec. IV-A's SGD momentum 0.9, weight
+decay 1e-4, batch 128, 200 epochs, lr 0.1 divided by 10 when the error plateaus (at 100 and 150 here), alpha 0.2,
+no augmentation on CIFAR-100 (--augment none; CIFAR-10: random crop only, --augment crop), no lr warm-up
+(--lr-warmup 0). Table 2's pair: its caption says ResNet-34, but Table 1's column is the CIFAR ResNet-32 (3x3
+16/32/64 x 5 blocks) and its IL baseline 68.99 is DML's ResNet-32 figure: resnet32 here; MobileNet (v1, not in
+the zoo): mobilenetv2 stands in:
 
     python mkb_cl.py --recipe paper
-    python scripts/reproduce.py --paper mkb_cl --seeds 0,1,2     # Table 2, CIFAR-100 and CIFAR-10
+    python scripts/reproduce.py --paper mkb_cl     # Table 2 (CIFAR-100, CIFAR-10) and Table 7 (ImageNet)
 
-ImageNet (ResNet-34 / DenseNet-121): batch 256, 300 epochs, lr 0.1 /10 on plateaus (milestones 100, 200 here),
-wd 1e-4; at 224 px stage 1 is 28 x 28, so --embed-dim 3136 (4 channels, as 1024 is at CIFAR's 16 x 16):
+ImageNet (ResNet-34 + DenseNet-121, Table 7), RECIPES["paper-imagenet"]: batch 256, 300 epochs, lr 0.1 /10 on
+plateaus (at 100 and 200 here), wd 1e-4; at 224 px stage 1 is 28 x 28, so --embed-dim 3136 (4 channels, as
+1024 is at CIFAR's 16 x 16):
 
     python mkb_cl.py --recipe paper-imagenet --data-dir DIR
 
@@ -304,23 +307,34 @@ def load_network(path):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
 RECIPES = {
-    # Sec. IV-A (Table 2): SGD 0.9, wd 1e-4, batch 128, 200 epochs, lr 0.1 /10 on plateaus (here at 100 and 150),
-    # alpha 0.2, no warm-up; ResNet-34 + MobileNet (v1, not in the zoo: MobileNetV2 stands in)
-    "paper": {"arch": "resnet34,mobilenetv2", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128,
+    "paper": {"arch": "resnet32,mobilenetv2", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128,
               "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 1e-4, "milestones": "100,150", "lr_warmup": 0,
-              "alpha": 0.2},
-    # ImageNet (Table 7): batch 256, 300 epochs, lr 0.1 /10 on plateaus (here at 100 and 200), wd 1e-4; at 224 px
-    # stage 1 is 28 x 28, so a 3,136-d embedding (4 channels, as 1,024 is at CIFAR's 16 x 16)
+              "augment": "none", "alpha": 0.2},
     "paper-imagenet": {"arch": "resnet34,densenet121", "students": 2, "dataset": "imagenet", "epochs": 300,
                        "batch_size": 256, "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 1e-4,
-                       "milestones": "100,200", "lr_warmup": 0, "alpha": 0.2, "embed_dim": 3136},
+                       "milestones": "100,200", "lr_warmup": 0, "augment": "crop+flip", "alpha": 0.2,
+                       "embed_dim": 3136},
+}
+# where each value comes from: the paper, or this project where it is silent (no official code)
+RECIPE_SOURCES = {
+    "paper": {"paper, Tables 1-2 (the CIFAR ResNet-32 of Table 1; MobileNet v1, for which mobilenetv2 stands in)": (
+                  "arch", "students", "dataset"),
+              "paper, Sec. IV-A (settings, CIFAR-100 without augmentation)": (
+                  "epochs", "batch_size", "lr", "momentum", "wd", "lr_warmup", "augment", "alpha"),
+              "project (the paper: 'divided by 10 when the error plateaus'; no Nesterov named)": (
+                  "milestones", "nesterov")},
+    "paper-imagenet": {"paper, Table 7 (DenseNet-121 with ResNet-34)": ("arch", "students", "dataset"),
+                       "paper, Sec. IV-A (settings; ImageNet augmented as in ResNet's paper)": (
+                           "epochs", "batch_size", "lr", "momentum", "wd", "lr_warmup", "augment", "alpha"),
+                       "project (the paper: 'divided by 10 when the error plateaus'; no Nesterov named; the "
+                       "embedding at 224 px)": ("milestones", "nesterov", "embed_dim")},
 }
 
 
 def add_arguments(parser):
-    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
+    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
     a = parser.add_argument
     a("--mkb-at", default="1", help="stage indices (0-based, comma list) whose outputs get an MKB; 1 = conv2_x")
     a("--embed-dim", type=int, default=1024, help="size of the embedding in the mutual space")

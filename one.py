@@ -272,9 +272,24 @@ RECIPES = {
                        "lr_warmup": 0, "T": 3.0, "rampup": 0.0},
 }
 
+# where each recipe value comes from (--help lists it; results.json keeps it)
+RECIPE_SOURCES = {
+    "paper": {"official code, scripts/ONE_ResNet32.sh and cifar_one.py": (
+                  "arch", "students", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov", "wd",
+                  "milestones", "rampup"),
+              "official code, KLLoss (T = 3)": ("T",),
+              "project (the code has no warm-up; the paper states none)": ("lr_warmup",)},
+    "paper-imagenet": {"paper: KDCL (Guo et al., CVPR 2020), Table 3, ONE's '3 branches (Res4 block)'": (
+                           "arch", "students", "dataset"),
+                       "official code, KLLoss (T = 3)": ("T",),
+                       "paper: ONE's objective has no ramp-up": ("rampup",),
+                       "project (no ImageNet script in the official code: torchvision's reference ResNet recipe)": (
+                           "epochs", "batch_size", "lr", "momentum", "nesterov", "wd", "milestones", "lr_warmup")},
+}
+
 
 def add_arguments(parser):
-    parser.recipes = RECIPES  # common.main's --recipe; a foreign parser just carries the attribute
+    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
     a = parser.add_argument
     a("--branches", dest="students", type=int, metavar="M",
       help="m, the number of branches; each with the trunk is a student s<i> (--students under ONE's name)")

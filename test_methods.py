@@ -207,7 +207,7 @@ def cifar10_subset(tmp_path_factory):
 def test_folder_dataset_on_real_cifar10_trains_and_caches(cifar10_subset, tmp_path):
     results = run_main(vanilla, ["--dataset", "folder", "--data-dir", str(cifar10_subset), "--epochs", "1",
                                  "--batch-size", "50", "--arch", "resnet20", "--device", "cpu"], tmp_path / "a")
-    assert set(results["final"]) == {"s0", "s1", "ens"}
+    assert set(results["final"]) == {"s0", "s1", "ens", "any"}
     assert os.path.exists(cifar10_subset / ".okd-cache.pt")
     first = common.load_folder(str(cifar10_subset), 1)
     assert first[0].shape == (300, 3, 32, 32) and first[2].shape == (100, 3, 32, 32) and first[4] == 10
@@ -1370,7 +1370,7 @@ def test_ffsd_sd_application_leaves_batchnorm_statistics_alone():
 def test_ffsd_end_to_end(tmp_path, students):
     # run_main also checks that main() returns what results.json holds
     saved = run_main(ffsd.main, (TINY if students == 3 else SMOKE) + ["--students", str(students)], tmp_path)
-    heads = {"leader", "ens", "fused"} | {f"s{k}" for k in range(1, students)}
+    heads = {"leader", "ens", "fused", "any"} | {f"s{k}" for k in range(1, students)}
     assert set(saved["final"]) == heads
     assert all(0 <= v <= 100 for v in saved["final"].values())
     record = read_metrics(tmp_path)[-1]
@@ -1490,7 +1490,7 @@ def test_mkb_verification_head_trains():
 
 def test_mkb_end_to_end_sum_route_and_standalone_networks(tmp_path):
     results = run_main(mkb_cl.main, TINY, tmp_path)
-    assert set(results["final"]) == {"s0", "s1", "ens"}
+    assert set(results["final"]) == {"s0", "s1", "ens", "any"}
     data = common.load_data(SimpleNamespace(dataset="synthetic", limit_train=256, limit_test=128),
                             torch.device("cpu"))
     for i in (0, 1):
@@ -1504,7 +1504,7 @@ def test_mkb_end_to_end_sum_route_and_standalone_networks(tmp_path):
 
 def test_mkb_end_to_end_mul_route_two_mkbs(tmp_path):
     results = run_main(mkb_cl.main, SMOKE + ["--route", "mul", "--mkb-at", "1,2"], tmp_path)
-    assert set(results["final"]) == {"s0", "s1", "ens"}
+    assert set(results["final"]) == {"s0", "s1", "ens", "any"}
     record = read_metrics(tmp_path)[-1]
     assert record["metric_s0"] > 0 and record["verif_s1"] > 0
     net = mkb_cl.load_network(str(tmp_path / "net1.pt"))
@@ -2089,7 +2089,8 @@ def test_help_shows_the_recipes_values_as_defaults_and_lists_every_recipe(capsys
         ffsd.main(["--recipe", "paper", "--help"])
     text = capsys.readouterr().out
     assert "training epochs (default: 300)" in text and "(default: 150,225)" in text
-    assert "paper-imagenet  --arch resnet18 --students 3 --dataset imagenet --epochs 90" in text
+    assert "  paper-imagenet\n    paper, Table III (ResNet-18): --arch resnet18\n" in text  # each value by its source
+    assert "--students 3 --dataset imagenet --epochs 90" in " ".join(text.split())
     with pytest.raises(SystemExit):
         ffsd.main(["--help"])
     assert "training epochs (default: 200)" in capsys.readouterr().out  # without --recipe: the project's defaults
@@ -2113,7 +2114,7 @@ def test_baseline_trains_vanilla_with_the_scripts_recipe_and_its_shared_flags_on
     assert baseline["epochs"] == 300 and "fusion_wd" not in baseline and "T" not in baseline
     results = run_main(ffsd.main, ["--recipe", "paper", "--baseline", *TINY, "--sd-lr", "0.5", "--T", "4"], tmp_path)
     args = results["args"]
-    assert results["method"] == "vanilla" and set(results["final"]) == {"s0", "s1", "s2", "ens"}  # the recipe's 3
+    assert results["method"] == "vanilla" and set(results["final"]) == {"s0", "s1", "s2", "ens", "any"}  # the recipe's 3
     assert args["baseline"] and args["recipe"] == "paper" and args["T"] is None and "sd_lr" not in args
     assert args["milestones"] == "150,225" and args["wd"] == 1e-4 and args["epochs"] == 1  # the recipe's; TINY's
     assert "--milestones 150,225" in args["recipe_flags"] and not any("--T" in f or "sd-lr" in f
@@ -2123,81 +2124,90 @@ def test_baseline_trains_vanilla_with_the_scripts_recipe_and_its_shared_flags_on
     assert "unknown recipe 'ffsd'; this script has none (a paper's baseline: <method>.py --recipe paper --baseline)" in err
 
 
-ROW_KEYS = {"paper", "table", "row", "method", "head", "published", "baseline", "baseline_head", "baseline_published",
-            "published_gain", "recipe", "flags", "dataset", "archs", "epochs", "best_or_last", "runs", "metric",
-            "source"}
+def row_flags(row):
+    """{flag: value} of a row's own flags, read as its script reads them."""
+    return dict(reproduce.merged(row["method"], row["flags"]))
 
 
 def test_every_published_row_has_a_source_and_the_setting_of_its_recipe():
     modules = {m.__name__: m for m in METHOD_MODULES}
-    assert {r["paper"] for r in published.ROWS} == set(modules)  # every seed paper and DML
+    assert {r["method"] for r in published.ROWS} - {"vanilla"} == set(modules)  # every method has rows
     for row in published.ROWS:
-        assert set(row) == ROW_KEYS, row["row"]
-        assert len(row["source"]) > 40 and row["table"] in row["source"] or "Table" in row["source"], row["row"]
-        for key in ("published", "baseline_published", "published_gain"):
+        assert set(row) == set(published.FIELDS), row["row"]
+        assert row["paper"] in published.PAPERS and len(row["place"]) > 10, row["row"]
+        for key in ("published", "spread", "published_gain"):
             assert row[key] is None or isinstance(row[key], float), (row["row"], key)
         if row["published"] is None:
-            assert row["published_gain"] is not None or "not in our copy" in row["source"], row["row"]
-        recipe = modules[row["method"]].RECIPES[row["recipe"]]  # the row runs its paper's recipe
-        flags = dict(zip(row["flags"][::2], row["flags"][1::2]))
-        assert row["dataset"] == flags.get("--dataset", recipe["dataset"]) == reproduce.dataset_of(row)
-        assert row["archs"] == flags.get("--arch", recipe["arch"]) and row["epochs"] == recipe["epochs"]
-        assert row["baseline"] in ("vanilla", *modules) and row["metric"] == "top1"
+            assert row["provenance"] and (row["published_gain"] is not None or "not" in row["provenance"]), row["row"]
+        owner, recipe = row["setting"]
+        setting = modules[owner].RECIPES[recipe]  # the row runs a paper's recipe
+        flags = row_flags(row)
+        assert row["dataset"] == flags.get("--dataset", setting["dataset"]) == reproduce.dataset_of(row), row["row"]
+        assert row["archs"] == flags.get("--arch", setting["arch"]), row["row"]
+        if row["baseline"] is not None:
+            assert row["baseline"]["setting"][1] in modules[row["baseline"]["setting"][0]].RECIPES
     assert len({(r["paper"], r["table"], r["row"]) for r in published.ROWS}) == len(published.ROWS)
 
 
-def fake_run(seed, final, best):
-    return {"seed": seed, "final": final, "best": best}
+def fake_run(seed, curve, collapsed=None):
+    """A run's summary as compare.py keeps it: the per-epoch curve of every head's top-1."""
+    return {"seed": seed, "curve": [{"epoch": e + 1, **{f"top1_{h}": v for h, v in heads.items()}}
+                                    for e, heads in enumerate(curve)], "collapsed": collapsed or {}}
 
 
 def test_the_table_puts_published_and_measured_side_by_side():
-    rows = [r for r in published.ROWS if r["paper"] == "ffsd" and r["table"] == "I"][:2]  # leader, common student 1
-    runs = {"vanilla": {s: fake_run(s, {"s0": 69.0 + s, "s1": 71.0 + s, "s2": 70.0 + s, "ens": 75.0},
-                                    {"s0": 70.0, "s1": 72.0, "s2": 71.0, "ens": 76.0}) for s in (0, 1)},
-            "ffsd": {s: fake_run(s, {"leader": 74.0 + 2 * s, "s1": 73.0, "s2": 73.5, "ens": 78.0, "fused": 75.0},
-                                 {"leader": 75.0 + 2 * s, "s1": 74.0, "s2": 74.0, "ens": 79.0, "fused": 76.0})
-                     for s in (0, 1)}}
-    measured = {0: reproduce.measure(rows[0], runs)}
-    assert measured[0]["last"][0] == 75.0 and measured[0]["best"][0] == 76.0 and measured[0]["n"] == 2
-    assert measured[0]["gain"][0] == 75.0 - 70.5  # paired by seed: leader - mean of vanilla's students
-    text = reproduce.render(rows, measured, {1: "CIFAR-100 is not in ./data"})
-    leader = next(line for line in text.splitlines() if "| ResNet-32 leader |" in line)
-    cells = [c.strip() for c in leader.split("|")[1:-1]]
-    assert cells == ["I", "ResNet-32 leader", "74.85", "75.00 ± 1.41 (n=2)", "76.00 ± 1.41 (n=2)", "+0.15",
-                     "+4.90 over vanilla", "+4.50 ± 0.71 (n=2)"]  # gains 4 and 5
-    common_student = next(line for line in text.splitlines() if "| ResNet-32 common student 1 |" in line)
-    assert "skipped" in common_student and "+4.34 over vanilla" in common_student  # 74.30 - 69.96
-    assert "Skipped: table I, ResNet-32 common student 1: CIFAR-100 is not in ./data." in text
-    assert "Sources:" in text and published.FFSD in text
+    leader, ens = (next(r for r in published.ROWS if r["row"] == f"ResNet-32 {name}") for name in ("leader", "Ens"))
+    rows = [leader, ens]
+    done = {reproduce.baseline_spec(leader): {s: fake_run(s, [{"s0": 69.0 + s}, {"s0": 68.0}]) for s in (0, 1, 2)},
+            reproduce.run_spec(leader): {s: fake_run(s, [{"leader": 74.0 + s, "any": 79.0, "ens": 76.0},
+                                                        {"leader": 73.0, "any": 80.0, "ens": 77.5}])
+                                         for s in (0, 1, 2)}}
+    measured = {i: reproduce.measure(row, done) for i, row in enumerate(rows)}
+    assert measured[0]["ours"] == 75.0 and measured[0]["n"] == 3  # best epochs 74, 75, 76
+    assert measured[0]["gain"] == 5.0  # paired by seed: 74 - 69, 75 - 70, 76 - 71
+    assert measured[1]["ours"] == 80.0 and measured[1]["beside"] == {"ens": 77.5}
+    verdicts = {i: reproduce.judge(row, measured[i]) for i, row in enumerate(rows)}
+    runs = reproduce.plan(rows, SimpleNamespace(quick=False, data_dir="data", imagenet_dir=None), [])
+    text = reproduce.render(rows, measured, verdicts, runs)
+    line = next(line for line in text.splitlines() if "| ResNet-32 leader [" in line)
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[2:9] == ["leader top-1", "best epoch; mean ± pop. std of 3 runs", "74.85 ± 0.05",
+                          "75.00 ± 0.82 (n=3)", "reproduced", "+4.90 over vanilla", "+5.00 ± 0.00 (n=3)"]
+    assert cells[9] == "ffsd --arch resnet32"
+    ens_line = next(line for line in text.splitlines() if "| ResNet-32 Ens [" in line)
+    assert "any-student-correct top-1" in ens_line and "our ens 77.50" in ens_line and "| reproduced |" in ens_line
+    assert "Sources:" in text and published.PAPERS["ffsd"] in text
 
 
 def test_reproduce_skips_a_row_whose_data_is_missing_in_one_sentence(tmp_path):
     status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "mkb_cl", "--data-dir",
                              str(tmp_path), "--out-dir", str(tmp_path / "out"))
-    assert status == 0, output[-2000:]
+    assert status == 2 and len(output.strip().splitlines()) == 1, output[-2000:]  # no row can run: one sentence
     assert f"CIFAR-10 is not in {tmp_path} (torchvision's cifar-10-batches-py/): put it there or pass --data-dir" \
-        in output
-    assert output.count("skipped:") == 4 and not (tmp_path / "out" / "mkb_cl_paper").exists()  # nothing trained
+        in output and "ImageNet rows need --imagenet-dir" in output
+    assert not (tmp_path / "out").exists()  # nothing trained
 
 
 def test_reproduce_quick_runs_a_papers_table_and_renders_it_again(tmp_path):
     out, results = tmp_path / "out", tmp_path / "results"
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--quick", "--jobs", "2",
-                             "--out-dir", str(out), "--results", str(results))
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--table", "7", "--quick",
+                             "--jobs", "2", "--out-dir", str(out), "--results", str(results))
     assert status == 0, output[-2000:]
-    table = (out / "dml.md").read_text()
-    lines = [line for line in table.splitlines() if line.startswith("| 1 |")]
-    assert len(lines) == 2 and all(line.count("(n=1)") == 3 for line in lines), table
-    method = json.loads((results / "dml_paper" / "dml" / "seed0.json").read_text())
-    assert method["args"]["recipe"] == "paper" and method["args"]["epochs"] == 1  # the recipe, shrunk by --quick
-    baseline = json.loads((results / "dml_paper" / "vanilla" / "seed0.json").read_text())
-    recipe = dml.RECIPES["paper"]  # its shared flags, given explicitly where --quick leaves them alone
-    assert baseline["args"]["milestones"] == recipe["milestones"] and baseline["args"]["lr_warmup"] == recipe["lr_warmup"]
-    assert baseline["args"]["batch_size"] == 50 and baseline["args"]["T"] is None
+    table = (out / "dml-7.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| 7 |")]
+    assert len(lines) == 2 and all("(n=1)" in line and "not judged: --quick" in line for line in lines), table
+    method = json.loads((results / "dml_kdcl-paper" / "dml" / "seed0.json").read_text())
+    assert method["args"]["milestones"] == "100,150" and method["args"]["epochs"] == 1  # KDCL's setting, shrunk
+    baseline = json.loads((results / "vanilla_kdcl-paper" / "vanilla" / "seed0.json").read_text())
+    assert baseline["args"]["milestones"] == "100,150" and baseline["args"]["batch_size"] == 50  # KDCL's, given
+    assert baseline["args"]["recipe"] is None and baseline["args"]["T"] is None  # explicitly, for vanilla
     shutil.rmtree(out)  # the runs are gone: the summaries give the same rows
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--render", str(results))
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--table", "7", "--render",
+                             str(results))
     assert status == 0, output[-2000:]
-    assert [line for line in (results / "dml.md").read_text().splitlines() if line.startswith("| 1 |")] == lines
+    rendered = [line for line in (results / "dml-7.md").read_text().splitlines() if line.startswith("| 7 |")]
+    assert all("not judged: trained on synthetic, not cifar100" in line for line in rendered)
+    assert [line.split("|")[:7] for line in rendered] == [line.split("|")[:7] for line in lines]
 
 
 # ================================================================================================
@@ -2532,7 +2542,7 @@ def test_top5_is_logged_for_100_classes_and_shown_by_compare(tmp_path, monkeypat
     monkeypatch.setattr(common, "synthetic", lambda: synthetic(num_classes=100))
     results = run_main(vanilla, TINY, tmp_path)
     last = read_metrics(tmp_path)[-1]
-    assert set(results["final_top5"]) == {"s0", "s1", "ens"}
+    assert set(results["final_top5"]) == {"s0", "s1", "ens", "any"}
     for head, top5 in results["final_top5"].items():
         assert last[f"top5_{head}"] == top5 and results["final"][head] <= top5 <= 100
     compare = script_module("compare")
@@ -2745,6 +2755,9 @@ def test_gpu_check_stopped_midway_keeps_the_reports_of_the_parts_it_finished(tmp
 # ONE
 # ================================================================================================
 
+
+# ================================================================================================
+
 class StagedNet(nn.Module):
     """A user's own stage-structured network, what ONE cuts: `stages` run in order, then `classifier`."""
 
@@ -2930,7 +2943,7 @@ def test_one_trains_under_torchrun_on_two_processes_and_continues_in_one(tmp_pat
     status, output = torchrun("one.py", *DDP, "--out-dir", str(tmp_path))  # 5 steps: an unused parameter would stop
     assert status == 0, output[-3000:]                                      # DDP at the second
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["args"]["world_size"] == 2 and set(results["final"]) == {"s0", "s1", "s2", "ens", "gate"}
+    assert results["args"]["world_size"] == 2 and set(results["final"]) == {"s0", "s1", "s2", "ens", "gate", "any"}
     run_main(one.main, DDP + ["--resume", "--epochs", "2"], tmp_path)
     assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2]
 
@@ -2945,6 +2958,304 @@ def test_one_end_to_end_reports_every_branch_and_the_ensemble(tmp_path):
     assert results["params"]["s0"] == common.count_params(common.build_model("resnet20", 10))  # deployed: one resnet20
     assert sorted(p.name for p in tmp_path.glob("s*.pt")) == ["s0.pt", "s1.pt", "s2.pt"]
     assert set(read_metrics(tmp_path)[0]) >= {"ce_s0", "ce_s2", "ce_gate", "kd_s1", "top1_gate", "top1_ens"}
+
+
+# ================================================================================================
+# Reproduction: published rows, the paper's statistic and metric, verdicts
+# ================================================================================================
+
+class FixedHeads(nn.Module):
+    """An evaluation forward that returns the same logits per head for every batch (one batch here)."""
+
+    def __init__(self, logits, any_correct_heads=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.logits = logits
+        if any_correct_heads is not None:
+            self.any_correct_heads = any_correct_heads
+
+    def forward(self, x):
+        return dict(self.logits)
+
+
+def one_batch(y):
+    return SimpleNamespace(test_y=y, test_batches=lambda batch_size=None: iter([(torch.zeros(len(y), 3, 2, 2), y)]))
+
+
+def test_any_correct_head_counts_an_image_when_any_listed_head_is_right(tmp_path):
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    predicted = {"leader": [0, 0, 0, 3, 0, 0], "s1": [0, 1, 0, 0, 1, 1], "s2": [1, 1, 2, 0, 0, 0],
+                 "ens": [0, 1, 2, 3, 0, 1], "fused": [0, 1, 2, 3, 0, 1]}
+    logits = {h: F.one_hot(torch.tensor(p), 8).float() for h, p in predicted.items()}
+    # right: s1 T T F F F T, s2 F T T F T F -> any of them: T T T F T T = 5 of 6; the leader adds image 3
+    top1, top_share, top5 = common.evaluate(FixedHeads(logits, ["s1", "s2"]), one_batch(y), with_top_share=True,
+                                            with_top5=True, with_any=True)
+    assert top1["any"] == pytest.approx(100 * 5 / 6) and top1["s1"] == top1["s2"] == 50.0
+    assert "any" not in top_share and top1["any"] <= top5["any"] <= 100  # no collapse check: not a network
+    # without the attribute: every student head s<k> (here s1, s2; the leader, ens and fused never)
+    assert common.evaluate(FixedHeads(logits), one_batch(y), with_any=True)["any"] == pytest.approx(100 * 5 / 6)
+    assert "any" not in common.evaluate(FixedHeads(logits), one_batch(y))  # only when asked (evaluate.py)
+    with_leader = common.evaluate(FixedHeads(logits, ["leader", "s1", "s2"]), one_batch(y), with_any=True)
+    assert with_leader["any"] == 100.0
+    # FFSD's any counts its common students, not its leader (the official ensemble_accuracy over self.models)
+    assert build_method(ffsd, SMOKE + ["--students", "4"], tmp_path).any_correct_heads == ["s1", "s2", "s3"]
+    # best.pt never follows `any`, and compare.py never deploys it
+    run = {"epoch": 1, "best": {"any": 90.0, "s0": 50.0}, "best_epoch": {"any": 1, "s0": 1}, "elapsed": 1.0,
+           "final": {"any": 90.0, "s0": 50.0}, "collapsed": {}}
+    method = nn.Linear(2, 2)
+    optimizers, gen = [torch.optim.SGD(method.parameters(), lr=0.1)], torch.Generator().manual_seed(0)
+    common.save_checkpoint(str(tmp_path), run, "vanilla", method, optimizers, {"lr": 0.1}, gen)
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1  # s0's best epoch: any is skipped
+    compare = script_module("compare")
+    assert compare.deployed({"final": {"any": 90.0, "s0": 50.0, "s1": 40.0, "ens": 60.0}}) == [50.0, 40.0]
+
+
+def test_a_run_logs_any_and_keeps_it_out_of_the_best_checkpoint(tmp_path):
+    results = run_main(ffsd.main, SMOKE, tmp_path)
+    record = read_metrics(tmp_path)[-1]
+    assert record["top1_any"] == results["final"]["any"] >= max(results["final"]["s1"], results["final"]["s2"])
+    assert "any" in results["best"] and "top_share_any" not in record and "any" not in results["collapsed"]
+
+
+def augment_before(x, generator, pad=4, flip=True, rank=0, world=1):
+    """common.augment as it was before --augment and --pad-mode: what a default run must still draw."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), generator=generator)[rank::world]
+    dx = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), generator=generator)[rank::world]
+    rows = dy + torch.arange(h).view(1, 1, h, 1)
+    cols = dx + torch.arange(w).view(1, 1, 1, w)
+    crops = padded[torch.arange(b).view(b, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+    if not flip:
+        return crops
+    flips = torch.rand(b * world, 1, 1, 1, generator=generator)[rank::world] < 0.5
+    return torch.where(flips, crops.flip(3), crops)
+
+
+def windows(padded, size):
+    return [padded[:, dy:dy + size, dx:dx + size] for dy in range(padded.shape[1] - size + 1)
+            for dx in range(padded.shape[2] - size + 1)]
+
+
+def test_default_augmentation_draws_as_before_and_the_new_modes_do_what_they_say():
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    for rank, world, flip in ((0, 1, True), (1, 2, True), (0, 1, False)):
+        g_new, g_old = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        for _ in range(2):  # and the generators stay in step
+            assert torch.equal(common.augment(x, g_new, 1, flip, rank, world), augment_before(x, g_old, 1, flip,
+                                                                                               rank, world))
+    # a default run's data: crop + flip of the zero-padded image, batch by batch as before
+    args = SimpleNamespace(dataset="synthetic", limit_train=100, limit_test=50)
+    data = common.load_data(args, torch.device("cpu"))
+    assert (data.crop, data.flip, data.pad_mode) == (True, True, "zeros")
+    views, y = next(data.train_batches(torch.Generator().manual_seed(0), 20, 1))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(100, generator=g)[:20]
+    assert torch.equal(views[0], data.normalize(augment_before(data.train_x[idx], g, data.pad)))
+    # --augment none: the images as they are; crop: shifted windows, never mirrored; reflect: of the mirror image
+    for augment, pad_mode in (("none", "zeros"), ("crop", "zeros"), ("crop+flip", "reflect")):
+        data = common.load_data(SimpleNamespace(**vars(args), augment=augment, pad_mode=pad_mode), torch.device("cpu"))
+        g = torch.Generator().manual_seed(0)
+        views, _ = next(data.train_batches(g, 20, 1))
+        idx = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:20]
+        images = data.train_x[idx]
+        out = (views[0] * data.std + data.mean).round().to(torch.uint8)
+        if augment == "none":
+            assert torch.equal(out, images)
+            continue
+        mode = "constant" if pad_mode == "zeros" else "reflect"
+        padded = F.pad(images.float(), (4, 4, 4, 4), mode=mode).to(torch.uint8)
+        mirrored = 0
+        for i in range(20):
+            plain = any(torch.equal(out[i], w) for w in windows(padded[i], 32))
+            flipped = any(torch.equal(out[i], w.flip(2)) for w in windows(padded[i], 32))
+            assert plain or flipped, (augment, pad_mode, i)
+            mirrored += flipped and not plain
+        assert mirrored == 0 if augment == "crop" else mirrored > 0
+
+
+def test_augment_flag_reaches_the_streamed_path(tiny_imagenet):
+    train, val = os.path.join(tiny_imagenet, "train"), os.path.join(tiny_imagenet, "val")
+    kinds = {a: common.StreamedData(train, val, torch.device("cpu"), 32, 0, augment=a).train_set.transform
+             for a in ("none", "crop", "crop+flip")}
+    assert "RandomResizedCrop" not in repr(kinds["none"]) and "CenterCrop" in repr(kinds["none"])
+    assert "RandomResizedCrop" in repr(kinds["crop"]) and "Flip" not in repr(kinds["crop"])
+    assert "RandomHorizontalFlip" in repr(kinds["crop+flip"])
+
+
+def test_the_papers_statistic_best_epoch_median_and_population_std_by_hand():
+    import statistics
+    run = fake_run(0, [{"leader": 70.0, "s0": 60.0, "s1": 62.0}, {"leader": 74.0, "s0": 64.0, "s1": 58.0},
+                       {"leader": 72.0, "s0": 64.0, "s1": 56.0}])
+    assert reproduce.figure(run, "leader", epoch="best") == 74.0 and reproduce.figure(run, "leader") == 72.0
+    assert reproduce.figure(run, "mean", epoch="best") == 61.0 and reproduce.figure(run, "mean") == 60.0
+    assert reproduce.figure(run, "fused") is None  # not logged by this run
+    # FFSD's README: three ResNet-32 leaders, 74.92, 74.82, 74.82 -> Table I's 74.85 ± 0.05 (population std)
+    leaders = [74.92, 74.82, 74.82]
+    assert round(reproduce.paper_statistic(leaders, "mean"), 2) == 74.85
+    assert round(reproduce.paper_spread(leaders, "population"), 2) == 0.05  # sqrt(0.02 / 9)
+    assert round(reproduce.paper_spread(leaders, "sample"), 2) == 0.06  # sqrt(0.02 / 6): not the table's
+    assert reproduce.paper_spread([74.0], "population") is None
+    assert reproduce.paper_statistic([73.1, 74.6, 73.9, 74.3, 72.0], "median") == 73.9  # KDCL: median of 5
+    # a KDCL Table 7 row: the last epoch (not stated), the median of the seeds, gains paired by seed
+    row = next(r for r in published.ROWS if r["row"] == "ResNet-32 in the pair, General + ICL" and r["table"] == "7")
+    last = [73.0, 74.0, 75.0, 71.0, 76.0]
+    done = {reproduce.run_spec(row): {s: fake_run(s, [{"s0": 99.0}, {"s0": v}]) for s, v in enumerate(last)},
+            reproduce.baseline_spec(row): {s: fake_run(s, [{"s0": 80.0}, {"s0": 70.0 + s}]) for s in range(5)}}
+    m = reproduce.measure(row, done)
+    assert m["ours"] == 74.0 and m["n"] == 5 and m["spread"] == pytest.approx(statistics.stdev(last))
+    assert m["gain"] == 3.0  # gains 3, 3, 3, -2, 2: their median (their mean would be 1.8)
+    relative = next(r for r in published.ROWS if r["table"] == "7" and r["gain_kind"] == "relative")
+    assert reproduce.gain_of(73.74, 71.46, relative["gain_kind"]) == pytest.approx(3.19, abs=0.01)  # MKB-CL's Δ
+    assert reproduce.published_gain(relative) == relative["published_gain"]
+
+
+def test_the_verdict_rule():
+    assert reproduce.verdict(74.85, 74.40, 0.2, 0.05)[0] == "reproduced"  # within the 0.5-point floor
+    assert reproduce.verdict(74.85, 74.35, 0.2, 0.05)[0] == "reproduced"  # on the edge: inside
+    word, diff, tol = reproduce.verdict(74.85, 74.30, 0.2, 0.05)
+    assert (word, round(diff, 2), tol) == ("below", -0.55, 0.5)
+    assert reproduce.verdict(74.85, 74.30, 0.6, 0.05)[0] == "reproduced"  # our spread is wider than the floor
+    assert reproduce.verdict(70.0, 71.1, None, 1.2)[0] == "reproduced"  # the paper's spread is wider
+    assert reproduce.verdict(70.0, 71.1, None, None)[0] == "above"
+    leader = next(r for r in published.ROWS if r["row"] == "ResNet-32 leader")
+    m = {"n": 3, "ours": 74.0, "spread": 0.1, "gain": None, "n_gain": 0, "collapsed": []}
+    assert reproduce.judge(leader, m) == "below (-0.85, beyond ±0.50)"
+    assert reproduce.judge(leader, {**m, "n": 2}) == "not judged: n < paper's (2 of 3)"
+    assert reproduce.judge(leader, {**m, "collapsed": ["seed 1: s2 at epoch 3"]}) == \
+        "not judged: collapsed (seed 1: s2 at epoch 3)"
+    assert reproduce.judge(leader, m, "skipped (no data)") == "not judged: skipped (no data)"
+    ffcl_row = next(r for r in published.ROWS if r["method"] == "ffcl")
+    assert reproduce.judge(ffcl_row, m) == "not judged: no published figure"
+    fefr_row = next(r for r in published.ROWS if r["table"] == "4" and r["paper"] == "fefr")  # a gain, no figure
+    assert reproduce.judge(fefr_row, {**m, "gain": 2.0, "gain_spread": None, "n_gain": 1}) == "reproduced"
+    assert reproduce.judge(fefr_row, {**m, "gain": 1.0, "gain_spread": None, "n_gain": 1}) == \
+        "below (-1.18, beyond ±0.50)"
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "ffsd", "--help")
+    assert status == 0 and "reproduced: the published figure lies within ours +- max(our spread, the paper's " \
+        "spread, 0.5 points)" in " ".join(output.split())
+
+
+def test_reproduce_exits_non_zero_in_one_sentence_when_a_row_is_skipped_or_fails(tmp_path, monkeypatch, capsys):
+    def trained(runs, opts):  # every run finished, without training
+        return {spec: {0: fake_run(0, [{"s0": 70.0, "s1": 72.0}])} for spec in runs}, []
+    monkeypatch.setattr(reproduce, "train", trained)
+    monkeypatch.setattr(reproduce, "missing_data", lambda opts, row: "CIFAR-100 is not here" if "Naive" in row["row"]
+                        else None)
+    argv = ["--paper", "kdcl", "--table", "7", "--seeds", "0", "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(argv)
+    captured = capsys.readouterr()
+    assert stop.value.code == 1 and len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("error: 4 of 21 rows did not run (4 skipped for missing data, 0 with a failed run)")
+    table = (tmp_path / "kdcl-7.md").read_text()
+    assert table.count("not judged: skipped (CIFAR-100 is not here)") == 4 and "| reproduced |" not in table
+    assert table.count("not judged: n < paper's (1 of 5)") == 17  # the others ran once; the paper's median is of 5
+    monkeypatch.setattr(reproduce, "missing_data", lambda opts, row: None)
+    monkeypatch.setattr(reproduce, "train", lambda runs, opts: (trained(runs, opts)[0], [next(iter(runs))]))
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(argv)
+    assert stop.value.code == 1 and "0 skipped for missing data, " in capsys.readouterr().err
+    assert "not judged: a run failed (see its log.txt)" in (tmp_path / "kdcl-7.md").read_text()
+
+
+def distinct(runs):
+    return {(run.folder, run.script) for run in runs.values()}
+
+
+def test_one_run_serves_every_row_that_needs_it_and_ffsds_baseline_is_one_network():
+    opts = SimpleNamespace(quick=False, data_dir="data", imagenet_dir="imagenet")
+    imagenet = [r for r in published.ROWS if r["paper"] == "kdcl" and r["table"] == "2"]
+    runs = reproduce.plan(imagenet, opts, [])
+    assert len(distinct(runs)) == 7  # vanilla, DML, four ensembles and ONE: one baseline for all thirteen rows
+    assert len({id(runs[reproduce.baseline_spec(r)]) for r in imagenet if r["baseline"]}) == 1
+    ffsd_rows = [r for r in published.ROWS if r["paper"] == "ffsd" and r["table"] in ("I", "II")]
+    runs = reproduce.plan(ffsd_rows, opts, [])
+    assert len(distinct(runs)) == 5 + 5 + 2 + 2 + 2  # per network one FFSD run and one baseline; DML, FFL, ONE twice
+    baselines = [run for run in runs.values() if run.script == "vanilla"]
+    for run in baselines:  # FFSD's recipe's shared flags, given explicitly, and one network
+        flag = dict(zip(run.flags, run.flags[1:]))
+        assert flag["--students"] == "1" and flag["--milestones"] == "150,225" and "--recipe" not in run.flags
+    ffl = next(r for r in ffsd_rows if r["method"] == "ffl" and "ResNet-32" in r["row"])
+    leader = next(r for r in ffsd_rows if r["row"] == "ResNet-32 leader")
+    assert runs[reproduce.baseline_spec(ffl)] is runs[reproduce.baseline_spec(leader)]
+    assert runs[reproduce.baseline_spec(leader)].folder == "vanilla_ffsd-paper_students_1"
+    quick = reproduce.plan(ffsd_rows, SimpleNamespace(quick=True), ["--lr-warmup", "1"])
+    assert len(distinct(quick)) == 5  # every network is resnet20 under --quick: ffsd, its baseline, dml, ffl, one
+    for run in quick.values():
+        assert run.flags.count("--arch") == 1 and run.arch == "resnet20" and "--lr-warmup" in run.flags
+        assert run.flags[run.flags.index("--lr-warmup") + 1] == "1"  # the user's flag beats the recipe's 0
+
+
+def test_mkb_cl_recipe_trains_the_cifar_resnet32_without_augmentation(capsys):
+    parser = script_parser(mkb_cl)
+    common.apply_recipe(parser, mkb_cl.RECIPES, ["--recipe", "paper"])
+    args = common.check_args(parser.parse_args(["--device", "cpu", "--out-dir", "unused"]), "mkb_cl")
+    assert common.student_archs(args) == ["resnet32", "mobilenetv2"] and args.augment == "none"
+    method = mkb_cl.build(args, fake_data(100))
+    backbone = method.students[0].backbone
+    assert backbone.arch == "resnet32" and 0.46e6 < common.count_params(backbone) < 0.48e6  # not resnet34's 21 M
+    with pytest.raises(SystemExit):
+        mkb_cl.main(["--recipe", "paper", "--help"])
+    assert "(default: resnet32,mobilenetv2)" in " ".join(capsys.readouterr().out.split())
+    rows = [r for r in published.ROWS if r["paper"] == "mkb_cl" and r["table"] == "2"]
+    assert all(r["archs"] == "resnet32,mobilenetv2" and "ResNet-32" in r["networks"] for r in rows)
+
+
+def test_every_recipe_value_has_one_source_shown_by_help_and_kept_in_results(tmp_path, capsys):
+    for module in METHOD_MODULES:
+        assert set(module.RECIPE_SOURCES) == set(module.RECIPES), module.__name__
+        for name, recipe in module.RECIPES.items():
+            listed = [d for dests in module.RECIPE_SOURCES[name].values() for d in dests]
+            assert sorted(listed) == sorted(recipe), (module.__name__, name)  # each value once
+            assert all(s.startswith(("paper", "official code", "FFL's official code", "project"))
+                       for s in module.RECIPE_SOURCES[name]), (module.__name__, name)
+    assert ffsd.RECIPES["paper"]["fusion_wd"] == 1e-4 and ffsd.RECIPES["paper"]["pad_mode"] == "reflect"
+    imagenet = ffsd.RECIPES["paper-imagenet"]
+    assert (imagenet["lr"], imagenet["milestones"], imagenet["lr_warmup"]) == (0.8, "30,60", 5)  # Sec. IV-A
+    assert "30, 60 and 80" in ffsd.__doc__ and "lr 0.1" in ffsd.__doc__  # the official code's, named
+    assert "paper-imagenet" not in fefr.RECIPES  # the paper names neither networks nor a recipe for ImageNet
+    with pytest.raises(SystemExit):
+        ffsd.main(["--recipe", "paper", "--baseline", "--help"])
+    assert "official code, data/cifar100.py: --augment crop+flip --pad-mode reflect" in capsys.readouterr().out
+    run_main(dml.main, ["--recipe", "paper", *SMOKE], tmp_path)
+    args = json.loads((tmp_path / "args.json").read_text())
+    assert "--batch-size 64: paper, Sec. 4 (implementation details)" in args["recipe_sources"]
+    assert "--wd 0.0005: project (the paper gives no weight decay)" in args["recipe_sources"]
+
+
+def test_reproduce_dml_without_data_exits_in_one_sentence(tmp_path):
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--data-dir", str(tmp_path),
+                             "--out-dir", str(tmp_path / "out"))
+    assert status != 0 and len(output.strip().splitlines()) == 1, output
+    assert output.startswith("error: no row of dml can run here: CIFAR-100 is not in") and "ImageNet" in output
+
+
+def test_reproduce_ffsd_quick_prints_verdicts_and_names_ens_any_student_correct(tmp_path):
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "ffsd", "--table", "I", "--quick",
+                             "--jobs", "2", "--out-dir", str(tmp_path))
+    assert status == 0, output[-3000:]
+    header = next(line for line in output.splitlines() if line.startswith("| table |"))
+    assert "| verdict |" in header and "| ran |" in header
+    ens = [line for line in output.splitlines() if "| ResNet-56 Ens [" in line]
+    assert len(ens) == 1 and "any-student-correct top-1" in ens[0] and "our ens " in ens[0]
+    assert "resnet20" in ens[0] and "not judged: --quick" in ens[0]  # what ran, and no verdict on it
+    assert "an image counts when either common student is right" in output
+    found = list(tmp_path.glob("*/ffsd/seed0/results.json"))
+    assert len(found) == 1  # under --quick every network is resnet20: one FFSD run serves the five of Table I
+    results = json.loads(found[0].read_text())
+    assert "any" in results["final"] and results["args"]["students"] == 3
+
+
+def test_published_rows_cite_only_papers():
+    import re
+    for name in ("published.py", "reproduce.py"):
+        text = open(os.path.join(HERE, "scripts", name)).read()
+        for forbidden in ("shared/", "METHODS.md", "papers/", "/work/", "/tmp/"):
+            assert forbidden not in text, (name, forbidden)
+    for citation in published.PAPERS.values():
+        assert re.search(r"20\d\d", citation) and ('"' in citation) and len(citation) > 80, citation
+    assert all(r["paper"] in published.PAPERS for r in published.ROWS)
 
 
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT

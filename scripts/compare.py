@@ -186,7 +186,8 @@ def fmt(ms, sign=""):
 
 
 def deployed(run):
-    """Final top-1 of the networks a run deploys, one each: FFSD's leader alone, else every student s<i>."""
+    """Final top-1 of the networks a run deploys, one each: FFSD's leader alone, else every student s<i> (never
+    `any`, the any-correct bound, nor `ens`)."""
     final = run["final"]
     return [final["leader"]] if "leader" in final else [v for h, v in final.items() if h[0] == "s" and h[1:].isdigit()]
 
