@@ -55,7 +55,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl", "one")  # a new method: its file + its name here
+METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl", "one")  # README: "Adding a method"
 
 
 def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
@@ -1603,8 +1603,8 @@ class Parser(argparse.ArgumentParser):
 
 def parse_flags(name, add_arguments=None, argv=None, doc=None):
     """A script's flags as given (the shared ones, then its own), --recipe's values as their defaults, checked;
-    with --baseline only vanilla's. Returns (args, the recipe's values used, their sources); a mistake ends in one sentence
-    (said by rank 0 alone under torchrun: every process makes it) and exit status 2."""
+    with --baseline only vanilla's. Returns (args, the recipe's values used, their sources); a mistake ends in one
+    sentence (said by rank 0 alone under torchrun: every process makes it) and exit status 2."""
     parser = make_parser(doc or __doc__)
     if add_arguments is not None:
         add_arguments(parser)  # a method file's add_arguments also sets parser.recipes, its RECIPES

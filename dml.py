@@ -3,24 +3,23 @@
 Paper: Ying Zhang, Tao Xiang, Timothy M. Hospedales, Huchuan Lu, "Deep Mutual Learning", CVPR 2018
 (arXiv:1706.00384). Official code (TensorFlow): https://github.com/YingZhangDUT/Deep-Mutual-Learning
 
-Contract (stated in every method file; this one needs only torch, so it can be copied alone):
-    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
-              (common.as_student(model) makes one of any torchvision classifier)
-    training  loss, parts = method([x], y): parts {ce_s<k>, kd_s<k>}, each weighted, loss = their sum
-    eval      method(x) -> {s0, s1, ..., ens}: logits of each student, ens = log of their mean softmax
-    weights   none depends on the epoch (no set_epoch); every student is exported as OUT/s<k>.pt
+    python dml.py --arch resnet32 --students 2                      # CIFAR-100, the paper's ResNet-32 pair
+    python dml.py --arch resnet32,wrn_16_2 --students 2             # mixed architectures
+    python dml.py --dataset synthetic --arch resnet20 --epochs 2    # CPU demo
 
 Idea. There is no pre-trained teacher. K students are trained together from scratch; besides the labels,
 each student is pulled towards the class distribution its peers predict for the same image. The peers'
 "dark knowledge" (how they spread probability over the wrong classes) acts as a data-dependent
 regulariser, and every student ends up better than when trained alone, even the largest one.
 
-Loss (student k of K, all on the same augmented batch; each line is one logged part):
+Loss (student k of K, all on the same augmented batch; each line is one logged part). The paper's objective
+for student k is L_Theta_k = L_C_k + 1/(K-1) sum_{l != k} D_KL(p_l || p_k): its cross-entropy plus the mean KL
+divergence from each peer's prediction to its own (equation numbers not available):
 
-    ce_s<k> = CE(z_k, y)
-    kd_s<k> = 1/(K-1) * sum_{j != k} kd(z_k, z_j, T)                      # T = 1: the paper's KL(p_j || p_k)
+    ce_s<k> = CE(z_k, y)                                                  # L_C_k
+    kd_s<k> = 1/(K-1) * sum_{j != k} kd(z_k, z_j, T)                      # T = 1: the paper's D_KL(p_j || p_k)
     kd(z_s, z_t, T) = T^2 * KL(softmax(z_t / T) || softmax(z_s / T))      # batchmean, z_t detached
-    loss = sum_k (ce_s<k> + kd_s<k>) = sum_k L_Theta_k (the paper's)      # one backward for all students
+    loss = sum_k (ce_s<k> + kd_s<k>) = sum_k L_Theta_k                    # one backward for all students
 
 Picture (two students; [v] = v detached: a target, no gradient flows back through it):
 
@@ -50,6 +49,14 @@ Decisions:
 - Temperature: the paper uses none (T = 1); --T generalises it with the usual T^2 scaling.
 - K >= 2 is required (with one student there is no peer); an --arch list is checked against --students by
   common.py.
+
+Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
+be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier)
+    training  loss, parts = method([x], y): parts {ce_s<k>, kd_s<k>}, each weighted, loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens}: logits of each student, ens = log of their mean softmax
+    weights   none depends on the epoch (no set_epoch); every student is exported as OUT/s<k>.pt
 
 Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """

@@ -1,15 +1,7 @@
-"""FEFR — Feature Early Fusion and Reconstruction for Online Knowledge Distillation (2023).
+"""FEFR: feature early fusion and reconstruction, FFL with each student's maps enriched before the fusion.
 
-Paper: papers/fefr_feature_early_fusion_reconstruction.txt (no official code).
-
-Contract (stated in every method file; this one needs only torch, so it can be copied alone):
-    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
-              (common.as_student(model) makes one of any torchvision classifier); early fusion needs 3 stages
-    training  loss, parts = method([x], y): parts {ce_s<i>, ce_fused, kd_s<i>, kd_fused}, each weighted (kd_* by
-              w(e)), loss = their sum
-    eval      method(x) -> {s0, s1, ..., ens, fused}: ens = log of the students' mean softmax, fused = z_f
-    weights   method.set_epoch(e) before epoch e (from 0) sets w(e); never called: w = 1, the full weight.
-              SGD groups: method.param_groups() (refiners + fusion module: --fusion-wd). Exports OUT/s<i>.pt.
+Paper: "Feature early fusion and reconstruction for online knowledge distillation" (FEFR), Journal of
+Intelligent & Fuzzy Systems, 2023, doi:10.3233/JIFS-232626 (authors not available to us). No official code.
 
     python fefr.py --arch resnet32 --students 2                        # CIFAR-100
     python fefr.py --arch resnet32,wrn_16_2 --students 2               # mixed pair (the paper's Table 4)
@@ -23,6 +15,9 @@ concatenated into F_i, so the last map carries the shallower, more geometric, fe
 information crosses groups; (3) dual attention — CBAM's channel attention then spatial attention.
 (4) The refined maps of all students are concatenated into FFL's fusion module (DW 3x3 -> PW 1x1 -> GAP ->
 FC), the fused classifier, which teaches the students and learns from their ensemble as in FFL.
+
+Model and loss (the paper's Sec. 3.2.1 early fusion, 3.2.2 reconstruction, 3.2.3 dual attention, then the
+overall fusion module; ce_s<i> is its Eq. 2, the other equation numbers are not available):
 
     F_i    = [ pool(conv(F1) + F2), conv(F2) + F3 ]        channels C2 + C3 at F3's size  (--no-early-fusion: F3)
     rec_k  = (g_k + g_(k+1 mod p)) / 2,  F_i = [g_1..g_p]  p = --groups (4)           (--no-reconstruction)
@@ -71,6 +66,16 @@ Decisions where the paper is silent:
 - Loss, T = 3 and the ramp-up are FFL's (the paper gives the loss's form, not T); the fusion module's input
   is not detached (`--detach-fusion-input`); every module outside the students uses --fusion-wd.
 - Deployed models: the students alone (the refiners and the fusion module serve the fused classifier).
+
+Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
+be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier); early fusion needs 3 stages
+    training  loss, parts = method([x], y): parts {ce_s<i>, ce_fused, kd_s<i>, kd_fused}, each weighted (kd_* by
+              w(e)), loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens, fused}: ens = log of the students' mean softmax, fused = z_f
+    weights   method.set_epoch(e) before epoch e (from 0) sets w(e); never called: w = 1, the full weight.
+              SGD groups: method.param_groups() (refiners + fusion module: --fusion-wd). Exports OUT/s<i>.pt.
 
 Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """

@@ -1,15 +1,9 @@
-"""FFCL — Feature Fusion-based Collaborative Learning for Knowledge Distillation (IJDSN 2021).
+"""FFCL: feature fusion-based collaborative learning, peers taught by a fused classifier, by each other and by
+their own pre-trained copies.
 
-Paper: papers/ffcl_feature_fusion_collaborative_learning.txt (no official code).
-
-Contract (stated in every method file; this one needs only torch, so it can be copied alone):
-    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
-              (common.as_student(model) makes one of any torchvision classifier)
-    training  loss, parts = method([x], y): parts {ce_s<i>, ce_fused, kd_fused, fk_s<i>, rk_s<i>, nrk_s<i>}, each
-              weighted (fk by l_f, rk by l_r, nrk by l_n), loss = their sum
-    eval      method(x) -> {s0, s1, ..., ens, fused}: ens = log of the peers' mean softmax, fused = z_f
-    weights   none depends on the epoch (no set_epoch). The frozen copies (`pretrained`, one per peer) only teach.
-              SGD groups: method.param_groups() (fusion module with its own weight decay). Exports OUT/s<i>.pt.
+Paper: Yiting Li, Liyuan Sun, Jianping Gou, Lan Du, Weihua Ou, "Feature fusion-based collaborative learning for
+knowledge distillation", International Journal of Distributed Sensor Networks 17(11), 2021,
+doi:10.1177/15501477211057037. The authors released no code.
 
     python common.py --arch resnet18 --students 2 --out-dir runs/base          # peers alone, one-hot labels
     python ffcl.py --arch resnet18 --pretrained runs/base/s0.pt,runs/base/s1.pt
@@ -25,7 +19,9 @@ The peers of the collaborative stage start from scratch ("all networks are train
 
 Loss (one backward; K peers, z_f the fused logits, z_i^pre the frozen pre-trained copy of peer i,
 kd(s, t, T) = T^2 KL(softmax(t/T) || softmax(s/T)) with the teacher t detached; each line is one logged part,
-the loss is their sum):
+the loss is their sum; the paper's sections "Fused feature-based collaborative distillation" (FK, RK),
+"Network regularization-based distillation" (NRK) and "FFCL loss" (their sum; "FFCL extension" for K > 2);
+equation numbers not available):
 
     ce_s<i>  = CE(z_i, y)
     fk_s<i>  = l_f kd(z_i, z_f, T)                        (FK)   --lambda-feature, --T (3)
@@ -82,6 +78,16 @@ Decisions where the paper is silent:
 - Frozen copies: no gradients, always in eval mode (BN running statistics), outside the optimizer, saved in
   the checkpoint (for --resume) but not exported. `--pretrain-epochs N` trains fresh peers with the vanilla
   loop into OUT/pretrain (its s0.pt, s1.pt are reusable with --pretrained); --resume reuses them.
+
+Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
+be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier)
+    training  loss, parts = method([x], y): parts {ce_s<i>, ce_fused, kd_fused, fk_s<i>, rk_s<i>, nrk_s<i>}, each
+              weighted (fk by l_f, rk by l_r, nrk by l_n), loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens, fused}: ens = log of the peers' mean softmax, fused = z_f
+    weights   none depends on the epoch (no set_epoch). The frozen copies (`pretrained`, one per peer) only teach.
+              SGD groups: method.param_groups() (fusion module with its own weight decay). Exports OUT/s<i>.pt.
 
 Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """

@@ -1,15 +1,7 @@
-"""FFL — Feature Fusion for Online Mutual Knowledge Distillation (Kim, Hyun, Chung, Kwak; ICPR 2020).
+"""FFL: Feature Fusion Learning, a fused classifier over the students' feature maps that they teach and learn from.
 
-Paper: https://arxiv.org/abs/1904.09058 — official code: https://github.com/Jangho-Kim/FFL-pytorch
-
-Contract (stated in every method file; this one needs only torch, so it can be copied alone):
-    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
-              (common.as_student(model) makes one of any torchvision classifier)
-    training  loss, parts = method([x], y): parts {ce_s<i>, ce_fused, kd_s<i>, kd_fused}, each weighted (kd_* by
-              w(e)), loss = their sum
-    eval      method(x) -> {s0, s1, ..., ens, fused}: ens = log of the students' mean softmax, fused = z_f
-    weights   method.set_epoch(e) before epoch e (from 0) sets w(e); never called: w = 1, the full weight.
-              SGD groups: method.param_groups() (fusion module with its own weight decay). Exports OUT/s<i>.pt.
+Paper: Jangho Kim, Minsung Hyun, Inseop Chung, Nojun Kwak, "Feature Fusion for Online Mutual Knowledge
+Distillation", ICPR 2020 (arXiv:1904.09058). Official code (PyTorch): https://github.com/Jangho-Kim/FFL-pytorch
 
     python ffl.py --arch resnet32 --students 2                        # CIFAR-100, the paper's pair
     python ffl.py --arch resnet32,wrn_16_2 --students 2               # mixed architectures
@@ -22,7 +14,8 @@ student, and the students' ensemble teaches the fused classifier back (mutual kn
 so knowledge flows in both directions every step; one backward updates everything.
 
 Loss (one backward; z_i student logits, z_f fused logits, kd(s, t, T) = T^2 KL(softmax(t/T) || softmax(s/T))
-with the teacher t detached; each line is one logged part, the loss is their sum):
+with the teacher t detached; each line is one logged part, the loss is their sum; the paper's CE of every
+sub-network and of the fused classifier, and its two KL terms, T^2-scaled; equation numbers not available):
 
     ce_s<i>  = CE(z_i, y)
     ce_fused = CE(z_f, y)
@@ -62,6 +55,16 @@ Decisions where the paper is silent or the code departs from it:
   common.py's loop w(e) is whatever set_epoch(e) last set: the full weight 1 if it is never called.
 - The code adds 1e-7 to the teacher probabilities inside the KL; omitted here.
 - Deployed models: the students (OUT/s0.pt, ...); the fused head needs every student and is not exported.
+
+Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
+be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier)
+    training  loss, parts = method([x], y): parts {ce_s<i>, ce_fused, kd_s<i>, kd_fused}, each weighted (kd_* by
+              w(e)), loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens, fused}: ens = log of the students' mean softmax, fused = z_f
+    weights   method.set_epoch(e) before epoch e (from 0) sets w(e); never called: w = 1, the full weight.
+              SGD groups: method.param_groups() (fusion module with its own weight decay). Exports OUT/s<i>.pt.
 
 Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """

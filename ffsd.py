@@ -1,18 +1,8 @@
 """FFSD: Feature Fusion and Self-Distillation for online knowledge distillation.
 
-Li, Lin, Wang, Wu, Tian, Shao, Ji, "Distilling a Powerful Student Model via Online Knowledge Distillation",
-IEEE TNNLS 2022 (arXiv 2103.14473). Official code: https://github.com/SJLeo/FFSD
-
-Contract (stated in every method file; this one needs only torch, so it can be copied alone):
-    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
-              (common.as_student(model) makes one of any torchvision classifier); students[0] is the leader
-    training  loss, parts = method([x], y): parts, each weighted, loss = their sum: ce_s<k>, kd_s<k> (DML among
-              the common students), div_s<k>, sdt_s<k>, ce_fused, kd_fused, ce_leader, kd_leader, att_leader,
-              adapt_leader, sdt_leader, sd_leader, sd_s<k> (the lines of "Loss" below)
-    eval      method(x) -> {leader, s1, ..., ens, fused}: ens = log of the common students' mean softmax
-    weights   method.set_epoch(e) before epoch e (from 0) sets the lambdas' ramp-up; never called: the full lambdas.
-              Optimizers: SGD over method.param_groups() and method.extra_optimizer() (Adam, the SD modules),
-              both stepped after one backward. Exports OUT/leader.pt.
+Paper: Shaojie Li, Mingbao Lin, Yan Wang, Yongjian Wu, Yonghong Tian, Ling Shao, Rongrong Ji, "Distilling a
+Powerful Student Model via Online Knowledge Distillation", IEEE Transactions on Neural Networks and Learning
+Systems (TNNLS), 2022 (arXiv:2103.14473). Official code (PyTorch): https://github.com/SJLeo/FFSD
 
     python ffsd.py --arch resnet32 --students 3                  # leader + 2 common students (the default)
     python ffsd.py --dataset synthetic --epochs 2 --arch resnet20 --students 3            # CPU demo
@@ -98,9 +88,11 @@ command sets none) warmed up over the first epochs, /10 at 30, 60 and 80, fusion
     python ffsd.py --recipe paper-imagenet --data-dir DIR            # --arch resnet34 for the other row
 
 Heads: `leader`; `s1`..`s{N-1}` the common students (s_k = students[k], so s0 would be the leader);
-`ens` = log mean softmax of the common students only, the leader excluded: it is the ensemble the paper
-reports ("Ens", Table I) and the fused classifier distils from, so the leader can be compared with it;
-`fused` = the fused classifier. best.pt follows the `leader` head (primary_head).
+`ens` = log mean softmax of the common students only, the leader excluded (the ensemble the fused classifier
+distils from); `fused` = the fused classifier; `any` = an image counted when any common student is right. The
+paper's "Ens" (Table I) is our head `any`, not `ens`: the official code's ensemble_accuracy adds the students'
+boolean "correct" tensors, an oracle's bound rather than an ensemble. best.pt follows the `leader` head
+(primary_head).
 
 Decisions where the paper is silent or the official code departs from it (we follow the code):
 - Eq. 5: the paper writes feature-map distances; the code compares normalised attention maps, for both the
@@ -123,6 +115,18 @@ Decisions where the paper is silent or the official code departs from it (we fol
 - The official code runs each network's optimizer in turn; all cross terms being detached, one joint
   backward is equivalent. With --students 2 there is one common student: no DML, no diversity.
 - Common students, the adapter and the leader share one SGD (--wd); the adapter is training-only.
+
+Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
+be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier); students[0] is the leader
+    training  loss, parts = method([x], y): parts, each weighted, loss = their sum: ce_s<k>, kd_s<k> (DML among
+              the common students), div_s<k>, sdt_s<k>, ce_fused, kd_fused, ce_leader, kd_leader, att_leader,
+              adapt_leader, sdt_leader, sd_leader, sd_s<k> (the lines of "Loss" below)
+    eval      method(x) -> {leader, s1, ..., ens, fused}: ens = log of the common students' mean softmax
+    weights   method.set_epoch(e) before epoch e (from 0) sets the lambdas' ramp-up; never called: the full lambdas.
+              Optimizers: SGD over method.param_groups() and method.extra_optimizer() (Adam, the SD modules),
+              both stepped after one backward. Exports OUT/leader.pt.
 
 Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """
@@ -179,11 +183,11 @@ class SelfDistillation(nn.Module):
     def __init__(self, channels, sizes):
         super().__init__()
         blocks = []
-        for l in reversed(range(len(channels) - 1)):
-            s = sizes[l] // sizes[l + 1]
+        for i in reversed(range(len(channels) - 1)):  # from stage i + 1 back to stage i
+            s = sizes[i] // sizes[i + 1]
             blocks.append(nn.Sequential(
-                nn.ConvTranspose2d(channels[l + 1], channels[l], 3, s, 1, output_padding=s - 1, bias=False),
-                nn.BatchNorm2d(channels[l]), nn.ReLU()))
+                nn.ConvTranspose2d(channels[i + 1], channels[i], 3, s, 1, output_padding=s - 1, bias=False),
+                nn.BatchNorm2d(channels[i]), nn.ReLU()))
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x):

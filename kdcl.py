@@ -1,16 +1,12 @@
 """KDCL: Online Knowledge Distillation via Collaborative Learning.
 
 Paper: Qiushan Guo, Xinjiang Wang, Yichao Wu, Zhipeng Yu, Ding Liang, Xiaolin Hu, Ping Luo, "Online Knowledge
-Distillation via Collaborative Learning", CVPR 2020. The paper links no official code; this file follows the paper alone.
+Distillation via Collaborative Learning", CVPR 2020. The paper links no official code; this file follows the paper
+alone.
 
-Contract (stated in every method file; this one needs only torch, so it can be copied alone):
-    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
-              (common.as_student(model) makes one of any torchvision classifier)
-    training  loss, parts = method(views, y): views = one augmented batch per student (num_views = K, --icl) or
-              [x]; parts {ce_s<i>, kd_s<i>}, each weighted (kd_s<i> includes lambda), loss = their sum
-    eval      method(x) -> {s0, s1, ..., ens}: logits of each student, ens = log of their mean softmax
-    weights   General's w: method.estimate_weights([(x, y), ...]) on held-out batches after each epoch (common's
-              loop does it in epoch_end); never called, w stays at the paper's start 1/K. Exports OUT/s<i>.pt.
+    python kdcl.py --arch resnet32,wrn_16_2 --students 2                  # CIFAR-100, General, one view each
+    python kdcl.py --arch resnet32,wrn_16_2 --ensemble minlogit --no-icl  # MinLogit, one view for all
+    python kdcl.py --dataset synthetic --arch resnet20 --epochs 2         # CPU demo
 
 Idea. Like DML, m students of any architectures train together from scratch, but instead of copying each
 other they all distil from one soft target built on the fly by *ensembling* their outputs with the help of
@@ -61,7 +57,7 @@ Decisions where the paper is silent:
   afterwards. Solver: 30 steps of projected gradient on the simplex, each step trying 16 step sizes at once
   and keeping the best (never worse than the current point): fixed work, no host synchronisation; tested to
   reach the optimum within 1e-3 in CE against a brute-force simplex grid. (With --compile the 30 steps are
-  unrolled: a one-off compile of about half a minute.)
+  unrolled: a longer one-off compile.)
 - General: f_i is measured at T = 1 with the students in eval mode on the clean hold-out images, after every
   epoch (w starts at 1/m, as in the paper); the soft target averages the students' distributions at T.
   Eq. 11 only enforces sum(w) = 1, but the paper also asks w_i in [0, 1] (and negative weights could make the
@@ -74,6 +70,16 @@ Decisions where the paper is silent:
   so every process distils from the same w; Linear solves its weights on each process's share of the batch
   (per process, not per global batch), as Naive and MinLogit pick per sample anyway. The paper's ImageNet
   batch of 2048 is the global --batch-size.
+
+Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
+be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier)
+    training  loss, parts = method(views, y): views = one augmented batch per student (num_views = K, --icl) or
+              [x]; parts {ce_s<i>, kd_s<i>}, each weighted (kd_s<i> includes lambda), loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens}: logits of each student, ens = log of their mean softmax
+    weights   General's w: method.estimate_weights([(x, y), ...]) on held-out batches after each epoch (common's
+              loop does it in epoch_end); never called, w stays at the paper's start 1/K. Exports OUT/s<i>.pt.
 
 Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """

@@ -1,17 +1,8 @@
 """MKB-CL: collaborative learning with a mutual knowledge base.
 
-Paper: J. Wang, W. Wang, W. Gao, "Beyond Knowledge Distillation: Collaborative Learning for Bidirectional
-Model Assistance", IEEE Access 6, 2018, doi:10.1109/ACCESS.2018.2854918 (shared/papers/mkb_cl_*).
-The authors released no code.
-
-Contract (stated in every method file; this one needs only torch, so it can be copied alone):
-    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
-              (common.as_student(model) makes one of any torchvision classifier); a stage that gets an MKB must
-              be some submodule's output (the half is hooked onto that module)
-    training  loss, parts = method([x], y): parts {ce_s<i>, metric_s<i>, verif_s<i>}, each weighted (alpha on the
-              last two), loss = their sum
-    eval      method(x) -> {s0, s1, ..., ens}: each network with its half, ens = log of their mean softmax
-    weights   none depends on the epoch (no set_epoch). Exports OUT/net<i>.pt (load_network rebuilds one).
+Paper: Jinzhuo Wang, Wenmin Wang, Wen Gao, "Beyond Knowledge Distillation: Collaborative Learning for
+Bidirectional Model Assistance", IEEE Access 6, 2018, doi:10.1109/ACCESS.2018.2854918. The authors released no
+code.
 
     python mkb_cl.py --arch resnet32,wrn_16_2                            # CIFAR-100, one MKB after stage 1
     python mkb_cl.py --arch resnet32 --students 3 --mkb-at 1,2           # three networks, two MKBs
@@ -94,6 +85,16 @@ Decisions where the paper is silent or unclear:
 - Not implemented: iterative training and the different-input (Wasserstein) metric of Eq. 4, both worse in
   Fig. 4. `--alpha 0` is the paper's "MKB (w/o CL)" ablation (halves trained without metric/verification).
 - MKB-CL has no temperature; --T is refused.
+
+Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
+be copied alone):
+    student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
+              (common.as_student(model) makes one of any torchvision classifier); a stage that gets an MKB must
+              be some submodule's output (the half is hooked onto that module)
+    training  loss, parts = method([x], y): parts {ce_s<i>, metric_s<i>, verif_s<i>}, each weighted (alpha on the
+              last two), loss = their sum
+    eval      method(x) -> {s0, s1, ..., ens}: each network with its half, ens = log of their mean softmax
+    weights   none depends on the epoch (no set_epoch). Exports OUT/net<i>.pt (load_network rebuilds one).
 
 Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """

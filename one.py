@@ -17,7 +17,8 @@ training any branch with the trunk is deployed alone, at the cost of one network
 Loss (one backward; h = the trunk's output, z_i = branch i's logits (i = 0..m-1), g = gate(h) the m scores of
 an image, z_e = sum_i g_i z_i the teacher; kd(s, t, T) = T^2 KL(softmax(t/T) || softmax(s/T)) with the teacher t
 detached; each line is one logged part, the loss is their sum: the paper's objective, CE of every branch, CE of
-the teacher and T^2 KL from the teacher to every branch, as its official code computes it):
+the teacher and T^2 KL from the teacher to every branch, as its official code computes it; equation numbers not
+available):
 
     ce_s<i>  = CE(z_i, y)                            each branch                                  (code: loss_cross)
     ce_gate  = CE(z_e, y)                            the gated teacher                            (code: loss_cross)
@@ -77,7 +78,8 @@ Decisions where the paper is silent or the official code departs from it (we fol
 - Exports: OUT/s<i>.pt, branch i with the trunk, a network of exactly the backbone's architecture (a zoo
   backbone loads with common.load_backbone); the gate and ens need every branch and are not exported.
 
-Contract (stated in every method file; this one needs only torch, so it can be copied alone):
+Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
+be copied alone):
     network   students: m >= 2 freshly built networks of one architecture, each with `stages` (a ModuleList run in
               order, the stem in stage 0) and `classifier` (the last stage's output -> logits), its forward(x)
               returning (logits, [stage outputs]) made by exactly those, which hold all its state (common.build_model's

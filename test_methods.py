@@ -179,9 +179,9 @@ def test_synthetic_data_is_learnable(tmp_path):
 
 
 def extract_cifar10(root, want):
-    """The first `want[split]` images of every class of ../shared/data's CIFAR-10, in the ImageFolder layout."""
+    """The first `want[split]` images of every class of SHARED_TAR's CIFAR-10, in the ImageFolder layout."""
     if not os.path.exists(SHARED_TAR):
-        pytest.skip("../shared/data/cifar10-jpeg.tar.gz is not beside the repository")
+        pytest.skip(f"no CIFAR-10 JPEG tarball at {SHARED_TAR}")
     seen = {}
     with tarfile.open(SHARED_TAR) as tar:
         for member in tar:
@@ -200,7 +200,7 @@ def extract_cifar10(root, want):
 
 @pytest.fixture(scope="module")
 def cifar10_subset(tmp_path_factory):
-    """30 train / 10 test real CIFAR-10 images per class from ../shared/data, in the ImageFolder layout."""
+    """30 train / 10 test real CIFAR-10 images per class from SHARED_TAR, in the ImageFolder layout."""
     return extract_cifar10(tmp_path_factory.mktemp("cifar10"), {"train": 30, "test": 10})
 
 
@@ -238,8 +238,8 @@ def test_seed_makes_runs_identical_and_resume_continues_exactly(tmp_path):
 def test_exported_student_loads_alone_and_reproduces_its_head(tmp_path):
     results = run_main(vanilla, TINY, tmp_path)
     model = common.load_backbone(str(tmp_path / "s1.pt"), "resnet20", 10)
-    data = common.load_data(common.check_args(common.make_parser().parse_args(TINY + ["--out-dir", str(tmp_path / "x")]),
-                                              "vanilla"), torch.device("cpu"))
+    args = common.check_args(common.make_parser().parse_args(TINY + ["--out-dir", str(tmp_path / "x")]), "vanilla")
+    data = common.load_data(args, torch.device("cpu"))
     assert common.evaluate(model, data)["top1"] == pytest.approx(results["final"]["s1"])
 
 
@@ -441,7 +441,8 @@ def test_checkpoint_faults_keep_what_was_saved(tmp_path):
     status, output = run_cli("common.py", *TINY, "--out-dir", str(out))
     assert status != 0 and "already holds a run" in output
     # a checkpoint of another architecture or method is refused
-    status, output = run_cli("common.py", *TINY, "--epochs", "2", "--arch", "resnet32", "--out-dir", str(out), "--resume")
+    status, output = run_cli("common.py", *TINY, "--epochs", "2", "--arch", "resnet32", "--out-dir", str(out),
+                             "--resume")
     assert status != 0 and "--arch resnet20" in output and "Traceback" not in output
     status, output = run_cli("dml.py", *TINY, "--epochs", "2", "--out-dir", str(out), "--resume")
     assert status != 0 and "written by 'vanilla'" in output
@@ -529,7 +530,7 @@ def test_lr_warmup_resumes_onto_the_same_curve(tmp_path):
 def test_collapse_signal_is_one_dominant_prediction_at_near_chance_top1(tmp_path):
     near_chance = {"s0": 20.0, "s1": 20.0, "ens": 10.0}
     assert common.collapsed_heads(near_chance, {"s0": 0.56, "s1": 0.54, "ens": 1.0}, 10) == ["s0", "ens"]
-    # the swing measured on an FFL student (58 % one class at 34 % top-1, 21 % the next epoch) is not a collapse
+    # a student well above chance that swings to one class for an epoch (58 % of the images) is not collapsed
     assert common.collapsed_heads({"s0": 34.25}, {"s0": 0.577}, 10) == []
     assert common.collapsed_heads({"s0": 20.1}, {"s0": 0.9}, 10) == []
     assert common.collapsed_heads({"s0": 60.0}, {"s0": 0.74}, 2) == []
@@ -545,7 +546,7 @@ def test_collapse_signal_is_one_dominant_prediction_at_near_chance_top1(tmp_path
 
 @pytest.fixture(scope="module")
 def cifar10_real(tmp_path_factory):
-    """400 train / 50 test real CIFAR-10 images per class from ../shared/data, in the ImageFolder layout."""
+    """400 train / 50 test real CIFAR-10 images per class from SHARED_TAR, in the ImageFolder layout."""
     return extract_cifar10(tmp_path_factory.mktemp("cifar10_real"), {"train": 400, "test": 50})
 
 
@@ -2114,14 +2115,16 @@ def test_baseline_trains_vanilla_with_the_scripts_recipe_and_its_shared_flags_on
     assert baseline["epochs"] == 300 and "fusion_wd" not in baseline and "T" not in baseline
     results = run_main(ffsd.main, ["--recipe", "paper", "--baseline", *TINY, "--sd-lr", "0.5", "--T", "4"], tmp_path)
     args = results["args"]
-    assert results["method"] == "vanilla" and set(results["final"]) == {"s0", "s1", "s2", "ens", "any"}  # the recipe's 3
+    assert results["method"] == "vanilla"
+    assert set(results["final"]) == {"s0", "s1", "s2", "ens", "any"}  # the recipe's 3 students
     assert args["baseline"] and args["recipe"] == "paper" and args["T"] is None and "sd_lr" not in args
     assert args["milestones"] == "150,225" and args["wd"] == 1e-4 and args["epochs"] == 1  # the recipe's; TINY's
     assert "--milestones 150,225" in args["recipe_flags"] and not any("--T" in f or "sd-lr" in f
                                                                       for f in args["recipe_flags"])
     assert json.loads((tmp_path / "args.json").read_text()) == args
     err = usage_error(capsys, lambda: vanilla(["--recipe", "ffsd"]))  # common.py has no recipes: it says where they are
-    assert "unknown recipe 'ffsd'; this script has none (a paper's baseline: <method>.py --recipe paper --baseline)" in err
+    assert ("unknown recipe 'ffsd'; this script has none (a paper's baseline: <method>.py --recipe paper --baseline)"
+            in err)
 
 
 def row_flags(row):
@@ -2211,7 +2214,7 @@ def test_reproduce_quick_runs_a_papers_table_and_renders_it_again(tmp_path):
 
 
 # ================================================================================================
-# When something is wrong (issue #21): each class of mistake or fault ends in one sentence, early
+# When something is wrong: each class of mistake or fault ends in one sentence, early
 # ================================================================================================
 
 def one_line_error(capsys, run, code=2):
@@ -2686,7 +2689,8 @@ def test_quiet_and_tensorboard_without_the_package_one_sentence_at_start_up(tmp_
 def test_tensorboard_gets_the_epoch_scalars_and_the_lr(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    vanilla(SMOKE + ["--epochs", "2", "--quiet", "--tensorboard", str(tmp_path / "tb"), "--out-dir", str(tmp_path / "run")])
+    vanilla(SMOKE + ["--epochs", "2", "--quiet", "--tensorboard", str(tmp_path / "tb"),
+                     "--out-dir", str(tmp_path / "run")])
     board = EventAccumulator(str(tmp_path / "tb"))
     board.Reload()
     logged = read_metrics(tmp_path / "run")
@@ -2698,7 +2702,7 @@ def test_tensorboard_gets_the_epoch_scalars_and_the_lr(tmp_path):
 
 
 # ================================================================================================
-# scripts/gpu_check.py: its CPU rehearsal (--quick), so that it still runs when a GPU is lent
+# scripts/gpu_check.py: its CPU rehearsal (--quick), so that it still runs on a GPU machine
 # ================================================================================================
 
 GPU_CHECK = os.path.join(HERE, "scripts", "gpu_check.py")
@@ -2720,7 +2724,7 @@ def test_gpu_check_quick_on_cpu_reports_every_part(tmp_path):
     assert all(parts[p]["status"] == "ok" for p in "abcf"), {p: parts[p].get("error") for p in parts}
     assert parts["a"]["details"]["cuda_available"] in (True, False) and parts["a"]["details"]["torch"]
     runs = parts["b"]["details"]["runs"]
-    assert [r["method"] for r in runs] == list(common.METHODS)  # gpu_check keeps its own list: the same
+    assert [r["method"] for r in runs] == list(common.METHODS)  # gpu_check reads common.METHODS
     assert all(r["exit"] == 0 and r["finite"] for r in runs)
     assert set(parts["b"]["details"]["skipped_variants"]) == {"--amp off"}  # on CPU the defaults are fp32
     speed = parts["c"]["details"]
@@ -2764,8 +2768,9 @@ class StagedNet(nn.Module):
     def __init__(self, seed=0, width=4, num_classes=5):
         super().__init__()
         torch.manual_seed(seed)
-        block = lambda cin, cout, s: nn.Sequential(nn.Conv2d(cin, cout, 3, s, 1, bias=False), nn.BatchNorm2d(cout),
-                                                   nn.ReLU())
+        def block(cin, cout, s):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, s, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
         self.stages = nn.ModuleList([block(3, width, 1), block(width, width, 2), block(width, 2 * width, 2)])
         self.classifier = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes))
 

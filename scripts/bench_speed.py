@@ -12,7 +12,7 @@ Throughput is student-images per second (images per step x students / seconds), 
 rounds after warm-up. Peak memory is the CUDA allocator's peak (not measured on CPU).
 
     python scripts/bench_speed.py --out bench.json                 # resnet32, batch 128 (README figures)
-    python scripts/bench_speed.py --quick --out /tmp/bench.json    # < 1 minute on 2 CPU cores
+    python scripts/bench_speed.py --quick --out runs/bench.json    # < 1 minute on 2 CPU cores
     python scripts/bench_speed.py --cifar-dir ./data               # conventional pipeline on real CIFAR-10
 """
 import argparse
@@ -59,7 +59,8 @@ def parse():
     cuda = a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available())
     a.device = "cuda" if cuda else "cpu"
     defaults = dict(arch="resnet20", batch_size=64, steps=3, rounds=2, warmup=2) if a.quick else \
-        dict(arch="resnet32", batch_size=128, steps=50 if cuda else 10, rounds=3 if cuda else 2, warmup=10 if cuda else 3)
+        dict(arch="resnet32", batch_size=128, steps=50 if cuda else 10, rounds=3 if cuda else 2,
+             warmup=10 if cuda else 3)
     for k, v in defaults.items():
         if getattr(a, k) is None:
             setattr(a, k, v)

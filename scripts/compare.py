@@ -312,7 +312,8 @@ def main():
     text, _ = write_table(opts.out_dir, header, runs_by_method)
     if opts.results:
         write_table(opts.results, header, runs_by_method)
-    plot_path = plot(os.path.join(opts.out_dir, "accuracy.png"), runs_by_method) if any(runs_by_method.values()) else None
+    plot_path = (plot(os.path.join(opts.out_dir, "accuracy.png"), runs_by_method) if any(runs_by_method.values())
+                 else None)
     print("\n" + text + (f"\nplot: {plot_path}" if plot_path else ""))
     if failed:
         die(f"{len(failed)} run(s) failed: {', '.join(f'{m} seed {s}' for m, s in failed)} (see their log.txt)")

@@ -133,7 +133,8 @@ def rebuild(path, ckpt, data, args):
 def kind_of(path, payload):
     """'backbone' or 'mkb_network' (an exported network), 'checkpoint' (a run's best.pt, last.pt), else one sentence."""
     if isinstance(payload, dict):
-        if payload.get("kind") in ("backbone", "mkb_network") and {"arch", "num_classes", "state_dict"} <= payload.keys():
+        exported = {"arch", "num_classes", "state_dict"} <= payload.keys()
+        if payload.get("kind") in ("backbone", "mkb_network") and exported:
             return payload["kind"]
         if {"method", "model", "args"} <= payload.keys():
             return "checkpoint"

@@ -18,21 +18,20 @@ they run (the most important first; part d takes what is left of the budget):
     d  accuracy         the full real CIFAR-10 (50,000 / 10,000 JPEGs): vanilla, DML and FFL on resnet20 pairs,
                         same seed, run side by side for as many epochs as the epoch time measured first allows
 
-On any GPU machine, from the repository root; only torch, torchvision and numpy are needed, and a machine
-that receives the checkout alone does not have ../shared, so put the CIFAR-10 tarball inside the checkout
-first (data/ is ignored by git; 20 MB):
+On any GPU machine, from the repository root; only torch, torchvision and numpy are needed. Put the CIFAR-10
+JPEG tarball (cifar10-jpeg.tar.gz, 20 MB: train/<class>/*.jpg, test/<class>/*.jpg) inside the checkout first,
+in data/ (ignored by git):
 
-    cp ../shared/data/cifar10-jpeg.tar.gz data/
     python scripts/gpu_check.py --data-dir data/cifar10-jpeg.tar.gz --out OUT      # 8 minutes on one H100/H200
 
 Where a machine receives the checkout but not its ignored files, send data/cifar10-jpeg.tar.gz along by
 name, and allow the command 9 minutes (the check's 8 and its start). --data-dir takes the tarball (extracted
 into a temporary folder, removed at the end) or a folder holding train/<class>/*.jpg and test/<class>/*.jpg;
-without it the check looks for data/cifar10-jpeg.tar.gz, then ../shared/data/cifar10-jpeg.tar.gz. Exit status:
+without it the check looks for data/cifar10-jpeg.tar.gz, then beside the repository. Exit status:
 0 when no part failed, 1 when one did, 124 when the check was stopped (SIGTERM, Ctrl-C). On CPU only the
 parts that need CUDA (e; --compile in c; --amp off in b) are skipped, each with its reason:
 
-    python scripts/gpu_check.py --quick --device cpu --out /tmp/gc     # tiny sizes, under a minute on 2 cores
+    python scripts/gpu_check.py --quick --device cpu --out runs/gc     # tiny sizes, under a minute on 2 cores
     python scripts/gpu_check.py --parts c,d --part-budget c=300,d=400 --out OUT2   # parts again, more time
 """
 import argparse
@@ -51,7 +50,8 @@ import time
 import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ["vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl", "one"]  # common.METHODS (tested)
+sys.path.insert(0, ROOT)
+from common import METHODS  # noqa: E402  (the one list of methods; common imports only torch and numpy)
 SCRIPT = {m: "common.py" if m == "vanilla" else f"{m}.py" for m in METHODS}
 EXTRA = {"ffcl": ["--pretrain-epochs", "1"], "ffsd": ["--students", "3"]}  # FFCL's peers, FFSD's third network
 ORDER = ["a", "b", "c", "e", "f", "d"]
@@ -59,7 +59,7 @@ TITLES = {"a": "environment", "b": "every method, one short epoch (synthetic dat
           "c": "speed (scripts/bench_speed.py)", "d": "accuracy on the full CIFAR-10 (vanilla, DML, FFL)",
           "e": "torchrun, one process, --sync-bn, killed and resumed; NCCL",
           "f": "streamed data (scripts/bench_data.py)"}
-BUDGETS = {"a": 15, "b": 70, "c": 150, "e": 50, "f": 35, "d": 155}  # seconds, 475 of 480: estimates (no GPU run yet)
+BUDGETS = {"a": 15, "b": 70, "c": 150, "e": 50, "f": 35, "d": 155}  # seconds, 475 of 480
 QUICK_BUDGETS = {"a": 60, "b": 240, "c": 120, "e": 60, "f": 90, "d": 180}  # guards only: < 1 min on 2 cores
 TAR_NAME = "cifar10-jpeg.tar.gz"
 
