@@ -13,7 +13,7 @@ step: lr -> loss, parts = method(views, y) -> zero_grad -> backward -> step), th
 Everything else is below the one banner that follows them: the plumbing of the run and the loop, vanilla,
 checkpoints, backbones, data, torchrun, flags, errors.
 
-The method contract (duck-typed; every method file states it again at its top, for whoever copies that file
+The method contract (duck-typed; every method file states it again in short, for whoever copies that file
 alone into another project: a method file needs nothing from here for its modules and loss):
 
     student                   any nn.Module whose forward(x) returns (logits, [stage outputs, shallow to deep]),

@@ -122,7 +122,7 @@ be copied alone):
               (common.as_student(model) makes one of any torchvision classifier); students[0] is the leader
     training  loss, parts = method([x], y): parts, each weighted, loss = their sum: ce_s<k>, kd_s<k> (DML among
               the common students), div_s<k>, sdt_s<k>, ce_fused, kd_fused, ce_leader, kd_leader, att_leader,
-              adapt_leader, sdt_leader, sd_leader, sd_s<k> (the lines of "Loss" below)
+              adapt_leader, sdt_leader, sd_leader, sd_s<k> (the lines of "Loss" above)
     eval      method(x) -> {leader, s1, ..., ens, fused}: ens = log of the common students' mean softmax
     weights   method.set_epoch(e) before epoch e (from 0) sets the lambdas' ramp-up; never called: the full lambdas.
               Optimizers: SGD over method.param_groups() and method.extra_optimizer() (Adam, the SD modules),
