@@ -80,13 +80,11 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
             write_json(os.path.join(args.out_dir, "args.json"), saved_args(args, settings, data))
         print(headline(name, args, settings, data, method), flush=True)
         results = fit(method, data, args, settings, name)
-        print(f"done in {format_eta(results['train_seconds'])}: final top-1 {top1_line(results['final'])}  "
-              f"(results in {args.out_dir})", flush=True)
+        print(done_line(results, args), flush=True)
     except BaseException as e:
         stop(e, args, settings, own_group, created)  # an error a user can cause: one sentence, an exit status
         raise  # any other error: its traceback
-    end_processes(own_group)
-    release_out_dir(args.out_dir)
+    end_run(own_group, args.out_dir)  # the folder's lock released, the process group left
     return results
 
 
@@ -388,6 +386,12 @@ def headline(name, args, settings, data, method):
 def format_eta(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def done_line(results, args):
+    """The run's last line (inside main's try: a closed output ends in stop()'s sentence, not a traceback)."""
+    return (f"done in {format_eta(results['train_seconds'])}: final top-1 {top1_line(results['final'])}  "
+            f"(results in {args.out_dir})")
 
 
 def top1_line(final):
@@ -2038,6 +2042,12 @@ def lost_contact(error):
     text = str(error)
     return isinstance(error, dist.DistError) or any(
         s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"))
+
+
+def end_run(own_group, out_dir):
+    """A run's end: rank 0's lock on its folder released, the process group this run made left."""
+    release_out_dir(out_dir)
+    end_processes(own_group)
 
 
 def end_processes(own_group):
