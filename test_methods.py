@@ -3402,11 +3402,12 @@ def test_a_folder_data_set_edited_in_place_is_decoded_again(tmp_path, capsys):
 
 
 INTERRUPTED_SAVE = """
-import os, sys
+import os, signal, sys
 sys.path.insert(0, {here!r})
 import torch
 import common
 signum, out, seen = int(sys.argv[1]), sys.argv[2], []
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even where a shell ignores it
 real_save = torch.save
 
 
@@ -3550,7 +3551,8 @@ def test_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_path, cap
     run_main(vanilla, SMOKE, run)
     (tmp_path / "a-file").write_text("not a folder")
     for dataset in ("folder", "cifar10"):
-        argv = SMOKE + ["--dataset", dataset, "--data-dir", str(tmp_path / "a-file"), "--out-dir", str(tmp_path / dataset)]
+        argv = SMOKE + ["--dataset", dataset, "--data-dir", str(tmp_path / "a-file"), "--out-dir",
+                        str(tmp_path / dataset)]
         err = one_line_error(capsys, lambda: vanilla(argv))
         assert f"--data-dir {tmp_path / 'a-file'} is a file, not a folder" in err, err
     evaluate = script_module("evaluate")
