@@ -11,7 +11,8 @@ Reading path, top to bottom, in the order a run goes: main() (flags, settings, d
 (what the loop derives from the flags, made once by derive_settings), fit() (the epochs), train_epoch() (the
 step: lr -> loss, parts = method(views, y) -> zero_grad -> backward -> step), the learning rate, evaluation.
 Everything else is below the one banner that follows them: the plumbing of the run and the loop, vanilla,
-checkpoints, backbones, data, torchrun, flags, errors.
+checkpoints, the run folder (its lock, what a resumed run keeps, interrupts), backbones, data, torchrun, flags,
+errors.
 
 The method contract (duck-typed; every method file states it again at its top, for whoever copies that file
 alone into another project: a method file needs nothing from here for its modules and loss):
@@ -326,7 +327,8 @@ def collapsed_heads(top1, top_share, num_classes):
 # ##################################################################################################
 # Below: what the run, the loop and evaluation above call, behind the names they use there. Sections: the
 # run's and the loop's plumbing (set-up, args.json, placement, metrics and TensorBoard, progress, loss sums,
-# results); the vanilla baseline; checkpoints; backbones; data; several processes (torchrun); flags; errors.
+# results); the vanilla baseline; checkpoints; the run folder (its lock, resume checks, interrupts); backbones;
+# data; several processes (torchrun); flags; errors.
 # New infrastructure goes into its section here, behind a name, so that the step above stays as it reads.
 # ##################################################################################################
 
@@ -2227,7 +2229,10 @@ def make_parser(doc=None):
     a("--out-dir", default=None, help="output folder (default: runs/<method>_<arch>_<dataset>_seed<seed>, then "
       "_limit<N>, _stream, _<S>px where those flags are given; --dataset folder adds the folder's name: "
       "folder-<name>)%(default).0s")
-    a("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    a("--resume", action="store_true",
+      help="continue the run in --out-dir from its last.pt, with the run's value of every flag not given; of those "
+           "given, only --epochs, --data-dir (the same images), --quiet, --tensorboard, --device, --amp, --compile "
+           "and --workers may differ from the run's; a finished run missing results.json or an export gets them")
     a("--limit-train", type=int, default=0, help="class-balanced subset of N training images (0: all)")
     a("--limit-test", type=int, default=0, help="class-balanced subset of N test images (0: all)")
     return p
