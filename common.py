@@ -2405,10 +2405,11 @@ def stop(error, args, settings, own_group, created):
               f"{args.out_dir}", file=sys.stderr)
         sys.exit(1)
     if isinstance(error, BrokenPipeError):  # the program reading the run's output ended (`| head`)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        with contextlib.suppress(OSError, ValueError):  # no second error when Python exits and flushes it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         with contextlib.suppress(OSError):
-            print(f"stopped: the output of this run was closed by the program reading it (such as `| head`); "
-                  f"{kept_checkpoint(args.out_dir)}, with its output into a file (> log)", file=sys.stderr)
+            print(f"stopped: the output of this run was closed by the program reading it (such as `| head`; "
+                  f"write it into a file with > log); {kept_checkpoint(args.out_dir)}", file=sys.stderr)
         sys.exit(141)
     if isinstance(error, OSError):  # a write the probe could not foresee (a full disk): the checkpoints written stay
         print(f"{said}: {write_failure(error, args.out_dir)}", file=sys.stderr)

@@ -3584,7 +3584,9 @@ def test_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_path, cap
     proc.stdout.close()
     stderr = proc.stderr.read()
     assert proc.wait(timeout=300) == 141
-    assert stderr.startswith("stopped: the output of this run was closed by the program reading it (such as `| head`)")
+    assert stderr.startswith("stopped: the output of this run was closed by the program reading it (such as `| head`;")
+    assert re.search(rf"the last good checkpoint {re.escape(str(tmp_path / 'head' / 'last.pt'))} \(epoch [12]\) is "
+                     rf"untouched; continue with --resume", stderr), stderr
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
 
 
