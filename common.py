@@ -1134,7 +1134,7 @@ INTERRUPT = {"signal": None, "deferred": 0, "pending": None}  # the signal recei
 
 def catch_interrupts():
     """From here SIGINT and SIGTERM raise Interrupted (stop() says it in one sentence, exit status 130 / 143);
-    a signal the shell has set to be ignored (nohup, a background job) stays ignored."""
+    a signal the caller has set to be ignored (SIGINT in a non-interactive shell's background job) stays ignored."""
     INTERRUPT.update(signal=None, deferred=0, pending=None)
     for signum in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread: the caller's handlers stay
