@@ -11,7 +11,8 @@ Reading path, top to bottom, in the order a run goes: main() (flags, settings, d
 (what the loop derives from the flags, made once by derive_settings), fit() (the epochs), train_epoch() (the
 step: lr -> loss, parts = method(views, y) -> zero_grad -> backward -> step), the learning rate, evaluation.
 Everything else is below the one banner that follows them: the plumbing of the run and the loop, vanilla,
-checkpoints, backbones, data, torchrun, flags, errors.
+checkpoints, the run folder (its lock, what a resumed run keeps, interrupts), backbones, data, torchrun, flags,
+errors.
 
 The method contract (duck-typed; every method file states it again in short, for whoever copies that file
 alone into another project: a method file needs nothing from here for its modules and loss):
@@ -42,10 +43,14 @@ alone into another project: a method file needs nothing from here for its module
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
 import os
+import re
+import signal
+import socket
 import sys
 import time
 
@@ -61,6 +66,7 @@ METHODS = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl", "o
 def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
     """A script's run: flags, settings, data, method (a method file passes its name, add_arguments and build), then
     fit(). An error a user can cause ends in one sentence and a non-zero exit status (stop(), below)."""
+    catch_interrupts()  # Ctrl-C and SIGTERM end the run in one sentence (stop()), never inside a file's write
     args, recipe, sources = parse_flags(name, add_arguments, argv, doc)  # as given, --recipe's as defaults
     if args.baseline:  # this script's recipe and shared flags, for the independent students alone
         name, build = "vanilla", None
@@ -68,19 +74,18 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
     own_group = created = False
     try:
         own_group = start_processes(settings)  # under torchrun: join its process group
-        created = agree(settings, lambda: make_out_dir(args.out_dir) if settings.rank == 0 else False)
+        created = agree(settings, lambda: claim_out_dir(args.out_dir) if settings.rank == 0 else False)  # locked
         torch.manual_seed(args.seed)
         data, method = agree(settings, lambda: set_up(args, settings.device, build))
-        if settings.rank == 0 and not args.resume:  # the flags and the settings made from them
-            write_json(os.path.join(args.out_dir, "args.json"), saved_args(args, settings, data.image_size))
+        if settings.rank == 0:  # the flags, the settings made from them, the data's identity
+            write_json(os.path.join(args.out_dir, "args.json"), saved_args(args, settings, data))
         print(headline(name, args, settings, data, method), flush=True)
         results = fit(method, data, args, settings, name)
+        print(done_line(results, args), flush=True)
     except BaseException as e:
         stop(e, args, settings, own_group, created)  # an error a user can cause: one sentence, an exit status
         raise  # any other error: its traceback
-    end_processes(own_group)
-    print(f"done in {format_eta(results['train_seconds'])}: final top-1 {top1_line(results['final'])}  "
-          f"(results in {args.out_dir})")
+    end_run(own_group, args.out_dir)  # the folder's lock released, the process group left
     return results
 
 
@@ -131,7 +136,7 @@ def fit(method, data, args, settings, name="vanilla") -> dict:
     batch = min(args.batch_size, len(data.train_y))  # the global batch: each process gets its share
     batch -= batch % settings.world_size
     steps = len(data.train_y) // batch  # the last incomplete batch is dropped; every epoch reshuffles
-    saved = saved_args(args, settings, data.image_size)  # as args.json and every checkpoint keep them
+    saved = saved_args(args, settings, data)  # as args.json and every checkpoint keep them
     log = EpochLog(args, settings, record["epoch"], steps, batch)  # metrics.jsonl, TensorBoard: rank 0's
     for epoch in range(record["epoch"], args.epochs):
         set_lr(optimizers, lr_factor(args, settings, epoch, 0, steps))
@@ -322,7 +327,8 @@ def collapsed_heads(top1, top_share, num_classes):
 # ##################################################################################################
 # Below: what the run, the loop and evaluation above call, behind the names they use there. Sections: the
 # run's and the loop's plumbing (set-up, args.json, placement, metrics and TensorBoard, progress, loss sums,
-# results); the vanilla baseline; checkpoints; backbones; data; several processes (torchrun); flags; errors.
+# results); the vanilla baseline; checkpoints; the run folder (its lock, resume checks, interrupts); backbones;
+# data; several processes (torchrun); flags; errors.
 # New infrastructure goes into its section here, behind a name, so that the step above stays as it reads.
 # ##################################################################################################
 
@@ -334,6 +340,8 @@ def set_up(args, device, build):
     """The data and the method: build(args, data), or vanilla's students without one (a configuration a method's
     modules cannot be built for: one sentence)."""
     data = load_data(args, device)
+    if args.resume:  # before build(): FFCL pre-trains in it
+        check_same_data(args.out_dir, data)
     try:  # a method refuses a configuration its modules cannot be built for with one sentence (ValueError)
         method = build(args, data) if build is not None else Vanilla(build_students(args, data))
     except ValueError as e:
@@ -341,12 +349,14 @@ def set_up(args, device, build):
     return data, method
 
 
-def saved_args(args, settings, image_size):
+def saved_args(args, settings, data):
     """What args.json, results.json and every checkpoint keep as `args`: the flags, then the settings made from
-    them (`device` as the one used), then the input size the networks were built for."""
+    them (`device` as the one used), then the input size the networks were built for and the data's identity
+    (data_identity: what a resumed run checks)."""
     values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
     values.update(device=str(settings.device), device_type=settings.device.type)
-    return {**plain_args(args), **values, "input_size": list(image_size)}
+    identity = {"data": data.identity} if getattr(data, "identity", None) else {}
+    return {**plain_args(args), **values, "input_size": list(data.image_size), **identity}
 
 
 def plain_args(args):
@@ -355,8 +365,16 @@ def plain_args(args):
 
 
 def write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
+    """Written whole or not at all (a temporary file, then a rename), like every file a run writes."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with finishing_writes(), open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def headline(name, args, settings, data, method):
@@ -370,6 +388,12 @@ def headline(name, args, settings, data, method):
 def format_eta(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def done_line(results, args):
+    """The run's last line (inside main's try: a closed output ends in stop()'s sentence, not a traceback)."""
+    return (f"done in {format_eta(results['train_seconds'])}: final top-1 {top1_line(results['final'])}  "
+            f"(results in {args.out_dir})")
 
 
 def top1_line(final):
@@ -437,10 +461,18 @@ class EpochLog:
 def open_metrics(path, keep_epochs):
     """metrics.jsonl for writing, keeping the lines of the first `keep_epochs` epochs (those a resumed
     checkpoint holds)."""
-    kept = []
+    kept, cut = [], []
     if keep_epochs and os.path.exists(path):
         with open(path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line)["epoch"] <= keep_epochs]
+            for number, line in enumerate(f, 1):
+                try:
+                    if line.strip() and json.loads(line)["epoch"] <= keep_epochs:
+                        kept.append(line.rstrip("\n") + "\n")
+                except (ValueError, KeyError, TypeError):  # a line cut by a killed write
+                    cut.append(str(number))
+    if cut:
+        print(f"{path}: line{'s' * (len(cut) > 1)} {', '.join(cut)} cut mid-write (not a whole JSON record), "
+              f"dropped", flush=True)
     metrics_file = open(path, "w")
     metrics_file.writelines(kept)
     return metrics_file
@@ -595,7 +627,7 @@ def stop_on_non_finite(out_dir, record, epoch):
 
 
 def write_results(method, record, args, settings, name, saved, images_per_epoch):
-    """results.json and the exported networks, at the end of a run."""
+    """The exported networks, then results.json, at the end of a run."""
     elapsed = record["elapsed"]
     results = {"method": name, "final": record["final"],
                **({"final_top5": record["final_top5"]} if record.get("final_top5") else {}),  # 100 classes or more
@@ -608,9 +640,9 @@ def write_results(method, record, args, settings, name, saved, images_per_epoch)
                "device": (f"{settings.world_size} x " if settings.distributed else "") + device_name(settings.device),
                "torch": torch.__version__, "torchvision": tv_version(),
                "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": saved}
-    write_json(os.path.join(args.out_dir, "results.json"), results)
     for export_name, payload in exports(method).items():
         atomic_save(payload, os.path.join(args.out_dir, f"{export_name}.pt"))
+    write_json(os.path.join(args.out_dir, "results.json"), results)  # last: a run with results.json is complete
     return results
 
 
@@ -676,48 +708,104 @@ class Vanilla(nn.Module):
 # Checkpoints
 # ==================================================================================================
 # Written atomically (temporary file, then rename), plain data only, so `torch.load(weights_only=True)`
-# reads them: modules, optimizers, epoch, RNG states, best figures, args.
+# reads them: modules, optimizers, epoch, RNG states, best figures, args. Every record of torch's zip archive
+# carries the CRC-32 of its bytes (atomic_save makes sure torch writes them); load_checkpoint checks them, which
+# torch.load does not, so a damaged file is refused in one sentence instead of loading wrong weights.
 
 def atomic_save(obj, path):
+    """torch.save(obj) into path whole or not at all: a full disk, an error or an interrupt leaves the file that was
+    there and no temporary file; Ctrl-C or SIGTERM during the write takes effect once the file is complete."""
     tmp = f"{path}.tmp{os.getpid()}"
+    crc = torch.serialization.get_crc32_options()
     try:
-        with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError (torch.save(obj, path):
-            torch.save(obj, f)      # a RuntimeError from its zip writer)
-        os.replace(tmp, path)
+        torch.serialization.set_crc32_options(True)  # the checksums load_checkpoint verifies
+        with finishing_writes():
+            with open(tmp, "wb") as f:  # through a Python file, a full disk is an OSError (torch.save(obj, path):
+                torch.save(obj, f)      # a RuntimeError from its zip writer)
+            os.replace(tmp, path)
     except BaseException as e:  # a full disk, an interrupt: no half-written temporary file is left beside `path`
         if os.path.exists(tmp):
             os.remove(tmp)
         fault = e if isinstance(e, OSError) else e.__context__  # torch's zip writer raises over a full disk's error
         if isinstance(fault, OSError):
             raise OSError(fault.errno, fault.strerror, path) from None
+        if isinstance(fault, KeyboardInterrupt):  # a second Ctrl-C inside the zip writer: the interrupt, not its wrap
+            raise fault from None
         raise
+    finally:
+        torch.serialization.set_crc32_options(crc)
 
 
 def load_checkpoint(path):
+    """A file atomic_save wrote (a checkpoint, an exported network), its checksums verified first. A folder, a
+    missing, unreadable or damaged file: one sentence naming it."""
+    if os.path.isdir(path):
+        found = sorted(f for f in os.listdir(path) if f.endswith(".pt"))
+        raise UsageError(f"{path} is a folder; pass one of its files: {', '.join(found)}" if found else
+                         f"{path} is a folder with no saved network or checkpoint in it (no .pt file)")
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path} does not exist")
+    checked = verify_checksums(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
                          f"it may be truncated or corrupt") from None
+    if not checked and path not in UNCHECKED:  # torch's format before 1.6, or saved with its checksums off
+        UNCHECKED.add(path)
+        print(f"note: {path} has no checksums (saved by torch's older format, or with them switched off): loaded "
+              f"without checking it", flush=True)
+    return payload
+
+
+UNCHECKED = set()  # the files said to load without checksums (once each)
+
+
+def verify_checksums(path):
+    """Every record of a torch zip archive against the CRC-32 written with it: one sentence naming the file where
+    one differs (a disk, copy or transfer fault). False for a file without checksums."""
+    import zipfile
+    if not zipfile.is_zipfile(path):
+        return False  # torch's format before 1.6 (torch.load says if it is no checkpoint at all)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if all(r.CRC == 0 for r in archive.infolist() if r.file_size):
+                return False  # written with torch.serialization.set_crc32_options(False)
+            bad = archive.testzip()
+    except Exception as e:  # a damaged directory of the archive
+        raise UsageError(f"{path} is not a readable checkpoint ({type(e).__name__}); "
+                         f"it may be truncated or corrupt") from None
+    if bad is not None:
+        raise UsageError(f"{path} is damaged: its part {bad} no longer matches the checksum written with it (a disk, "
+                         f"copy or transfer fault); replace it with a good copy")
+    return True
+
+
+def peek_checkpoint(path):
+    """A checkpoint's record and flags without reading its tensors (mapped, not loaded, and not verified); None
+    where there is no readable one."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
 
 
 def save_checkpoint(out_dir, record, name, method, optimizers, saved, gen):
     """After an epoch: last.pt, everything restore() needs to continue the run (the run's record, the weights,
     the optimizers, the generators, and `saved`: the flags and settings, as args.json holds them), and the same
     as best.pt when the epoch is the best yet of the method's primary head (method.primary_head, else ens; never
-    `any`)."""
+    `any`). An interrupt takes effect once both are written, so that they agree."""
     device = gen.device
     ckpt = {**record, "method": name, "model": method.state_dict(),
             "optimizers": [o.state_dict() for o in optimizers], "args": saved,
             "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state().cpu(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}}
-    atomic_save(ckpt, os.path.join(out_dir, "last.pt"))
     final, primary = record["final"], getattr(method, "primary_head", None)
     key = primary if primary in final else ("ens" if "ens" in final else next(h for h in final if h != "any"))
-    if record["best_epoch"].get(key) == record["epoch"]:
-        atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
+    with finishing_writes():
+        atomic_save(ckpt, os.path.join(out_dir, "last.pt"))
+        if record["best_epoch"].get(key) == record["epoch"]:
+            atomic_save(ckpt, os.path.join(out_dir, "best.pt"))
 
 
 # what a checkpoint carries on
@@ -725,14 +813,11 @@ RUN_RECORD = ("epoch", "best", "best_epoch", "elapsed", "final", "final_top5", "
 
 
 def restore(path, name, args, method, optimizers, gen):
-    """Load a last.pt into the method, its optimizers and the generators; return the run's record."""
+    """Load a last.pt into the method, its optimizers and the generators; return the run's record. A run that has
+    trained its --epochs but misses results.json or an export (a fault or an interrupt at the end) gets them
+    written by fit(), nothing trained."""
     ckpt = load_checkpoint(path)
-    if ckpt.get("method") != name:
-        raise UsageError(f"{path} was written by '{ckpt.get('method')}', not '{name}'")
-    for key in ("arch", "students", "dataset", "limit_train", "image_size"):
-        if ckpt["args"].get(key) != getattr(args, key):
-            raise UsageError(f"{path} was trained with --{key.replace('_', '-')} {ckpt['args'].get(key)}, "
-                             f"but this run asks for {getattr(args, key)}")
+    check_resumed_run(ckpt, path, name, args)  # check_args has checked the same: here for any other caller of fit
     try:
         method.load_state_dict(ckpt["model"])
         for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
@@ -743,11 +828,339 @@ def restore(path, name, args, method, optimizers, gen):
     gen.set_state(ckpt["rng"]["gen"].to(gen.get_state().device))
     if gen.device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(ckpt["rng"]["cuda"], gen.device)
-    if ckpt["epoch"] >= args.epochs:
-        raise UsageError(f"{path} already finished {ckpt['epoch']} epoch{'s' * (ckpt['epoch'] != 1)}; "
-                         f"raise --epochs to train further")
-    print(f"resumed {path} at epoch {ckpt['epoch']}")
+    done, out_dir = ckpt["epoch"], os.path.dirname(path)
+    missing = [f for f in ["results.json"] + [f"{n}.pt" for n in exports(method)]
+               if not os.path.exists(os.path.join(out_dir, f))] if done == args.epochs else []
+    if missing:
+        print(f"{path} has trained its {done} epoch{'s' * (done != 1)}: writing what the run did not, "
+              f"{', '.join(missing)} (nothing is trained)")
+    elif done >= args.epochs:
+        raise UsageError(f"{path} already finished {done} epoch{'s' * (done != 1)}; raise --epochs to train further")
+    else:
+        print(f"resumed {path} at epoch {done}{schedule_change(args, ckpt['args'], done)}")
     return {key: ckpt.get(key, {}) for key in RUN_RECORD}
+
+
+def schedule_change(args, saved, done):
+    """What a resumed run's other --epochs does to the learning-rate schedule, to be said ('' when the same)."""
+    before = saved.get("epochs", args.epochs)
+    if before == args.epochs:
+        return ""
+    old = argparse.Namespace(**{**vars(args), "epochs": before})
+    milestones = [milestone_epochs(a) for a in (args, old)]
+    lr = [args.lr * lr_factor(a, argparse.Namespace(milestone_epochs=m), done, 0, 10 ** 6)  # where epoch done+1 starts
+          for a, m in zip((args, old), milestones)]
+    what = (f"the cosine now ends at epoch {args.epochs}" if args.schedule == "cosine" else
+            f"milestones at epochs {', '.join(map(str, milestones[0])) or 'none'} (were "
+            f"{', '.join(map(str, milestones[1])) or 'none'})")
+    return (f", with --epochs {args.epochs} (the run was started for {before}): the learning-rate schedule is that of "
+            f"{args.epochs} epochs, {what}; epoch {done + 1} starts at lr {lr[0]:.4g}" +
+            (f" (it would have been {lr[1]:.4g})" if f"{lr[0]:.4g}" != f"{lr[1]:.4g}" else " either way"))
+
+
+# ==================================================================================================
+# The run folder: one run at a time, what a resumed run keeps, interrupts
+# ==================================================================================================
+# Rank 0 holds OUT/run.lock from its start to its end (claim_out_dir, release_out_dir): a second run into the
+# folder stops in one sentence before it writes anything. A resumed run takes the flags it is not given from
+# its checkpoint and refuses, naming them, those given otherwise (but for RESUME_MAY_CHANGE), then checks that
+# its data is the run's (data_identity). Ctrl-C and SIGTERM raise Interrupted where the run is, except inside a
+# file's write (finishing_writes), which completes first; stop() says it in one sentence.
+
+LOCK = "run.lock"  # JSON: the holder's pid, host, start time (and its process's, against pid reuse), command
+HELD_LOCKS = {}  # lock path: what this process wrote in it
+
+
+def claim_out_dir(out_dir):
+    """Rank 0's hold on --out-dir for the run: the folder made and probed (make_out_dir), its lock taken (a lock a
+    killed run left is taken over with a line saying so), the temporary files of killed saves removed. True when
+    this call created the folder."""
+    created = make_out_dir(out_dir)
+    try:
+        take_lock(out_dir)
+    except UsageError:
+        remove_if_empty(out_dir, created)
+        raise
+    remove_leftovers(out_dir)
+    return created
+
+
+def take_lock(out_dir):
+    """OUT/run.lock, created atomically (of two runs, one creates it: open's mode x is O_CREAT | O_EXCL)."""
+    path = os.path.join(out_dir, LOCK)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+          "process_start": process_start(os.getpid()), "command": " ".join([os.path.basename(sys.argv[0])] +
+                                                                          sys.argv[1:])}
+    for _ in range(3):
+        try:
+            with open(path, "x") as f:
+                json.dump(me, f)
+            HELD_LOCKS[path] = me
+            return
+        except FileExistsError:
+            holder = read_lock(path)
+        except OSError as e:  # created, but not written (a full disk): not left behind
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            raise UsageError(f"--out-dir {out_dir} cannot be written ({os_reason(e)}); pass a folder you can write "
+                             f"to") from None
+        if holder is not None and refuse_if_in_use(out_dir, holder) == "ended" and take_over(path, holder):
+            print(f"note: {path} was left by a run that ended without releasing it ({describe_holder(holder)}); "
+                  f"taken over", flush=True)
+    raise UsageError(f"{out_dir} is being claimed by other runs starting at this moment; pass another --out-dir")
+
+
+def check_not_in_use(out_dir):
+    """Before anything is read or written: one sentence when a live run holds --out-dir's lock."""
+    holder = read_lock(os.path.join(out_dir, LOCK))
+    if holder is not None:
+        refuse_if_in_use(out_dir, holder)
+
+
+def refuse_if_in_use(out_dir, holder):
+    """One sentence for a lock held by a live run (of this machine, or of another, which cannot be checked from
+    here); else 'ended' (a killed run's)."""
+    path, state = os.path.join(out_dir, LOCK), holder_state(holder, os.path.join(out_dir, LOCK))
+    if state == "live":
+        raise UsageError(f"{out_dir} is in use by another run ({describe_holder(holder)}); wait for it to end, "
+                         f"or pass another --out-dir")
+    if state == "elsewhere":
+        raise UsageError(f"{out_dir} is in use by a run on {holder.get('host')} ({describe_holder(holder)}), which "
+                         f"cannot be checked from here; if that run has ended, delete {path} and start again, else "
+                         f"pass another --out-dir")
+    return state
+
+
+def holder_state(holder, path):
+    """'live', 'ended' (its process is gone, or its pid names another process now) or 'elsewhere' (another host)."""
+    if not holder:  # unreadable: being written by a run starting now (a fresh file), or left half-written
+        try:
+            return "live" if time.time() - os.path.getmtime(path) < 5 else "ended"
+        except OSError:
+            return "ended"  # gone meanwhile: take_over finds nothing to take, and the lock is tried again
+    if holder.get("host") != socket.gethostname():
+        return "elsewhere"
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():  # this process holds no lock it did not release
+        return "ended"
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "ended"
+    except PermissionError:
+        pass  # another user's process
+    stat = proc_stat(pid)
+    if stat is not None and (stat[0] == "Z" or stat[1] != holder.get("process_start", stat[1])):
+        return "ended"  # a zombie, or the pid reused
+    return "live"
+
+
+def proc_stat(pid):
+    """(state, start time in clock ticks since boot) of a process, from /proc (None without it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def process_start(pid):
+    stat = proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def read_lock(path):
+    """The lock's holder: a dict, {} when unreadable (being written, or damaged), None when there is no lock."""
+    try:
+        with open(path) as f:
+            holder = json.load(f)
+        return holder if isinstance(holder, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+
+
+def describe_holder(holder):
+    said = [f"pid {holder['pid']}"] if "pid" in holder else []
+    said += [f"started {holder['started']}"] if "started" in holder else []
+    said += [f"`{holder['command']}`"] if holder.get("command") else []
+    return ", ".join(said) or "its lock file is unreadable"
+
+
+def take_over(path, holder):
+    """Move an ended run's lock aside (an atomic rename: of two runs taking it over, one does), True when it was
+    that lock; a live run's lock, made meanwhile, is put back."""
+    aside = f"{path}.stale{os.getpid()}"
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    taken = read_lock(aside)
+    if taken != holder:
+        with contextlib.suppress(OSError):
+            os.link(aside, path)
+    with contextlib.suppress(OSError):
+        os.remove(aside)
+    return taken == holder
+
+
+def release_out_dir(out_dir):
+    """Remove the lock this process holds on out_dir, if it still is the one it wrote (every exit: main, stop)."""
+    path = os.path.join(out_dir, LOCK)
+    me = HELD_LOCKS.pop(path, None)
+    if me is not None and read_lock(path) == me:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+LEFTOVER = re.compile(r"\.tmp\d+$|^\.write-test\d+$|\.stale\d+$")  # atomic_save's, make_out_dir's, take_over's
+
+
+def remove_leftovers(out_dir):
+    """The temporary files of writes that were killed (last.pt.tmp<pid>, ...), in out_dir and its folders (FFCL's
+    pretrain/): with the lock held, no run is writing them."""
+    removed = []
+    folders = [e.path for e in os.scandir(out_dir) if e.is_dir() and not os.path.exists(os.path.join(e.path, LOCK))]
+    for folder in [out_dir] + folders:  # not a folder another run holds (an --out-dir inside this one)
+        for entry in os.scandir(folder):
+            if entry.is_file() and LEFTOVER.search(entry.name):
+                with contextlib.suppress(OSError):
+                    os.remove(entry.path)
+                    removed.append(os.path.relpath(entry.path, out_dir))
+    if removed:
+        print(f"removed what killed writes left in {out_dir}: {', '.join(sorted(removed))}", flush=True)
+
+
+# A resumed run may change these flags (the run's value where not given): more or fewer --epochs (the schedule
+# change said), --data-dir (the same images elsewhere: data_identity checks them), its printing and logging ...
+RESUME_MAY_CHANGE = ("epochs", "data_dir", "quiet", "tensorboard")
+# ... and this machine's: never taken from the run
+THIS_MACHINE = ("device", "amp", "compile", "workers")
+# --recipe and --baseline are compared through what they set: the flags' values, the method
+NOT_COMPARED = RESUME_MAY_CHANGE + THIS_MACHINE + ("out_dir", "resume", "recipe", "baseline")
+
+
+def resume_flags(args, name, given=None):
+    """--resume: the run's own value of every flag the command does not give (given: their names; None: all are
+    given), but THIS_MACHINE's; one sentence naming each flag it gives otherwise. The checkpoint's checksums are
+    verified here, before any data is loaded or anything written."""
+    path = os.path.join(args.out_dir, "last.pt")
+    if not os.path.isfile(path):
+        raise UsageError(f"--resume: {path} does not exist")
+    verify_checksums(path)
+    ckpt = peek_checkpoint(path) or load_checkpoint(path)  # torch's old format cannot be mapped
+    saved = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
+    if given is not None:
+        for key in (saved.keys() & vars(args).keys()) - set(given) - set(THIS_MACHINE + ("out_dir", "resume")):
+            setattr(args, key, saved[key])
+        if "tensorboard" not in given and args.tensorboard is not None:
+            args.tensorboard = tensorboard_dir(args.tensorboard)  # the package may be missing here
+    check_resumed_run(ckpt, path, name, args)
+
+
+def check_resumed_run(ckpt, path, name, args):
+    """The run in `path` is this script's method with these flags (but NOT_COMPARED's), or one sentence."""
+    saved = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
+    method = ckpt.get("method") if isinstance(ckpt, dict) else None
+    if method != name:
+        hint = " (a --baseline run: add --baseline)" if method == "vanilla" and saved.get("baseline") else ""
+        raise UsageError(f"{path} was written by '{method}', not '{name}'{hint}")
+    differ = differing_flags(saved, vars(args), NOT_COMPARED)
+    if differ:
+        raise UsageError(f"--resume: {os.path.dirname(path)} holds a run trained with {shown_flags(saved, differ)} "
+                         f"but this command gives {shown_flags(vars(args), differ)}; a resumed run keeps its flags "
+                         f"(leave them out to take the run's) but for --epochs, --data-dir (the same images), "
+                         f"--quiet, --tensorboard, --device, --amp, --compile and --workers; pass another --out-dir "
+                         f"to start a new run")
+
+
+def differing_flags(saved, values, ignored):
+    """The flags both hold that differ, but `ignored` ones; equivalent spellings are equal (--arch resnet20 and
+    resnet20,resnet20 for 2 students; --milestones 0.5 and 100 for 200 epochs)."""
+    def same(key):
+        a, b = saved[key], values[key]
+        try:
+            if key == "arch":
+                return student_archs(argparse.Namespace(arch=a, students=saved.get("students", 1))) == \
+                    student_archs(argparse.Namespace(arch=b, students=values.get("students", 1)))
+            if key == "milestones":
+                epochs = saved.get("epochs", values.get("epochs"))
+                return milestone_epochs(argparse.Namespace(milestones=a, epochs=epochs)) == \
+                    milestone_epochs(argparse.Namespace(milestones=b, epochs=epochs))
+        except (AttributeError, TypeError, ValueError):
+            pass
+        return a == b
+    return [k for k in values if k in saved and k not in ignored and not same(k)]
+
+
+def shown_flags(values, keys):
+    def shown(v):
+        return "on" if v is True else "off" if v is False else "not given" if v is None else v
+    return ", ".join(f"--{k.replace('_', '-')} {shown(values[k])}" for k in keys)
+
+
+def check_same_data(out_dir, data):
+    """--resume: the data must be the run's (data_identity: classes, image counts, fingerprint), or one sentence."""
+    path = os.path.join(out_dir, "last.pt")
+    saved = (peek_checkpoint(path) or {}).get("args", {})
+    before, now = saved.get("data"), getattr(data, "identity", None)
+    if before is None or now is None:
+        if now is not None:
+            print(f"note: {path} predates the record of its data: the data cannot be checked against it", flush=True)
+        return
+    if before != now:
+        raise UsageError(f"--resume: the data is not what {path} was trained on ({describe_data(now)}; the run's: "
+                         f"{describe_data(before)}); pass the run's --data-dir ({saved.get('data_dir')}) with its "
+                         f"images as they were, or another --out-dir to train on these")
+
+
+def describe_data(identity):
+    return (f"{identity.get('classes')} classes, {identity.get('train_images')} train / "
+            f"{identity.get('test_images')} test images, fingerprint {str(identity.get('fingerprint'))[:12]}")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT (Ctrl-C) or SIGTERM (kill, a cluster's time limit, a preemption), raised where the run is."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+INTERRUPT = {"signal": None, "deferred": 0, "pending": None}  # the signal received; open writes; one held back
+
+
+def catch_interrupts():
+    """From here SIGINT and SIGTERM raise Interrupted (stop() says it in one sentence, exit status 130 / 143);
+    a signal the caller has set to be ignored (SIGINT in a non-interactive shell's background job) stays ignored."""
+    INTERRUPT.update(signal=None, deferred=0, pending=None)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: the caller's handlers stay
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, on_interrupt)
+
+
+def on_interrupt(signum, frame):
+    INTERRUPT["signal"] = signum
+    if INTERRUPT["deferred"] and INTERRUPT["pending"] is None:  # a second one is not held back
+        INTERRUPT["pending"] = signum
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def finishing_writes():
+    """A file's write (atomic_save, write_json) completes before an interrupt that came during it takes effect."""
+    INTERRUPT["deferred"] += 1
+    try:
+        yield
+    finally:
+        INTERRUPT["deferred"] -= 1
+    if not INTERRUPT["deferred"] and INTERRUPT["pending"] is not None:
+        signum, INTERRUPT["pending"] = INTERRUPT["pending"], None
+        raise Interrupted(signum)
 
 
 # ==================================================================================================
@@ -1076,13 +1489,21 @@ class Data:
         self.crop, self.pad_mode = True, "zeros"  # --augment, --pad-mode (load_data sets them)
         if mean is None:  # statistics of the training images themselves, in chunks (no float copy of it all)
             total = torch.zeros(2, 3, dtype=torch.float64, device=device)
+            low, high = torch.full((3,), 255, device=device), torch.zeros(3, device=device)
             for chunk in self.train_x.split(10000):
                 x = chunk.double().transpose(0, 1).flatten(1)
                 total += torch.stack([x.sum(1), x.pow(2).sum(1)])
+                low, high = torch.minimum(low, x.amin(1)), torch.maximum(high, x.amax(1))
             n = self.train_x.numel() / 3
             mean = total[0] / n
             std = (total[1] / n - mean ** 2).clamp_min(0).sqrt() * math.sqrt(n / (n - 1))
             mean, std = mean / 255, std / 255
+            constant = (low == high).tolist()
+            if any(constant):  # its standard deviation is 0: dividing by it would make every input non-finite
+                std = torch.where(torch.tensor(constant, device=device), torch.ones_like(std), std)
+                print(f"note: the {' and '.join(c for c, k in zip(('red', 'green', 'blue'), constant) if k)} channel "
+                      f"of the training images has one value in every pixel (standard deviation 0): it is "
+                      f"normalised with a standard deviation of 1 instead, and carries no information", flush=True)
         self.mean = 255 * torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = 255 * torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.holdout_x = self.holdout_y = None
@@ -1239,6 +1660,9 @@ def load_data(args, device):
     """The data set of --dataset: a StreamedData for imagenet (and a folder data set with --stream), a Data
     (everything on the device) for the others."""
     mean = std = None
+    if args.dataset != "synthetic" and os.path.exists(args.data_dir) and not os.path.isdir(args.data_dir):
+        raise UsageError(f"--data-dir {args.data_dir} is a file, not a folder; pass the folder that holds the "
+                         f"data set")
     if args.dataset in ("folder", "cinic10", "imagenet") and not os.path.isdir(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir} does not exist")
     if args.dataset == "imagenet" or getattr(args, "stream", False):
@@ -1248,9 +1672,11 @@ def load_data(args, device):
             raise UsageError(f"--data-dir {args.data_dir} must hold train/<class>/* and "
                              f"{'/'.join(names)}/<class>/* (ImageNet's validation images sorted into class folders)")
         stats = CINIC_STATS if args.dataset == "cinic10" else IMAGENET_STATS
-        return StreamedData(os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, test_name), device,
+        data = StreamedData(os.path.join(args.data_dir, "train"), os.path.join(args.data_dir, test_name), device,
                             args.image_size or 224, args.workers, *stats, args.limit_train, args.limit_test,
                             getattr(args, "augment", "crop+flip"))
+        data.identity = data_identity(data, args.data_dir)
+        return data
     if getattr(args, "image_size", None):
         raise UsageError("--image-size is for streamed data (--dataset imagenet, or --stream); "
                          f"{args.dataset} is used at its own size")
@@ -1275,7 +1701,27 @@ def load_data(args, device):
     augment_with = getattr(args, "augment", "crop+flip")
     data.crop, data.flip = augment_with != "none", flip and augment_with == "crop+flip"
     data.pad_mode = getattr(args, "pad_mode", "zeros")
+    data.identity = data_identity(data)
     return data
+
+
+def data_identity(data, root=None):
+    """What a resumed run checks its data against (check_same_data): the class count, the image counts and a
+    fingerprint: in memory, a hash of the decoded images' bytes and their labels (a changed, inverted, mirrored or
+    reordered image changes it; ~0.3 s for CIFAR on a CPU core); streamed, of the files' names and labels (their
+    pixels are not read at start)."""
+    digest = hashlib.sha256()
+    if isinstance(data, StreamedData):
+        skip = len(os.path.join(root, ""))  # paths are root/<split>/<class>/<image>
+        digest.update("".join(f"{path[skip:]}\t{label}\n" for path, label in
+                              data.train_set.files + data.test_set.files).encode())
+    else:
+        for t in (data.train_x, data.train_y, data.test_x, data.test_y):
+            t = t.cpu().contiguous()
+            digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            digest.update(t.numpy().data)
+    return {"classes": data.num_classes, "train_images": len(data.train_y), "test_images": len(data.test_y),
+            "fingerprint": digest.hexdigest()[:16]}
 
 
 # ==================================================================================================
@@ -1454,27 +1900,33 @@ def read_image_folder(files, workers, size=32):
 def load_folder(data_dir, workers):
     """DIR/train and DIR/test (or DIR/val), checked as on the streamed path (the same class folders, none empty),
     decoded once and cached as DIR/.okd-cache.pt (or under ~/.cache/okd when DIR is read-only); the cache is
-    rebuilt when the image count changes."""
+    used only while its record of the files (names, sizes, modification times) is theirs, and rebuilt, with a
+    line, when they changed (an image edited in place), when it is damaged, or when it predates that record."""
     test_name = next((n for n in ("test", "val") if os.path.isdir(os.path.join(data_dir, n))), None)
     if not os.path.isdir(os.path.join(data_dir, "train")) or test_name is None:
         raise UsageError(f"--data-dir {data_dir} must hold train/<class>/* and test/<class>/* (or val/)")
     classes, train_files, test_files = list_train_test(os.path.join(data_dir, "train"),
                                                        os.path.join(data_dir, test_name))
-    counts = [len(train_files), len(test_files)]
+    counts, files = [len(train_files), len(test_files)], files_record(data_dir, train_files + test_files)
     key = os.path.abspath(data_dir)
     caches = [os.path.join(data_dir, ".okd-cache.pt"),
               os.path.join(os.path.expanduser("~/.cache/okd"), key.strip("/").replace("/", "_") + ".pt")]
     for path in caches:
         if os.path.exists(path):
             try:
-                c = torch.load(path, weights_only=True)
-                if c["counts"] == counts and c["classes"] == classes:
-                    return c["train_x"], c["train_y"], c["test_x"], c["test_y"], len(c["classes"])
-            except Exception:
-                pass  # unreadable or stale cache: decode again
+                c = load_checkpoint(path)  # its checksums verified
+            except UsageError as e:  # damaged or unreadable: what is wrong with it, not what to do about it
+                print(f"note: {str(e).split('; ')[0]}; decoding the images again", flush=True)
+                continue
+            if c.get("counts") == counts and c.get("classes") == classes and c.get("files") == files:
+                return c["train_x"], c["train_y"], c["test_x"], c["test_y"], len(c["classes"])
+            print(f"note: the images in {data_dir} " + ("changed (their names, sizes or modification times) since "
+                  if "files" in c else "may have changed since ") + f"{path} was decoded from them; decoding them "
+                  f"again", flush=True)
     train_x, train_y = read_image_folder(train_files, workers)
     test_x, test_y = read_image_folder(test_files, workers)
-    blob = dict(counts=counts, classes=classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
+    blob = dict(counts=counts, classes=classes, files=files, train_x=train_x, train_y=train_y, test_x=test_x,
+                test_y=test_y)
     for path in caches:
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -1483,6 +1935,15 @@ def load_folder(data_dir, workers):
         except OSError:
             continue
     return train_x, train_y, test_x, test_y, len(classes)
+
+
+def files_record(root, files):
+    """A digest of the files' names (under root), sizes and modification times: an image changed in place changes it."""
+    digest, skip = hashlib.sha256(), len(os.path.join(root, ""))  # paths are root/<split>/<class>/<image>
+    for path, label in files:
+        stat = os.stat(path)
+        digest.update(f"{path[skip:]}\t{label}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 CINIC_STATS = ((0.4789, 0.4723, 0.4305), (0.2421, 0.2383, 0.2587))
@@ -1585,6 +2046,12 @@ def lost_contact(error):
         s in text for s in ("Connection closed by peer", "Connection reset by peer", "NCCL communicator was aborted"))
 
 
+def end_run(own_group, out_dir):
+    """A run's end: rank 0's lock on its folder released, the process group this run made left."""
+    release_out_dir(out_dir)
+    end_processes(own_group)
+
+
 def end_processes(own_group):
     """Leave the process group this run made (before exiting on an error too: not leaving it aborts the process
     on exit)."""
@@ -1610,15 +2077,27 @@ def parse_flags(name, add_arguments=None, argv=None, doc=None):
         add_arguments(parser)  # a method file's add_arguments also sets parser.recipes, its RECIPES
     try:
         recipe = apply_recipe(parser, getattr(parser, "recipes", None) or {}, argv)
-        args = parser.parse_args(argv)
+        args, given = parse_given(parser, argv)
         if args.baseline:
             args, recipe, name = baseline_args(args), baseline_recipe(recipe), "vanilla"
         sources = getattr(parser, "recipe_sources", {}).get(args.recipe, {})
-        return check_args(args, name), recipe, sources
+        return check_args(args, name, given | set(recipe)), recipe, sources  # a recipe's values count as given
     except UsageError as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM while the flags are checked (a checkpoint verified)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"interrupted ({signal_name(e)}) before the run started; nothing was written", file=sys.stderr)
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
+
+
+def parse_given(parser, argv):
+    """The flags (their defaults where the command line does not give them) and the names of those it gives."""
+    defaults, unset = parser.parse_args([]), object()
+    parsed = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(defaults)}))
+    given = {k for k, v in vars(parsed).items() if v is not unset}
+    return argparse.Namespace(**{k: v if k in given else getattr(defaults, k) for k, v in vars(parsed).items()}), given
 
 
 def shared_flags():
@@ -1750,7 +2229,10 @@ def make_parser(doc=None):
     a("--out-dir", default=None, help="output folder (default: runs/<method>_<arch>_<dataset>_seed<seed>, then "
       "_limit<N>, _stream, _<S>px where those flags are given; --dataset folder adds the folder's name: "
       "folder-<name>)%(default).0s")
-    a("--resume", action="store_true", help="continue the run in --out-dir from its last.pt")
+    a("--resume", action="store_true",
+      help="continue the run in --out-dir from its last.pt, with the run's value of every flag not given; of those "
+           "given, only --epochs, --data-dir (the same images), --quiet, --tensorboard, --device, --amp, --compile "
+           "and --workers may differ from the run's; a finished run missing results.json or an export gets them")
     a("--limit-train", type=int, default=0, help="class-balanced subset of N training images (0: all)")
     a("--limit-test", type=int, default=0, help="class-balanced subset of N test images (0: all)")
     return p
@@ -1758,11 +2240,21 @@ def make_parser(doc=None):
 
 
 
-def check_args(args, name):
+def check_args(args, name, given=None):
     """Refuse, in one sentence, a flag value the run cannot use: on its own, with the other flags, on this
-    machine, under this torchrun launch, or with what --out-dir already holds. Fills in --out-dir's default
-    (made from the other flags, see default_out_dir); returns args."""
-    given = dict(vars(args))  # the flags as parsed, before --out-dir's default
+    machine, under this torchrun launch, or with what --out-dir already holds (a live run, another run, or with
+    --resume a run of other flags). Fills in --out-dir's default (made from the other flags, see default_out_dir)
+    and, with --resume, the run's value of each flag not `given` (their names; None: every flag is given);
+    returns args."""
+    command = dict(vars(args))  # the flags as parsed, before --out-dir's default
+    if args.out_dir is None:
+        args.out_dir = default_out_dir(args, name)
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise UsageError(f"--out-dir {args.out_dir} is a file, not a folder; pass another --out-dir")
+    if os.environ.get("RANK", "0") == "0" and os.path.isdir(args.out_dir):  # rank 0 takes the lock (claim_out_dir)
+        check_not_in_use(args.out_dir)
+    if args.resume:
+        resume_flags(args, name, given)
     if args.students < 1:
         raise UsageError(f"--students must be at least 1, got {args.students}")
     archs = student_archs(args)
@@ -1805,14 +2297,8 @@ def check_args(args, name):
     except ValueError:
         raise UsageError(f"--milestones must be a comma list of numbers, got '{args.milestones}'") from None
     check_device(args)
-    if args.out_dir is None:
-        args.out_dir = default_out_dir(args, name)
-    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
-        raise UsageError(f"--out-dir {args.out_dir} is a file, not a folder; pass another --out-dir")
-    if args.resume and not os.path.isfile(os.path.join(args.out_dir, "last.pt")):
-        raise UsageError(f"--resume: {os.path.join(args.out_dir, 'last.pt')} does not exist")
     if not args.resume and any(os.path.exists(os.path.join(args.out_dir, f)) for f in ("last.pt", "results.json")):
-        raise UsageError(existing_run(args.out_dir, given))
+        raise UsageError(existing_run(args.out_dir, command))
     return args
 
 
@@ -1858,7 +2344,7 @@ def default_out_dir(args, name):
     return os.path.join("runs", run)
 
 
-def existing_run(out_dir, given):
+def existing_run(out_dir, command):
     """The sentence for an --out-dir that already holds a run: the flags where this command differs from that
     run's args.json (other than those a continued run may change), or how to continue it."""
     try:
@@ -1866,16 +2352,12 @@ def existing_run(out_dir, given):
             saved = json.load(f)
     except (OSError, ValueError):
         saved = {}
-    free = ("out_dir", "resume", "epochs", "device", "amp", "compile", "workers")  # --resume may change these
-    differ = [k for k, v in given.items() if k not in free and k in saved and saved[k] != v]
+    differ = differing_flags(saved, command, ("out_dir", "resume", "epochs") + THIS_MACHINE)
     if not differ:
         return f"{out_dir} already holds a run; pass --resume to continue it, or another --out-dir"
-
-    def flags(values):
-        shown = {True: "on", False: "off", None: "not given"}
-        return ", ".join(f"--{k.replace('_', '-')} {shown.get(values[k], values[k])}" for k in differ)
-    return (f"{out_dir} already holds a run with {flags(saved)} (this command: {flags(given)}); pass another "
-            f"--out-dir to keep both, or that run's flags with --resume to continue it")
+    return (f"{out_dir} already holds a run with {shown_flags(saved, differ)} (this command: "
+            f"{shown_flags(command, differ)}); pass another --out-dir to keep both, or continue that run with --resume "
+            f"--out-dir {out_dir} (its flags are taken from it)")
 
 
 
@@ -1893,10 +2375,19 @@ class SharedError(UsageError):
 
 def stop(error, args, settings, own_group, created):
     """How main() ends on an error a user can cause or fix: one sentence on stderr and an exit status (2: a
-    mistake, 1: a fault, 130: interrupted), the checkpoints written so far kept. Returns for any other error,
-    which main() re-raises with its traceback."""
+    mistake, 1: a fault, 130 / 143: interrupted by Ctrl-C / SIGTERM, 141: its output closed), the checkpoints
+    written so far kept and the folder's lock released. Returns for any other error, which main() re-raises with
+    its traceback."""
+    release_out_dir(args.out_dir)
     rank = settings.rank
     said = f"error{f' (rank {rank})' if rank else ''}"
+    signum = getattr(error, "signum", None) or INTERRUPT["signal"] or \
+        (signal.SIGINT if isinstance(error, KeyboardInterrupt) else None)
+    if signum:  # whatever it interrupted: a step, a save (finished first), a collective, a DataLoader
+        if rank == 0:
+            print(f"interrupted ({signal_name(error, signum)}): {kept_checkpoint(args.out_dir)}", file=sys.stderr)
+        remove_if_empty(args.out_dir, created)
+        sys.exit(128 + signum)
     if isinstance(error, UsageError):  # under torchrun: one line from rank 0, or from the one process that failed
         if rank == 0 or not isinstance(error, SharedError):
             print(f"{said}: {error}", file=sys.stderr)
@@ -1913,15 +2404,42 @@ def stop(error, args, settings, own_group, created):
               f"of how it ended, says why); continue from the last checkpoint with --resume --out-dir "
               f"{args.out_dir}", file=sys.stderr)
         sys.exit(1)
+    if isinstance(error, BrokenPipeError):  # the program reading the run's output ended (`| head`)
+        with contextlib.suppress(OSError, ValueError):  # no second error when Python exits and flushes it
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        with contextlib.suppress(OSError):
+            print(f"stopped: the output of this run was closed by the program reading it (such as `| head`; "
+                  f"write it into a file with > log); {kept_checkpoint(args.out_dir)}", file=sys.stderr)
+        sys.exit(141)
     if isinstance(error, OSError):  # a write the probe could not foresee (a full disk): the checkpoints written stay
         print(f"{said}: {write_failure(error, args.out_dir)}", file=sys.stderr)
         end_processes(own_group)
         remove_if_empty(args.out_dir, created)
         sys.exit(1)
-    if isinstance(error, KeyboardInterrupt):
-        if rank == 0:
-            print(f"interrupted; continue with --resume --out-dir {args.out_dir}", file=sys.stderr)
-        sys.exit(130)
+
+
+def signal_name(error, signum=None):
+    signum = signum or getattr(error, "signum", signal.SIGINT)
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def kept_checkpoint(out_dir):
+    """Where a stopped run stands: its last good checkpoint and how to continue, or why there is none."""
+    last = os.path.join(out_dir, "last.pt")
+    if not os.path.isdir(out_dir):
+        return f"the folder {out_dir} was removed during the run, its checkpoints with it; start the run again"
+    ckpt = peek_checkpoint(last)
+    if not isinstance(ckpt, dict) or "epoch" not in ckpt:
+        return "no checkpoint had been written; start the run again"
+    try:
+        with open(os.path.join(out_dir, "results.json")) as f:
+            finished = json.load(f)["epochs"] == ckpt["epoch"]
+    except (OSError, ValueError, KeyError, TypeError):
+        finished = False
+    if finished and ckpt["epoch"] == ckpt.get("args", {}).get("epochs"):
+        return f"the run had finished: its files in {out_dir} are written"
+    return (f"the last good checkpoint {last} (epoch {ckpt['epoch']}) is untouched; continue with --resume "
+            f"--out-dir {out_dir}")
 
 
 def make_out_dir(out_dir):
@@ -1950,13 +2468,9 @@ def os_reason(error):
 def write_failure(error, out_dir):
     """The sentence for a file operation that failed during a run (a full disk, a folder removed under it)."""
     import errno
-    last = os.path.join(out_dir, "last.pt")
-    fix = "make room" if error.errno in (errno.ENOSPC, errno.EDQUOT) else "once it can be written"
-    try:
-        kept = f"the last good checkpoint {last} (epoch {load_checkpoint(last)['epoch']}) is untouched; {fix} " \
-               f"and continue with --resume --out-dir {out_dir}"
-    except (UsageError, KeyError, TypeError):
-        kept = "no checkpoint had been written"
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT)
+    fix = "make room and continue" if full else "continue, once it can be written,"
+    kept = kept_checkpoint(out_dir).replace("; continue", f"; {fix}")
     return f"a file could not be written or read ({os_reason(error)}); {kept}"
 
 

@@ -3373,5 +3373,337 @@ def test_published_rows_cite_only_papers():
     assert all(r["paper"] in published.PAPERS for r in published.ROWS)
 
 
+# ================================================================================================
+# The run folder: one run at a time, resume checks, interrupts, checksums
+# ================================================================================================
+
+def write_lock(out, pid, host=None, process_start=None):
+    """OUT/run.lock as a run writes it, held by `pid` (on this machine unless `host` is given)."""
+    import socket
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.lock").write_text(json.dumps({
+        "pid": pid, "host": host or socket.gethostname(), "started": "2026-12-01 10:00:00",
+        "process_start": process_start or common.process_start(pid), "command": "dml.py --epochs 200"}))
+
+
+def files_of(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_folder_in_use_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    run_main(vanilla, SMOKE, out)
+    assert not (out / "run.lock").exists()  # released at the end of a run
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        write_lock(out, live.pid)
+        before = files_of(out)
+        for argv in (["--epochs", "2", "--resume"], ["--lr", "0.05"], []):  # whatever the command: nothing touched
+            err = one_line_error(capsys, lambda: vanilla(SMOKE + argv + ["--out-dir", str(out)]))
+            assert (f"{out} is in use by another run (pid {live.pid}, started 2026-12-01 10:00:00, `dml.py --epochs "
+                    f"200`); wait for it to end, or pass another --out-dir") in err, err
+        with pytest.raises(common.UsageError, match="is in use by another run"):  # two runs that start together
+            common.claim_out_dir(str(out))
+        assert files_of(out) == before
+        # the pid of a live process that is not the one that took the lock (its start time differs): a killed run's
+        write_lock(out, live.pid, process_start=1)
+        assert common.holder_state(json.loads((out / "run.lock").read_text()), str(out / "run.lock")) == "ended"
+    finally:
+        live.kill()
+        live.wait()
+    write_lock(out, 4242, host="another-machine")  # its process cannot be checked from here
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", "2", "--resume", "--out-dir", str(out)]))
+    assert "is in use by a run on another-machine (pid 4242" in err and f"delete {out / 'run.lock'} and" in err
+    # a lock whose process has ended (a killed run): taken over with a line, and released at the end
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_lock(out, int(ended.stdout), process_start=1)
+    run_main(vanilla, SMOKE + ["--epochs", "2", "--resume"], out)
+    said = capsys.readouterr().out
+    assert f"note: {out / 'run.lock'} was left by a run that ended without releasing it (pid {ended.stdout.strip()}" \
+           in said and "); taken over" in said, said
+    assert not (out / "run.lock").exists() and [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    # released when the run stops on an error after taking it
+    monkeypatch.setattr(common, "load_data", refuse(common.UsageError("no data today")))
+    one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", "3", "--resume", "--out-dir", str(out)]))
+    assert not (out / "run.lock").exists()
+
+
+def test_resume_takes_the_runs_flags_refuses_others_by_name_and_says_what_more_epochs_change(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_main(vanilla, SMOKE + ["--epochs", "2", "--lr", "0.05", "--lr-warmup", "0"], out)
+    before = files_of(out)
+    # the flags that change what is trained or how: each one that differs named, with both values
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--out-dir", str(out), "--epochs", "4", "--lr", "0.5",
+                                                  "--seed", "1", "--batch-size", "32", "--T", "3"]))
+    assert (f"--resume: {out} holds a run trained with --batch-size 64, --lr 0.05, --T not given, --seed 0 but this "
+            f"command gives --batch-size 32, --lr 0.5, --T 3.0, --seed 1; a resumed run keeps its flags") in err, err
+    err = one_line_error(capsys, lambda: dml.main(["--resume", "--out-dir", str(out), "--epochs", "4"]))
+    assert f"{out / 'last.pt'} was written by 'vanilla', not 'dml'" in err
+    assert files_of(out) == before  # refused before anything was written
+    # the same flags spelled otherwise, this machine's, --epochs: accepted; those left out are the run's
+    results = run_main(vanilla, ["--resume", "--epochs", "4", "--arch", "resnet20,resnet20", "--workers", "0",
+                                 "--quiet", "--device", "cpu", "--amp", "off"], out)
+    said = capsys.readouterr().out
+    assert (f"resumed {out / 'last.pt'} at epoch 2, with --epochs 4 (the run was started for 2): the learning-rate "
+            f"schedule is that of 4 epochs, milestones at epochs 2, 3 (were 1, 2); epoch 3 starts at lr 0.005 (it "
+            f"would have been 0.0005)") in said, said
+    assert results["args"]["lr"] == 0.05 and results["args"]["limit_train"] == 128 and results["args"]["quiet"]
+    # what is logged is what was applied: the lr of the last step, in metrics.jsonl and in the optimizer
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["optimizers"][0]["param_groups"][0]["lr"] == pytest.approx(read_metrics(out)[-1]["lr"]) == 0.0005
+
+
+def test_resume_checks_that_its_data_is_the_runs(tmp_path, capsys):
+    first, other = write_image_folder(tmp_path / "a", splits=(("train", 4), ("test", 2))), tmp_path / "b"
+    write_image_folder(other, splits=(("train", 4), ("test", 2)), seed=1)  # other images, the same classes
+    argv = ["--dataset", "folder", "--arch", "resnet20", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
+            "--workers", "0"]
+    out = tmp_path / "run"
+    run_main(vanilla, argv + ["--data-dir", str(first)], out)
+    identity = json.loads((out / "args.json").read_text())["data"]
+    assert identity["classes"] == 3 and identity["train_images"] == 12 and identity["test_images"] == 6
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--epochs", "2", "--data-dir", str(other), "--out-dir",
+                                                  str(out)]))
+    assert (f"--resume: the data is not what {out / 'last.pt'} was trained on (3 classes, 12 train / 6 test images, "
+            f"fingerprint") in err and f"pass the run's --data-dir ({first}) with its images as they were" in err
+    # the same images elsewhere (a copy on a node's local disk): the run continues
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved, ignore=shutil.ignore_patterns(".okd-cache.pt"))
+    run_main(vanilla, ["--resume", "--epochs", "2", "--data-dir", str(moved)], out)
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+
+
+def write_png_folder(root, seed=0):
+    """2 classes x (3 train, 2 test) random 32x32 PNG images (lossless: decoded exactly as written)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", 3), ("test", 2)):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_a_folder_data_set_edited_in_place_is_decoded_again(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    root = write_png_folder(tmp_path / "d")
+    first = common.load_folder(str(root), 1)
+    assert (root / ".okd-cache.pt").exists()
+    assert all(torch.equal(a, b) for a, b in zip(common.load_folder(str(root), 1)[:4], first[:4]))
+    assert "decoding" not in capsys.readouterr().out  # the cache, unchanged files: not decoded again
+    for image in root.rglob("*.png"):  # every image replaced by its negative, under the same name
+        Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
+    inverted = common.load_folder(str(root), 1)
+    assert (f"note: the images in {root} changed (their names, sizes or modification times) since "
+            f"{root / '.okd-cache.pt'} was decoded from them; decoding them again") in capsys.readouterr().out
+    assert torch.equal(inverted[0], 255 - first[0]) and torch.equal(inverted[2], 255 - first[2])
+    assert torch.equal(inverted[1], first[1])
+    # a cache written before the files were recorded, or a damaged one: decoded again, said
+    old = torch.load(root / ".okd-cache.pt", weights_only=True)
+    del old["files"]
+    torch.save(old, root / ".okd-cache.pt")
+    common.load_folder(str(root), 1)
+    assert "may have changed since" in capsys.readouterr().out
+    cache = bytearray((root / ".okd-cache.pt").read_bytes())
+    cache[len(cache) // 2:len(cache) // 2 + 64] = bytes(64)
+    (root / ".okd-cache.pt").write_bytes(cache)
+    assert torch.equal(common.load_folder(str(root), 1)[0], inverted[0])
+    assert "no longer matches the checksum written with it (a disk, copy or transfer fault); decoding the images " \
+           "again" in capsys.readouterr().out
+
+
+INTERRUPTED_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+import torch
+import common
+signum, out, seen = int(sys.argv[1]), sys.argv[2], []
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even where a shell ignores it
+real_save = torch.save
+
+
+class Interrupting:  # the file being written: the signal arrives after its first write
+    def __init__(self, f):
+        self.f, self.sent = f, False
+
+    def write(self, data):
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signum)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def save(obj, f):
+    seen.append(os.path.basename(f.name))
+    second_last = seen.count(os.path.basename(f.name)) == 2 and ".tmp" in f.name and "last.pt" in f.name
+    return real_save(obj, Interrupting(f) if second_last else f)  # epoch 2's last.pt
+
+
+torch.save = save
+common.main(argv={argv!r} + ["--epochs", "2", "--out-dir", out])
+"""
+
+
+def test_sigterm_and_sigint_mid_save_end_in_one_sentence_with_the_checkpoint_whole(tmp_path, capsys):
+    script = tmp_path / "interrupted_save.py"
+    script.write_text(INTERRUPTED_SAVE.format(here=HERE, argv=SMOKE))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {name: subprocess.Popen([sys.executable, str(script), str(int(signum)), str(tmp_path / name)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name, signum in (("SIGTERM", 15), ("SIGINT", 2))}
+    for name, proc in runs.items():
+        out, (stdout, stderr) = tmp_path / name, proc.communicate(timeout=300)
+        assert proc.returncode == {"SIGTERM": 143, "SIGINT": 130}[name], stdout + stderr
+        said = "Ctrl-C" if name == "SIGINT" else "SIGTERM"
+        assert stderr == (f"interrupted ({said}): the last good checkpoint {out / 'last.pt'} (epoch 2) is untouched; "
+                          f"continue with --resume --out-dir {out}\n"), stderr
+        ckpt = common.load_checkpoint(str(out / "last.pt"))  # whole: its checksums verified
+        assert ckpt["epoch"] == 2 and common.load_checkpoint(str(out / "best.pt"))["epoch"] == ckpt["best_epoch"]["ens"]
+        assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pt", "last.pt", "metrics.jsonl"]
+    # the resumed run writes what the interrupted one did not, and trains nothing
+    run_main(vanilla, ["--resume"], tmp_path / "SIGTERM")
+    assert "writing what the run did not, results.json, s0.pt, s1.pt (nothing is trained)" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(tmp_path / "SIGTERM")] == [1, 2]
+
+
+def damage(path, at=None):
+    """4 KiB of zeros inside the largest record of a torch archive (its bytes, not its directory)."""
+    import zipfile
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda r: r.file_size)
+    data = bytearray(path.read_bytes())
+    start = record.header_offset + 512 if at is None else at
+    data[start:start + 4096] = bytes(4096)
+    path.write_bytes(data)
+    return record.filename
+
+
+def test_a_damaged_checkpoint_or_export_is_refused_in_one_sentence_naming_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_main(vanilla, SMOKE, out)
+    part = damage(out / "last.pt")
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1  # torch alone loads it
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--epochs", "2", "--out-dir", str(out)]))
+    assert err == (f"error: {out / 'last.pt'} is damaged: its part {part} no longer matches the checksum written "
+                   f"with it (a disk, copy or transfer fault); replace it with a good copy\n"), err
+    evaluate = script_module("evaluate")
+    err = usage_error(capsys, lambda: evaluate.main([str(out / "last.pt")]))
+    assert f"{out / 'last.pt'} is damaged" in err
+    damage(out / "s0.pt")
+    with pytest.raises(common.UsageError, match=re.escape(f"{out / 's0.pt'} is damaged")):
+        common.load_backbone(str(out / "s0.pt"))
+    # a file in torch's format before 1.6 has no checksums: it loads, and that is said once
+    torch.save(common.backbone_payload(common.build_model("resnet20", 10)), tmp_path / "old.pt",
+               _use_new_zipfile_serialization=False)
+    for _ in range(2):
+        assert isinstance(common.load_backbone(str(tmp_path / "old.pt")), common.Backbone)
+    assert capsys.readouterr().out.count(f"note: {tmp_path / 'old.pt'} has no checksums") == 1
+
+
+def test_a_finished_run_missing_an_export_is_completed_by_the_command_its_advice_gives(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(common, "open", full_disk(("s1.pt.tmp", 1)), raising=False)  # the disk fills during s1.pt
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(out)]), code=1)
+    advice = f"make room and continue with --resume --out-dir {out}"
+    assert err.rstrip().endswith(advice), err
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pt", "last.pt", "metrics.jsonl", "s0.pt"]
+    before = files_of(out)
+    vanilla(["--resume", "--out-dir", str(out)])  # the advice, exactly
+    assert (f"{out / 'last.pt'} has trained its 1 epoch: writing what the run did not, results.json, s1.pt "
+            f"(nothing is trained)") in capsys.readouterr().out
+    after = files_of(out)
+    assert all(after[name] == before[name] for name in ("last.pt", "best.pt", "metrics.jsonl", "s0.pt"))
+    student = common.load_backbone(str(out / "s1.pt"))
+    weights = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, weights[f"students.1.{k}"]) for k, v in student.state_dict().items())
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--out-dir", str(out)]))  # now nothing is missing
+    assert "already finished 1 epoch; raise --epochs to train further" in err
+
+
+def test_leftovers_of_killed_writes_and_a_cut_metrics_line_are_cleared_when_the_run_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_main(vanilla, SMOKE, out)
+    (out / "last.pt.tmp999999").write_bytes(b"half a checkpoint")  # a save killed by SIGKILL
+    (out / "run.lock.stale999999").write_text("{}")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "lr": 0.0')  # the second epoch's line, cut by a kill
+    capsys.readouterr()
+    run_main(vanilla, ["--resume", "--epochs", "3"], out)
+    said = capsys.readouterr().out
+    assert f"removed what killed writes left in {out}: last.pt.tmp999999, run.lock.stale999999" in said, said
+    assert f"{out / 'metrics.jsonl'}: line 2 cut mid-write (not a whole JSON record), dropped" in said
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name or ".stale" in p.name]
+
+
+def test_a_constant_colour_channel_is_named_as_the_cause_and_normalises_to_finite_values(capsys):
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    x[:, 2] = 0  # no blue anywhere
+    data = common.Data(x, torch.arange(8) % 2, x[:2], torch.arange(2), 2, torch.device("cpu"))
+    assert ("note: the blue channel of the training images has one value in every pixel (standard deviation 0): it "
+            "is normalised with a standard deviation of 1 instead") in capsys.readouterr().out
+    assert torch.isfinite(data.normalize(x)).all() and data.std[0, 2].item() == 255
+
+
+class DeletesItsFolder(common.Vanilla):
+    """Vanilla whose folder is deleted after its first checkpoint (by a user, a clean-up job)."""
+
+    def epoch_end(self, epoch, data):
+        if epoch == 1:
+            shutil.rmtree(self.out_dir)
+
+
+def test_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    run_main(vanilla, SMOKE, run)
+    (tmp_path / "a-file").write_text("not a folder")
+    for dataset in ("folder", "cifar10"):
+        argv = SMOKE + ["--dataset", dataset, "--data-dir", str(tmp_path / "a-file"), "--out-dir",
+                        str(tmp_path / dataset)]
+        err = one_line_error(capsys, lambda: vanilla(argv))
+        assert f"--data-dir {tmp_path / 'a-file'} is a file, not a folder" in err, err
+    evaluate = script_module("evaluate")
+    err = usage_error(capsys, lambda: evaluate.main([str(run)]))
+    assert f"{run} is a folder; pass one of its files: best.pt, last.pt, s0.pt, s1.pt" in err, err
+    common.atomic_save(common.backbone_payload(TinyStudent()), str(tmp_path / "own.pt"))  # a student of one's own
+    err = usage_error(capsys, lambda: evaluate.main([str(tmp_path / "own.pt"), "--dataset", "synthetic"]))
+    assert "holds the weights of a TinyStudent, a network of your own that evaluate.py cannot rebuild" in err, err
+    # FFCL pre-training into another method's folder: refused before the data is even loaded
+    monkeypatch.setattr(common, "load_data", refuse(AssertionError("the data was loaded")))
+    err = one_line_error(capsys, lambda: ffcl.main(SMOKE + ["--pretrain-epochs", "1", "--epochs", "2", "--resume",
+                                                           "--out-dir", str(run)]))
+    assert f"{run / 'last.pt'} was written by 'vanilla', not 'ffcl'" in err and not (run / "pretrain").exists()
+    monkeypatch.undo()
+    # the folder deleted during the run, after its first checkpoint
+    def build(args, data):
+        method = DeletesItsFolder(common.build_students(args, data))
+        method.out_dir = args.out_dir
+        return method
+    gone = tmp_path / "gone"
+    err = one_line_error(capsys, lambda: common.main("deleting", None, build, SMOKE + ["--epochs", "3", "--out-dir",
+                                                                                      str(gone)]), code=1)
+    assert f"the folder {gone} was removed during the run, its checkpoints with it; start the run again" in err, err
+    # the run's output closed by the program reading it (`| head -1`)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "common.py"), *SMOKE, "--epochs", "2", "--out-dir",
+                             str(tmp_path / "head")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.readline().startswith("vanilla: ")
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141
+    assert stderr.startswith("stopped: the output of this run was closed by the program reading it (such as `| head`;")
+    assert re.search(rf"the last good checkpoint {re.escape(str(tmp_path / 'head' / 'last.pt'))} \(epoch [12]\) is "
+                     rf"untouched; continue with --resume", stderr), stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+
+
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])

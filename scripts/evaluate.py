@@ -136,6 +136,11 @@ def kind_of(path, payload):
         exported = {"arch", "num_classes", "state_dict"} <= payload.keys()
         if payload.get("kind") in ("backbone", "mkb_network") and exported:
             return payload["kind"]
+        if payload.get("kind") in ("student", "mkb_network"):  # exported from a student of the user's own
+            raise common.UsageError(f"{path} holds the weights of a {payload.get('module')}, a network of your own "
+                                    f"that evaluate.py cannot rebuild; load them into that network with "
+                                    f"load_state_dict(torch.load(path, weights_only=True)['state_dict']) and pass "
+                                    f"it to common.evaluate(network, data)")
         if {"method", "model", "args"} <= payload.keys():
             return "checkpoint"
     raise common.UsageError(f"{path} is neither a network a run exports (s<k>.pt, leader.pt, net<k>.pt) "
