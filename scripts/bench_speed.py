@@ -12,7 +12,7 @@ Throughput is student-images per second (images per step x students / seconds), 
 rounds after warm-up. Peak memory is the CUDA allocator's peak (not measured on CPU).
 
     python scripts/bench_speed.py --out bench.json                 # resnet32, batch 128 (README figures)
-    python scripts/bench_speed.py --quick --out /tmp/bench.json    # < 1 minute on 2 CPU cores
+    python scripts/bench_speed.py --quick --out runs/bench.json    # < 1 minute on 2 CPU cores
     python scripts/bench_speed.py --cifar-dir ./data               # conventional pipeline on real CIFAR-10
 """
 import argparse
