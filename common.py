@@ -36,8 +36,9 @@ alone into another project: a method file needs nothing from here for its module
                               are tensors changed in place (no recompile under torch.compile), and a loop that
                               never calls it trains at the full weights
     method.epoch_end(epoch, data)     called after each training epoch; may return {name: float} to log
-    method.export()           {name: payload} of deployable models, saved as OUT/<name>.pt at the end
-                              (default: every student in method.students as OUT/s<i>.pt)
+    method.export()           {name: payload} of deployable models as plain data (every method file has one),
+                              saved as OUT/<name>.pt at the end with the run's preprocessing added (exports;
+                              default: every student in method.students as OUT/s<i>.pt)
 """
 import argparse
 import contextlib
