@@ -37,8 +37,9 @@ alone into another project: a method file needs nothing from here for its module
                               are tensors changed in place (no recompile under torch.compile), and a loop that
                               never calls it trains at the full weights
     method.epoch_end(epoch, data)     called after each training epoch; may return {name: float} to log
-    method.export()           {name: payload} of deployable models, saved as OUT/<name>.pt at the end
-                              (default: every student in method.students as OUT/s<i>.pt)
+    method.export()           {name: payload} of deployable models as plain data (every method file has one),
+                              saved as OUT/<name>.pt at the end with the run's preprocessing added (exports;
+                              default: every student in method.students as OUT/s<i>.pt)
 """
 import argparse
 import contextlib
@@ -80,6 +81,7 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
         if settings.rank == 0:  # the flags, the settings made from them, the data's identity
             write_json(os.path.join(args.out_dir, "args.json"), saved_args(args, settings, data))
         print(headline(name, args, settings, data, method), flush=True)
+        warn_if_lr_unreached(args, settings)  # a short run's warm-up shortened, or a peak below --lr: one line
         results = fit(method, data, args, settings, name)
         print(done_line(results, args), flush=True)
     except BaseException as e:
@@ -100,6 +102,7 @@ class Settings:
     world_size: int          # ... of this many (1 alone)
     distributed: bool        # started by torchrun, even as its only process
     milestone_epochs: list   # --milestones in epochs
+    warmup_epochs: float     # the warm-up the run gets: --lr-warmup, shortened for short runs (effective_warmup)
     archs: list              # --arch, one name per student
     recipe_flags: list       # --recipe's values as flags (recorded)
     recipe_overridden: list  # those the command gave otherwise (recorded)
@@ -117,7 +120,8 @@ def derive_settings(args, recipe=None, sources=None) -> Settings:
     flags = recipe_flags(recipe)
     return Settings(device=torch.device(device), bf16=args.amp == "bf16" or (args.amp == "auto" and on_gpu),
                     channels_last=on_gpu, rank=rank, world_size=world_size, distributed=distributed,
-                    milestone_epochs=milestone_epochs(args), archs=student_archs(args), recipe_flags=flags,
+                    milestone_epochs=milestone_epochs(args), warmup_epochs=effective_warmup(args),
+                    archs=student_archs(args), recipe_flags=flags,
                     recipe_overridden=[f for (dest, v), f in zip(recipe.items(), flags) if getattr(args, dest) != v],
                     recipe_sources=[f"{f}: {source_of(sources or {}, dest)}" for dest, f in zip(recipe, flags)])
 
@@ -154,13 +158,15 @@ def fit(method, data, args, settings, name="vanilla") -> dict:
         record["elapsed"] += seconds
         record["epoch"] = epoch + 1
         if settings.rank == 0:  # the others wait for it in share_state
-            scores = evaluate_epoch(method, data, args, settings, epoch, record)
+            with evaluating_line(args, epoch, len(data.test_y)):  # on a terminal, while the test set runs
+                scores = evaluate_epoch(method, data, args, settings, epoch, record)
             line = log.write(epoch, names, sums, scores, seconds, record)
             save_checkpoint(args.out_dir, record, name, method, optimizers, saved, gen)  # last.pt, best.pt
             print(line, flush=True)
         share_state(method, settings)  # every process takes rank 0's parameters and buffers
     log.close()
-    results = write_results(method, record, args, settings, name, saved, steps * batch) if settings.rank == 0 else None
+    results = write_results(method, data, record, args, settings, name, saved, steps * batch) \
+        if settings.rank == 0 else None
     return share_results(results, settings)  # under torchrun: rank 0's, once its files are written
 
 
@@ -187,7 +193,7 @@ def train_epoch(step_fn, optimizers, data, args, settings, gen, num_views, batch
     share). Returns the loss parts' names and their sums over the steps (the mean over the processes), left on the
     device: no step waits for it (LossSums checks them every `check_every` steps, `progress` when it prints)."""
     losses = LossSums(steps, settings.world_size, check_every)
-    warming = epoch < args.lr_warmup  # the lr changes every step of this epoch
+    warming = epoch < settings.warmup_epochs  # the lr changes every step of this epoch
     batches = data.train_batches(gen, batch, steps, num_views, settings.rank, settings.world_size)
     for step, (views, y) in enumerate(batches):
         if warming:
@@ -209,13 +215,13 @@ def train_epoch(step_fn, optimizers, data, args, settings, gen, num_views, batch
 
 def lr_factor(args, settings, epoch, step=0, steps=1):
     """The learning rate at `step` of `epoch` (both from 0) as a fraction of --lr: the epoch's schedule value
-    times a linear warm-up, per step, over the first --lr-warmup epochs: step g of W gets s + (1 - s)(g + 1) / W,
-    s = --lr-warmup-start (0 by default)."""
+    times a linear warm-up, per step, over the run's warm-up (--lr-warmup epochs, shortened for a short run:
+    effective_warmup): step g of W gets s + (1 - s)(g + 1) / W, s = --lr-warmup-start (0 by default)."""
     if args.schedule == "cosine":
         factor = 0.5 * (1 + math.cos(math.pi * epoch / args.epochs))
     else:
         factor = args.gamma ** sum(epoch >= m for m in settings.milestone_epochs)
-    warmup_steps = args.lr_warmup * steps
+    warmup_steps = settings.warmup_epochs * steps
     done = epoch * steps + step + 1
     start = args.lr_warmup_start  # KDCL's ImageNet recipe warms up from 0.1 to 0.8: 0.125
     return factor * (start + (1 - start) * done / warmup_steps) if done < warmup_steps else factor
@@ -240,14 +246,15 @@ def evaluate_epoch(method, data, args, settings, epoch, record):
     for head, acc in final.items():
         if acc > record["best"].get(head, -1.0):
             record["best"][head], record["best_epoch"][head] = acc, epoch + 1
-    warmed_up = epoch >= args.lr_warmup  # checked from the first epoch after the warm-up: before it, a
+    warmed_up = epoch >= settings.warmup_epochs  # checked from the first epoch after the warm-up: before it, a
     # network that has barely started often predicts one class for most images without having collapsed
     for head in collapsed_heads(final, top_share, data.num_classes) if warmed_up else []:
         if head not in record["collapsed"]:
             record["collapsed"][head] = epoch + 1
             print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of "
                   f"the test images at {final[head]:.1f} % top-1: its predictions no longer depend on the input "
-                  f"(a collapse); try a longer --lr-warmup (now {args.lr_warmup:g}) or a lower --lr", flush=True)
+                  f"(a collapse); try a longer --lr-warmup (now {warmup_said(args, settings)}) or a lower --lr",
+                  flush=True)
     record["final"] = final
     if top5:
         record["final_top5"] = top5[0]
@@ -385,6 +392,32 @@ def headline(name, args, settings, data, method):
             f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}")
 
 
+def warn_if_lr_unreached(args, settings):
+    """One line (rank 0) when the run will not train as its flags say: a warm-up shortened for a short run
+    (effective_warmup), or a schedule whose highest lr stays below 90 % of --lr (a cosine decayed by the
+    time the warm-up ends)."""
+    if settings.rank != 0:
+        return
+    if settings.warmup_epochs < args.lr_warmup:
+        first, warmup = first_decay_epoch(args), settings.warmup_epochs
+        half_of = "the run (--schedule cosine)" if args.schedule == "cosine" else \
+            f"the {first} epoch{'s' * (first != 1)} before the first lr decay, so that the run trains at --lr " \
+            f"{args.lr:g} before it"
+        print(f"warning: --lr-warmup {args.lr_warmup:g} shortened to {warmup:g} epoch{'s' * (warmup != 1)}, half of "
+              f"{half_of}", flush=True)
+    ends = max(math.ceil(settings.warmup_epochs) - 1, 0)  # the epoch whose last step ends the warm-up
+    peak = max(lr_factor(args, settings, epoch, 0, 1) for epoch in range(ends, args.epochs))
+    if peak < 0.9:
+        print(f"warning: this schedule never reaches --lr {args.lr:g}: its highest lr is {peak * args.lr:.3g} "
+              f"({100 * peak:.0f} % of it); give a shorter --lr-warmup or more --epochs", flush=True)
+
+
+def warmup_said(args, settings):
+    """The run's warm-up in words, for the collapse warning."""
+    shortened = settings.warmup_epochs < args.lr_warmup
+    return f"{settings.warmup_epochs:g}" + (f", shortened from {args.lr_warmup:g} by this short run" * shortened)
+
+
 def format_eta(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
@@ -449,7 +482,7 @@ class EpochLog:
         eta = record["elapsed"] / (epoch + 1) * (args.epochs - epoch - 1)
         return (f"epoch {epoch + 1}/{args.epochs}  lr {lr:.4g}  loss {line['loss']:.4f}  "
                 f"top1 {top1_line(record['final'])}  |  {seconds:.1f}s  {line['images_per_s']:.0f} img/s  "
-                f"eta {format_eta(eta)}")
+                f"run eta {format_eta(eta)}")
 
     def close(self):
         if self.file is not None:
@@ -547,7 +580,7 @@ class Progress:
         run_left = left + per_step * self.steps * (self.epochs - self.epoch - 1)  # training only, as the epoch's
         line = (f"epoch {self.epoch + 1}/{self.epochs}  step {done}/{self.steps}  "
                 f"{self.batch / per_step:.0f} img/s  loss {losses.mean_loss(done):.4f}  "
-                f"eta {format_eta(left)} (run {format_eta(run_left)})")
+                f"eta {format_eta(left)}  run eta {format_eta(run_left)}")
         if self.terminal:
             print("\r" + line.ljust(self.width), end="", flush=True)
             self.width = max(self.width, len(line))
@@ -559,6 +592,20 @@ class Progress:
         if self.width:
             print("\r" + " " * self.width + "\r", end="", flush=True)
             self.width = 0
+
+
+@contextlib.contextmanager
+def evaluating_line(args, epoch, images):
+    """On a terminal (rank 0, not --quiet), one line while an epoch's evaluation runs, cleared after it."""
+    line = f"epoch {epoch + 1}/{args.epochs}  evaluating on {images} test images ..."
+    shown = not args.quiet and sys.stdout.isatty()
+    if shown:
+        print("\r" + line, end="", flush=True)
+    try:
+        yield
+    finally:
+        if shown:
+            print("\r" + " " * len(line) + "\r", end="", flush=True)
 
 
 class LossSums:
@@ -626,8 +673,9 @@ def stop_on_non_finite(out_dir, record, epoch):
                           f"{epoch + 1}, step {e.step}; {kept}") from None
 
 
-def write_results(method, record, args, settings, name, saved, images_per_epoch):
-    """The exported networks, then results.json, at the end of a run."""
+def write_results(method, data, record, args, settings, name, saved, images_per_epoch):
+    """The exported networks, each with what its input needs (exports), then results.json (with where and with
+    what code it was measured), at the end of a run."""
     elapsed = record["elapsed"]
     results = {"method": name, "final": record["final"],
                **({"final_top5": record["final_top5"]} if record.get("final_top5") else {}),  # 100 classes or more
@@ -638,19 +686,61 @@ def write_results(method, record, args, settings, name, saved, images_per_epoch)
                           "total": count_params(method),
                           "trainable": sum(p.numel() for p in method.parameters() if p.requires_grad)},
                "device": (f"{settings.world_size} x " if settings.distributed else "") + device_name(settings.device),
-               "torch": torch.__version__, "torchvision": tv_version(),
+               "torch": torch.__version__, "torchvision": tv_version(), "num_classes": data.num_classes,
+               "machine": machine(settings), "code": code_version(),
                "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "args": saved}
-    for export_name, payload in exports(method).items():
+    for export_name, payload in exports(method, data, args).items():
         atomic_save(payload, os.path.join(args.out_dir, f"{export_name}.pt"))
     write_json(os.path.join(args.out_dir, "results.json"), results)  # last: a run with results.json is complete
     return results
 
 
-def exports(method) -> dict:
-    """What a run deploys: method.export() where the method has one, else every student as s<i>."""
-    if hasattr(method, "export"):
-        return method.export()
-    return {f"s{i}": backbone_payload(s) for i, s in enumerate(method.students)}
+def exports(method, data=None, args=None) -> dict:
+    """What a run deploys: method.export() where the method has one, else every student as s<i>; with `data`,
+    each payload also carries what its input needs (data.preprocessing(): normalisation, image size, resizing),
+    the class names where known, and the data flags of its test figures (`trained_on`, for evaluate.py)."""
+    found = method.export() if hasattr(method, "export") else \
+        {f"s{i}": backbone_payload(s) for i, s in enumerate(method.students)}
+    if data is None:
+        return found
+    trained_on = {k: getattr(args, k, None) for k in ("dataset", "limit_train", "limit_test", "stream", "image_size")}
+    return {key: {**payload, "preprocess": data.preprocessing(), "classes": data.classes, "trained_on": trained_on}
+            for key, payload in found.items()}
+
+
+def machine(settings):
+    """Where a run was measured: the CPU's model and the instruction set torch's kernels use on it (results move
+    with both), the GPU, the threads and the processes."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    capability = getattr(torch.backends.cpu, "get_cpu_capability", lambda: None)()
+    gpu = torch.cuda.get_device_name(settings.device) if settings.device.type == "cuda" else None
+    return {"cpu": cpu, "cpu_capability": capability, "gpu": gpu, "threads": torch.get_num_threads(),
+            "processes": settings.world_size}
+
+
+def code_version():
+    """The git commit of the code that ran and whether its tracked files differed from it (None for both where
+    git or the repository is not there)."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*argv):
+        try:
+            done = subprocess.run(["git", "-C", here, *argv], capture_output=True, text=True, timeout=20,
+                                  check=False)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "modified": None if changes is None else bool(changes)}
 
 
 def device_name(device):
@@ -1388,7 +1478,9 @@ def backbone_payload(model: nn.Module) -> dict:
 
 
 def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backbone:
-    """Load a file written from `backbone_payload`; optionally insist on its architecture and class count."""
+    """Load a file written from `backbone_payload`; optionally insist on its architecture and class count. The
+    network's `preprocess` (how its run prepared an image; preprocess_image(image, net.preprocess) does it) and
+    `classes` (the class names) come with it, None where the file does not carry them."""
     payload = load_checkpoint(path)
     if payload.get("kind") == "student":
         raise UsageError(f"{path} holds the weights of a {payload.get('module')}, not of a zoo backbone; load them "
@@ -1402,6 +1494,7 @@ def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backb
         raise UsageError(f"{path} was trained for {payload['num_classes']} classes, but the data has {num_classes}")
     model = build_model(payload["arch"], payload["num_classes"], payload.get("image_size", 32))
     model.load_state_dict(payload["state_dict"])
+    model.preprocess, model.classes = payload.get("preprocess"), payload.get("classes")
     return model
 
 
@@ -1504,12 +1597,18 @@ class Data:
                 print(f"note: the {' and '.join(c for c, k in zip(('red', 'green', 'blue'), constant) if k)} channel "
                       f"of the training images has one value in every pixel (standard deviation 0): it is "
                       f"normalised with a standard deviation of 1 instead, and carries no information", flush=True)
-        self.mean = 255 * torch.as_tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.std = 255 * torch.as_tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.stats = [torch.as_tensor(v, dtype=torch.float32).tolist() for v in (mean, std)]  # what exports carry
+        self.mean, self.std = normalisation(*self.stats, device)
         self.holdout_x = self.holdout_y = None
+        self.classes, self.border = None, 0  # class names where known, MNIST's padding (load_data sets them)
 
     def normalize(self, x):
         return (x.float() - self.mean) / self.std
+
+    def preprocessing(self):
+        """How an image becomes the networks' input, as plain data (every export carries it: preprocess_image)."""
+        return {"mean": self.stats[0], "std": self.stats[1], "image_size": list(self.image_size),
+                "resize": "bilinear", "pad": self.border}
 
     def hold_out(self, per_class: int):
         """Move a class-balanced set of `per_class` images per class out of the training set (fixed choice)."""
@@ -1542,6 +1641,32 @@ class Data:
     def _batches(self, x, y, batch_size):
         for i in range(0, len(y), batch_size):
             yield self.normalize(x[i:i + batch_size]), y[i:i + batch_size]
+
+
+def normalisation(mean, std, device="cpu"):
+    """The (1, 3, 1, 1) tensors that normalise uint8 images, from per-channel mean and std in [0, 1] units: the
+    same values for a run, an export evaluated later (scripts/evaluate.py) and preprocess_image."""
+    return tuple(255 * torch.as_tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (mean, std))
+
+
+def preprocess_image(image, preprocess):
+    """A PIL image as a network's input batch (1, 3, H, W), prepared as its run prepared the test images:
+    `preprocess` is an export's (load_backbone(path).preprocess): RGB, the padding of MNIST, resized to the
+    image size with PIL's bilinear filter (in-memory data) or its shorter side to 8/7 of it, then the center
+    crop (streamed data), normalised with the run's mean and std."""
+    import torchvision.transforms as T
+    from PIL import Image, ImageOps
+    img = image.convert("RGB")
+    if preprocess.get("pad"):
+        img = ImageOps.expand(img, preprocess["pad"], fill=0)
+    h, w = preprocess["image_size"]
+    if preprocess.get("resize") == "center_crop":
+        img = T.CenterCrop(h)(T.Resize(round(h * 8 / 7))(img))
+    elif img.size != (w, h):
+        img = img.resize((w, h), Image.BILINEAR)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
+    mean, std = normalisation(preprocess["mean"], preprocess["std"])
+    return (x.float() - mean) / std
 
 
 def augment(x, generator, pad=4, flip=True, rank=0, world=1, crop=True, pad_mode="zeros"):
@@ -1623,6 +1748,8 @@ def torchvision_set(cls, data_dir, name, hint, **kw):
 
 
 def load_cifar(name, data_dir):
+    """CIFAR-10/100 from torchvision's files: train and test images and labels, the number of classes and their
+    names."""
     import torchvision
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
     hint = (f"put the python version of {name} there, or pass --dataset folder --data-dir DIR with an "
@@ -1632,7 +1759,7 @@ def load_cifar(name, data_dir):
         ds = torchvision_set(cls, data_dir, name, hint, train=train)
         x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
         sets += [x, torch.as_tensor(ds.targets, dtype=torch.int64)]
-    return (*sets, len(ds.classes))
+    return (*sets, len(ds.classes), list(ds.classes))
 
 
 def synthetic(n_train=5000, n_test=1000, num_classes=10, size=32, seed=0):
@@ -1680,24 +1807,26 @@ def load_data(args, device):
     if getattr(args, "image_size", None):
         raise UsageError("--image-size is for streamed data (--dataset imagenet, or --stream); "
                          f"{args.dataset} is used at its own size")
-    flip = True
+    flip, classes, border = True, None, 0
     if args.dataset == "synthetic":
         train_x, train_y, test_x, test_y, nc = synthetic()
     elif args.dataset in ("folder", "cinic10"):
-        train_x, train_y, test_x, test_y, nc = load_folder(args.data_dir, args.workers)
+        train_x, train_y, test_x, test_y, nc, classes = load_folder(args.data_dir, args.workers)
         if args.dataset == "cinic10":
             mean, std = CINIC_STATS
     elif args.dataset == "mnist":
         (train_x, train_y, test_x, test_y, nc), flip = load_mnist(args.data_dir), False
+        classes, border = [str(digit) for digit in range(10)], 2
     elif args.dataset == "stl10":
         train_x, train_y, test_x, test_y, nc = load_stl10(args.data_dir)
     else:
-        train_x, train_y, test_x, test_y, nc = load_cifar(args.dataset, args.data_dir)
+        train_x, train_y, test_x, test_y, nc, classes = load_cifar(args.dataset, args.data_dir)
         mean, std = CIFAR_STATS[args.dataset]
     train = subset(train_y, args.limit_train, "--limit-train")
     test = subset(test_y, args.limit_test, "--limit-test")
     train_x, train_y, test_x, test_y = train_x[train], train_y[train], test_x[test], test_y[test]
     data = Data(train_x, train_y, test_x, test_y, nc, device, mean, std, flip)
+    data.classes, data.border = classes, border
     augment_with = getattr(args, "augment", "crop+flip")
     data.crop, data.flip = augment_with != "none", flip and augment_with == "crop+flip"
     data.pad_mode = getattr(args, "pad_mode", "zeros")
@@ -1830,11 +1959,16 @@ class StreamedData:
         self.holdout_set = None
         self.train_y = torch.tensor([c for _, c in train_files])
         self.test_y = torch.tensor([c for _, c in test_files])
-        self.mean = 255 * torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = 255 * torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.classes, self.stats = classes, [torch.as_tensor(v, dtype=torch.float32).tolist() for v in (mean, std)]
+        self.mean, self.std = normalisation(*self.stats, device)
 
     def normalize(self, x):
         return (x.float() - self.mean) / self.std
+
+    def preprocessing(self):
+        """How an image becomes the networks' input (the test images' way), as plain data (see Data's)."""
+        return {"mean": self.stats[0], "std": self.stats[1], "image_size": list(self.image_size),
+                "resize": "center_crop", "pad": 0}
 
     def hold_out(self, per_class: int):
         """Move a class-balanced set of `per_class` images per class out of the training set (fixed choice);
@@ -1901,7 +2035,8 @@ def load_folder(data_dir, workers):
     """DIR/train and DIR/test (or DIR/val), checked as on the streamed path (the same class folders, none empty),
     decoded once and cached as DIR/.okd-cache.pt (or under ~/.cache/okd when DIR is read-only); the cache is
     used only while its record of the files (names, sizes, modification times) is theirs, and rebuilt, with a
-    line, when they changed (an image edited in place), when it is damaged, or when it predates that record."""
+    line, when they changed (an image edited in place), when it is damaged, or when it predates that record.
+    Returns the images and labels, the number of classes and their names."""
     test_name = next((n for n in ("test", "val") if os.path.isdir(os.path.join(data_dir, n))), None)
     if not os.path.isdir(os.path.join(data_dir, "train")) or test_name is None:
         raise UsageError(f"--data-dir {data_dir} must hold train/<class>/* and test/<class>/* (or val/)")
@@ -1919,7 +2054,7 @@ def load_folder(data_dir, workers):
                 print(f"note: {str(e).split('; ')[0]}; decoding the images again", flush=True)
                 continue
             if c.get("counts") == counts and c.get("classes") == classes and c.get("files") == files:
-                return c["train_x"], c["train_y"], c["test_x"], c["test_y"], len(c["classes"])
+                return c["train_x"], c["train_y"], c["test_x"], c["test_y"], len(classes), classes
             print(f"note: the images in {data_dir} " + ("changed (their names, sizes or modification times) since "
                   if "files" in c else "may have changed since ") + f"{path} was decoded from them; decoding them "
                   f"again", flush=True)
@@ -1934,7 +2069,7 @@ def load_folder(data_dir, workers):
             break
         except OSError:
             continue
-    return train_x, train_y, test_x, test_y, len(classes)
+    return train_x, train_y, test_x, test_y, len(classes), classes
 
 
 def files_record(root, files):
@@ -2150,6 +2285,9 @@ def apply_recipe(parser, recipes, argv):
                     lines.append(" " * 6)
                 lines[-1] += " " + flag
     parser.epilog = "\n".join(line.rstrip() for line in lines) if recipes else None
+    recipe_flag = next(a for a in parser._actions if a.dest == "recipe")  # its choices, not "(default: None)"
+    recipe_flag.help += (f"; choices: {', '.join(recipes)}" if recipes else "; this script has none") + \
+        "%(default).0s"
     pre = Parser(add_help=False)  # --recipe is read before --help is printed, so that help shows its defaults
     pre.add_argument("--recipe", default=None)
     name = pre.parse_known_args(argv)[0].recipe
@@ -2210,7 +2348,9 @@ def make_parser(doc=None):
       help="multistep: epochs where lr *= gamma; values below 1 are fractions of --epochs")
     a("--gamma", type=float, default=0.1, help="multistep decay factor")
     a("--lr-warmup", type=float, default=5.0,
-      help="epochs (fractions allowed) of linear per-step lr warm-up from 0, for every optimizer; 0: none")
+      help="epochs (fractions allowed) of linear per-step lr warm-up from 0, for every optimizer; 0: none. A "
+           "short run gets at most half of the epochs before the lr first decays (said in one line), so that it "
+           "reaches --lr")
     a("--lr-warmup-start", type=float, default=0.0, help="the fraction of --lr the warm-up starts from")
     a("--T", type=float, default=None, help="distillation temperature (each method sets its paper's default)")
     a("--seed", type=int, default=0, help="seed of initialisation, data order and augmentation")
@@ -2308,6 +2448,19 @@ def milestone_epochs(args) -> list:
     epochs = [round(m * args.epochs) if m < 1 else int(m)
               for m in (float(m) for m in args.milestones.split(",") if m.strip())]
     return [e for e in epochs if e >= 1]
+
+
+def first_decay_epoch(args) -> int:
+    """The epoch at which the schedule first lowers the lr: the first milestone (multistep), else the end of the
+    run (cosine, or milestones beyond it)."""
+    return min([*milestone_epochs(args), args.epochs]) if args.schedule == "multistep" else args.epochs
+
+
+def effective_warmup(args) -> float:
+    """The warm-up a run gets, in epochs: --lr-warmup, but at most half of the epochs before the lr first decays,
+    so that a run trains at --lr before its first decay (the README's 40-epoch regime, milestones 20 and 30,
+    keeps its 5 epochs; a 2-epoch run, first decay after epoch 1, warms up over half an epoch)."""
+    return min(args.lr_warmup, first_decay_epoch(args) / 2)
 
 
 def check_device(args):

@@ -348,16 +348,9 @@ class FFSD(nn.Module):
         return torch.optim.Adam(self.sd_modules.parameters(), lr=self.sd_lr, weight_decay=self.sd_wd)
 
     def export(self):
-        """{"leader": the leader's weights as plain data}, readable with torch.load(path, weights_only=True): a zoo
-        backbone's (one with .arch) names what rebuilds it (common.load_backbone); any other student is reloaded
-        with its own load_state_dict(payload["state_dict"]). Needs nothing but torch."""
-        leader = self.students[0]
-        payload = {"kind": "student", "module": type(leader).__name__,
-                   "state_dict": {k: v.detach().cpu() for k, v in leader.state_dict().items()}}
-        if hasattr(leader, "arch"):
-            payload.update(kind="backbone", arch=leader.arch, num_classes=leader.num_classes,
-                           image_size=getattr(leader, "image_size", 32))
-        return {"leader": payload}
+        """{"leader": the leader as plain data (student_payload)}, what a run saves as OUT/leader.pt; the common
+        students only teach it. Needs only torch."""
+        return {"leader": student_payload(self.students[0])}
 
 
 # ==================================================================================================
@@ -428,7 +421,14 @@ def build(args, data):
 
 
 def main(argv=None):
-    import common
+    try:
+        import common
+    except ImportError as e:  # this file copied alone: its modules and loss need only torch, its script does not
+        if e.name != "common":
+            raise
+        raise SystemExit("error: ffsd.py trains through common.py (data, loop, checkpoints), which is not beside it: "
+                         "run it from a clone of the repository, or use FFSD in your own training loop (the "
+                         "README's 'Use a method in your own loop')") from None
     return common.main("ffsd", add_arguments, build, argv, __doc__)
 
 
@@ -462,6 +462,19 @@ def stage_shapes(student, image_size):
                         f"make its forward return them (torchvision's create_feature_extractor picks a classifier's "
                         f"stage outputs by node name)")
     return [tuple(f.shape[1:]) for f in out[1]]
+
+
+def student_payload(model):
+    """A deployable student as plain data, readable with torch.load(path, weights_only=True) (common.py's
+    backbone_payload writes the same): a zoo backbone's (one with .arch) names what rebuilds it
+    (common.load_backbone); any other student's weights load into a fresh one of its own class with
+    model.load_state_dict(payload["state_dict"])."""
+    payload = {"kind": "student", "module": type(model).__name__,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if hasattr(model, "arch"):
+        payload.update(kind="backbone", arch=model.arch, num_classes=model.num_classes,
+                       image_size=getattr(model, "image_size", 32))
+    return payload
 
 
 if __name__ == "__main__":

@@ -271,16 +271,22 @@ class MKBCL(nn.Module):
 
     def export(self):
         """{"net<i>": network i with its halves as plain data}, readable with torch.load(path, weights_only=True):
-        a zoo backbone's (one with .arch) is rebuilt by `load_network`; around any other student, rebuild
-        MKBNetwork(student, {i: MKBHalf(**config) for i, config in payload["mkb"].items()}) and load_state_dict
-        (payload["state_dict"]). Needs nothing but torch."""
+        a zoo backbone's (one with .arch) is rebuilt by `load_network`; around any other student (a fresh one of
+        its class), rebuild and load it:
+
+            payload = torch.load(path, weights_only=True)
+            net = MKBNetwork(student, {i: MKBHalf(**config) for i, config in payload["mkb"].items()},
+                             image_size=payload["image_size"])
+            net.load_state_dict(payload["state_dict"])
+
+        Needs nothing but torch."""
         return {f"net{i}": network_payload(net) for i, net in enumerate(self.students)}
 
 
 def network_payload(net):
     """A deployable network (backbone + its MKB halves) as plain data; `load_network` rebuilds a zoo backbone's."""
     payload = {"kind": "mkb_network", "module": type(net.backbone).__name__,
-               "mkb": {i: dict(h.config) for i, h in net.halves.items()}, "image_size": list(net.image_size),
+               "mkb": {int(i): dict(h.config) for i, h in net.halves.items()}, "image_size": list(net.image_size),
                "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
     if hasattr(net.backbone, "arch"):
         payload.update(arch=net.backbone.arch, num_classes=net.backbone.num_classes)
@@ -288,7 +294,8 @@ def network_payload(net):
 
 
 def load_network(path):
-    """Rebuild a network saved by MKB-CL (net0.pt, ...) as a standalone module: eval forward -> logits."""
+    """Rebuild a network saved by MKB-CL (net0.pt, ...) as a standalone module: eval forward -> logits; its
+    `preprocess` and `classes` as common.load_backbone gives them."""
     import common
     payload = common.load_checkpoint(path)
     if payload.get("kind") != "mkb_network":
@@ -301,6 +308,7 @@ def load_network(path):
     halves = {int(i): MKBHalf(**cfg) for i, cfg in payload["mkb"].items()}
     net = MKBNetwork(backbone, halves, image_size=payload.get("image_size", (32, 32)))
     net.load_state_dict(payload["state_dict"])
+    net.preprocess, net.classes = payload.get("preprocess"), payload.get("classes")  # as common.load_backbone's
     return net
 
 
@@ -364,7 +372,14 @@ def build(args, data):
 
 
 def main(argv=None):
-    import common
+    try:
+        import common
+    except ImportError as e:  # this file copied alone: its modules and loss need only torch, its script does not
+        if e.name != "common":
+            raise
+        raise SystemExit("error: mkb_cl.py trains through common.py (data, loop, checkpoints), which is not beside it: "
+                         "run it from a clone of the repository, or use MKBCL in your own training loop (the "
+                         "README's 'Use a method in your own loop')") from None
     return common.main("mkb_cl", add_arguments, build, argv, __doc__)
 
 

@@ -315,7 +315,14 @@ def build(args, data):
 
 
 def main(argv=None):
-    import common
+    try:
+        import common
+    except ImportError as e:  # this file copied alone: its modules and loss need only torch, its script does not
+        if e.name != "common":
+            raise
+        raise SystemExit("error: one.py trains through common.py (data, loop, checkpoints), which is not beside it: "
+                         "run it from a clone of the repository, or use ONE in your own training loop (the "
+                         "README's 'Use a method in your own loop')") from None
     return common.main("one", add_arguments, build, argv, __doc__)
 
 

@@ -4,6 +4,7 @@
         --students 2 --dataset folder --data-dir DIR --epochs 15 --seeds 0,1,2 --jobs 2 \
         --out-dir runs/compare --results results/my_comparison
     python scripts/compare.py --render results/my_comparison      # the table again, from the summaries alone
+    python scripts/compare.py --render results/my_comparison --output table.md   # ... into a file
 
 Every other flag is passed unchanged to every script (common flags such as --limit-train or --lr).
 Per-method extras: `--extra ffsd=--students=3 --extra "kdcl=--ensemble naive"`.
@@ -14,12 +15,16 @@ peers: unless its extras say otherwise it takes the vanilla run of the same seed
 its pre-training), so that run comes first.
 
 Writes OUT/table.md (one row per method: mean ± std over seeds of every head's final and best top-1, the
-best and the mean deployed network and their gains over vanilla's, paired by seed), OUT/summary.json, and
-OUT/accuracy.png (test accuracy per epoch) when matplotlib is installed. With --results DIR it also writes
-each run's summary (results.json plus the per-epoch curve: lr, every loss part on the training batches,
-every head's test top-1 and top share; a few KB, no weights) as DIR/<method>/seed<S>.json as soon as the
-run has finished, and the table as DIR/table.md, so the table can be checked and re-rendered (--render DIR)
-without the runs.
+best and the mean deployed network and their gains over vanilla's, paired by seed, and the collapses), OUT/
+summary.json, and OUT/accuracy.png (test accuracy per epoch) when matplotlib is installed. With --results DIR
+it also writes each run's summary (results.json plus the per-epoch curve: lr, every loss part on the training
+batches, every head's test top-1 and top share; a few KB, no weights) as DIR/<method>/seed<S>.json as soon as
+the run has finished, and the table as DIR/table.md, so the table can be checked and re-rendered without the
+runs: --render DIR prints it (--output PATH writes it there instead; never over a file git tracks).
+
+The collapse column applies the current check (common.collapsed_heads: one class for at least (1 + 1/C)/2 of
+the test images and top-1 at most twice chance) to every evaluation after the warm-up in each run's curve,
+`head@epoch` for the first; a summary without top shares keeps the collapses its run recorded.
 """
 import argparse
 import json
@@ -32,7 +37,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import METHODS  # noqa: E402  (the one list of method scripts)
+from common import METHODS, collapsed_heads  # noqa: E402  (the one list of method scripts; the collapse check)
 TIMING_KEYS = ("seconds", "images_per_s")  # left out of a run's summary curve (they vary between machines)
 
 
@@ -49,7 +54,10 @@ def parse():
     p.add_argument("--out-dir", default="runs/compare", help="where the runs and the table go")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cores/jobs threads)")
     p.add_argument("--results", default=None, help="also write each run's small summary and the table here")
-    p.add_argument("--render", default=None, metavar="DIR", help="only re-render DIR/table.md from its summaries")
+    p.add_argument("--render", default=None, metavar="DIR",
+                   help="only print the table of DIR's run summaries (DIR/<method>/seed<S>.json)")
+    p.add_argument("--output", default=None, metavar="PATH",
+                   help="with --render: write the table to PATH instead (never over a file git tracks)")
     p.add_argument("--extra", action="append", default=[], metavar="METHOD=FLAGS",
                    help="flags for one method only, e.g. ffsd=--students=3 (repeatable)")
     opts, common_flags = p.parse_known_args()
@@ -66,6 +74,11 @@ def parse():
         die(f"--jobs must be at least 1, got {opts.jobs}")
     if opts.render and not os.path.isdir(opts.render):
         die(f"--render {opts.render} is not a folder of run summaries")
+    if opts.output and not opts.render:
+        die("--output is for --render (a comparison writes its table into --out-dir and --results)")
+    if opts.output and tracked(opts.output):
+        die(f"{opts.output} is a file git tracks; --render prints the table (or give --output another path), so "
+            f"that a committed table changes only by hand")
     for flag in ("--seed", "--out-dir", "--resume"):
         if any(f == flag or f.startswith(flag + "=") for f in common_flags):
             die(f"{flag} is set by compare.py itself (use --seeds / --out-dir)")
@@ -205,6 +218,38 @@ def paired_gain(runs, vanilla, of):
     return mean_std([of(r) - of(vanilla[r["seed"]]) for r in runs if r["seed"] in vanilla])
 
 
+CLASSES = {"cifar10": 10, "cifar100": 100, "cinic10": 10, "mnist": 10, "stl10": 10, "synthetic": 10}
+
+
+def collapses(run):
+    """{head: the first epoch} where the current collapse check fires on the run's curve after its warm-up (as
+    common.py checks a run); the run's own record where the curve has no top shares or the class count is
+    unknown."""
+    curve, args = run.get("curve") or [], run.get("args", {})
+    classes = run.get("num_classes") or CLASSES.get(args.get("dataset"))
+    if not classes or not curve or not any(k.startswith("top_share_") for k in curve[0]):
+        return run.get("collapsed", {})
+    warmup = args.get("warmup_epochs", args.get("lr_warmup", 0))
+    found = {}
+    for record in curve:
+        if record["epoch"] - 1 < warmup:  # epoch e (from 0) is checked once e >= the warm-up
+            continue
+        shares = {k[len("top_share_"):]: v for k, v in record.items() if k.startswith("top_share_")}
+        for head in collapsed_heads({h: record[f"top1_{h}"] for h in shares}, shares, classes):
+            found.setdefault(head, record["epoch"])
+    return found
+
+
+def tracked(path):
+    """Whether git tracks the file at `path` (False where git or a repository is not there)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        return subprocess.run(["git", "-C", folder, "ls-files", "--error-unmatch", os.path.basename(path)],
+                              capture_output=True, timeout=20, check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def summarise(runs_by_method):
     """{method: [run summaries]} -> {method: mean ± std of every head, the best and the mean deployed network
     and their gains over vanilla's}."""
@@ -222,7 +267,7 @@ def summarise(runs_by_method):
             "gain_over_vanilla": paired_gain(runs, vanilla, best_student),
             "mean_student_final": mean_std([mean_student(r) for r in runs]),
             "mean_gain_over_vanilla": paired_gain(runs, vanilla, mean_student),
-            "collapsed": sorted({f"{h}@{e}" for r in runs for h, e in r.get("collapsed", {}).items()}),
+            "collapsed": sorted({f"{h}@{e}" for r in runs for h, e in collapses(r).items()}),
             "params_student": runs[0]["params"].get("s0") or runs[0]["params"].get("s1"),
             "params_total": runs[0]["params"]["total"],
             "hours": sum(r["train_seconds"] for r in runs) / 3600,
@@ -237,7 +282,7 @@ def table(summary):
     top5 = any("final_top5" in s for s in summary.values())  # a column of its own where any run logged it
     lines = ["| method | seeds | final top-1 per head (mean ± std) | " + ("final top-5 per head | " if top5 else "") +
              "best-epoch top-1 per head | best student "
-             "(final) | vs vanilla (paired by seed) | mean student (final) | vs vanilla | collapse warnings | "
+             "(final) | vs vanilla (paired by seed) | mean student (final) | vs vanilla | collapses | "
              "params: student / all (M) | train h |",
              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if top5 else "")]
     for method, s in summary.items():
@@ -286,8 +331,9 @@ def write_table(folder, header, runs_by_method):
     return text, summary
 
 
-def render(folder):
-    """The table again from DIR/<method>/seed<S>.json alone (no runs, no training)."""
+def render(folder, output=None):
+    """The table again from DIR/<method>/seed<S>.json alone (no runs, no training): printed, or written to
+    `output`."""
     runs_by_method = {}
     for method in METHODS:
         sub = os.path.join(folder, method)
@@ -297,14 +343,19 @@ def render(folder):
     if not any(runs_by_method.values()):
         die(f"{folder} holds no run summaries (<method>/seed<S>.json)")
     first = next(r for runs in runs_by_method.values() for r in runs)
-    text, _ = write_table(folder, f"Command of the first run: `{first['command']}`", runs_by_method)
-    print(text)
+    text = f"Command of the first run: `{first['command']}`\n\n" + table(summarise(runs_by_method))
+    if output is None:
+        print(text, end="")
+        return
+    with open(output, "w") as f:
+        f.write(text)
+    print(f"wrote {output}")
 
 
 def main():
     opts, common_flags = parse()
     if opts.render:
-        return render(opts.render)
+        return render(opts.render, opts.output)
     os.makedirs(opts.out_dir, exist_ok=True)
     failed = run_all(opts, common_flags)
     runs_by_method = {m: [run_summary(opts, m, s) for s in opts.seeds if finished(opts, m, s)] for m in opts.methods}

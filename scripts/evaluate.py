@@ -10,13 +10,16 @@ student with its MKB halves, mkb_cl.load_network) and a run's checkpoints (best.
 rebuilt from the flags saved in them, so that every head is evaluated: s0, s1, ..., ens and the method's own
 (fused, leader, gate).
 
-The data flags are the training scripts'. Each one left out is the run's own: saved in a checkpoint, or in
-args.json (else results.json) beside an exported network; so `evaluate.py RUN/s0.pt` measures what the run
-measured. That matters beyond the data set's name: folder and synthetic data are normalised with the
-statistics of the training images used (--limit-train). A file that is not a network saved here, or one that
-does not fit the data (its classes, its image size), ends in one sentence.
+The data flags are the training scripts'. Each one left out is the run's own: saved in a checkpoint, in
+args.json (else results.json) beside an exported network, or in the exported network itself (its data set
+and test subset); so `evaluate.py RUN/s0.pt` measures what the run measured, and so does a copy of s0.pt
+anywhere else given only where the data is (`--data-dir DIR`). An exported network is normalised with the
+mean and std it carries (folder and synthetic data: those of the training images its run used), not with
+the statistics of the data loaded here. A file that is not a network saved here, or one that does not fit the
+data (its classes, its image size), ends in one sentence.
 """
 import argparse
+import copy
 import importlib
 import json
 import os
@@ -54,7 +57,8 @@ def parse(argv):
 
 def saved_args(path, payload):
     """The flags of the run that wrote `path`: a checkpoint holds them; an exported network has its run's
-    args.json (or results.json) beside it; {} where there is none."""
+    args.json (or results.json) beside it, and carries its data flags itself (`trained_on`); {} where there is
+    none."""
     if isinstance(payload.get("args"), dict):
         return payload["args"]
     for name in ("args.json", "results.json"):
@@ -64,7 +68,7 @@ def saved_args(path, payload):
         except (OSError, ValueError):
             continue
         return record.get("args", {}) if name == "results.json" else record
-    return {}
+    return dict(payload.get("trained_on") or {})
 
 
 def data_args(opts, saved):
@@ -167,6 +171,16 @@ def load_network(path, payload, kind, data, args):
     return method, {}, f"{payload['method']} checkpoint, epoch {payload.get('epoch')} of {epochs}"
 
 
+def with_preprocessing(data, preprocess):
+    """The data normalised as an exported network's run normalised it (the mean and std it carries), sharing the
+    images of `data`; `data` itself where the file carries none (a checkpoint: its flags rebuild the same data)."""
+    if not preprocess:
+        return data
+    data = copy.copy(data)
+    data.mean, data.std = common.normalisation(preprocess["mean"], preprocess["std"], data.mean.device)
+    return data
+
+
 def evaluate_file(path, opts, datasets):
     """{head: (top-1, top-5)} of the network(s) in `path`; its data set is loaded once per set of data flags."""
     payload = common.load_checkpoint(path)
@@ -176,7 +190,7 @@ def evaluate_file(path, opts, datasets):
     key = tuple(getattr(args, k) for k in DATA_FLAGS)
     if key not in datasets:
         datasets[key] = common.load_data(args, settings.device)
-    data = datasets[key]
+    data = with_preprocessing(datasets[key], payload.get("preprocess"))
     module, names, what = load_network(path, payload, kind, data, args)
     module.to(settings.device)
     if settings.channels_last:

@@ -18,18 +18,19 @@ they run (the most important first; part d takes what is left of the budget):
     d  accuracy         the full real CIFAR-10 (50,000 / 10,000 JPEGs): vanilla, DML and FFL on resnet20 pairs,
                         same seed, run side by side for as many epochs as the epoch time measured first allows
 
-On any GPU machine, from the repository root; only torch, torchvision and numpy are needed. Put the CIFAR-10
-JPEG tarball (cifar10-jpeg.tar.gz, 20 MB: train/<class>/*.jpg, test/<class>/*.jpg) inside the checkout first,
-in data/ (ignored by git):
+On any GPU machine, from the repository root; only torch, torchvision and numpy are needed. Part d needs the
+JPEG copy of CIFAR-10 inside the checkout (data/ is ignored by git; 20 MB), made by scripts/cifar10_jpeg.py
+from torchvision's CIFAR-10 download:
 
+    python scripts/cifar10_jpeg.py --out data/cifar10-jpeg.tar.gz
     python scripts/gpu_check.py --data-dir data/cifar10-jpeg.tar.gz --out OUT      # 8 minutes on one H100/H200
 
 Where a machine receives the checkout but not its ignored files, send data/cifar10-jpeg.tar.gz along by
 name, and allow the command 9 minutes (the check's 8 and its start). --data-dir takes the tarball (extracted
 into a temporary folder, removed at the end) or a folder holding train/<class>/*.jpg and test/<class>/*.jpg;
-without it the check looks for data/cifar10-jpeg.tar.gz, then beside the repository. Exit status:
-0 when no part failed, 1 when one did, 124 when the check was stopped (SIGTERM, Ctrl-C). On CPU only the
-parts that need CUDA (e; --compile in c; --amp off in b) are skipped, each with its reason:
+without it the check takes the environment variable CIFAR10_JPEG (as the tests do), else data/cifar10-jpeg.tar.gz.
+Exit status: 0 when no part failed, 1 when one did, 124 when the check was stopped (SIGTERM, Ctrl-C). On CPU
+only the parts that need CUDA (e; --compile in c; --amp off in b) are skipped, each with its reason:
 
     python scripts/gpu_check.py --quick --device cpu --out runs/gc     # tiny sizes, under a minute on 2 cores
     python scripts/gpu_check.py --parts c,d --part-budget c=300,d=400 --out OUT2   # parts again, more time
@@ -478,10 +479,11 @@ def cifar10_folder(c):
     work folder (with --quick, 20 training and 10 test images a class)."""
     where = c.args.data_dir
     if where is None:
-        found = [p for p in (os.path.join(ROOT, "data", TAR_NAME), os.path.join(ROOT, "..", "shared", "data", TAR_NAME))
-                 if os.path.isfile(p)]
+        found = [p for p in (os.environ.get("CIFAR10_JPEG"), os.path.join(ROOT, "data", TAR_NAME))
+                 if p and os.path.exists(p)]
         if not found:
-            raise Skip(f"no CIFAR-10 copy: pass --data-dir (the {TAR_NAME} tarball, or a folder with train/ and test/)")
+            raise Skip(f"no CIFAR-10 copy: pass --data-dir (the {TAR_NAME} tarball, or a folder with train/ and "
+                       f"test/; scripts/cifar10_jpeg.py makes it)")
         where = found[0]
     c.data_source = os.path.abspath(where)
     if os.path.isdir(where):

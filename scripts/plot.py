@@ -1,7 +1,7 @@
 """Curves behind the tables: test top-1 per epoch (and, with --parts, every loss part), methods side by side.
 
-    python scripts/plot.py results/cifar10_2k_resnet20 --out curves.png      # the committed summaries
-    python scripts/plot.py runs/compare --parts --out parts.png               # compare.py's runs, loss parts too
+    python scripts/plot.py results/cifar10_2k_resnet20 -o curves.png         # the committed summaries
+    python scripts/plot.py runs/compare --parts                               # -> runs/compare/curves.png
     python scripts/plot.py runs/dml_resnet32_cifar100_seed0 runs/dml_resnet32_cifar100_seed1 --head ens
 
 What it reads: run folders (their metrics.jsonl; the method from results.json, else from the folder's name),
@@ -10,10 +10,13 @@ run summaries (<method>/seed<S>.json, written by compare.py --results) and folde
 seeds, in a band from the lowest to the highest seed; a folder of runs given beside another keeps its runs
 apart (results/a results/b: `dml (a)`, `dml (b)`), while run folders given one by one join their method.
 
-The top-1 panel comes twice: every epoch, and the last quarter of the epochs at a scale where the methods
-part. --head: `student` (default) is the mean top-1 of the networks a run deploys (FFSD's leader, every
-student s<i> of the others: the table's "mean student"); any head the runs log (ens, fused, s0, leader)
-instead. --parts adds a panel per loss part as logged (every part already weighted; a part of every student,
+The figure goes to -o PATH, else curves.png beside the first path given (in it, for a folder), unless git
+tracks that file (a committed figure is redrawn only when -o names it). Epochs are whole on every axis. The
+top-1 panel comes twice: every epoch, and the last quarter of the epochs at a scale where the methods part
+(when that quarter holds 2 epochs or more). --head: `student` (default) is the mean top-1 of the networks a run
+deploys (FFSD's leader, every student s<i> of the others: the table's "mean student"); any head the runs log
+(ens, fused, s0, leader) instead. --parts adds a panel per loss part as logged (every part already weighted; a part
+of every student,
 ce_s0, ce_s1, ..., is drawn as their mean, ce_s*), or only those named: --parts loss,ce_s*,kd_s*.
 matplotlib is needed here only (pip install matplotlib).
 """
@@ -22,6 +25,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 
 ORDER = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl")  # the README table's; others after
@@ -39,7 +43,8 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("paths", nargs="+", metavar="RUN_OR_RESULTS_DIR",
                    help="run folders, run summaries (seed<S>.json) or folders holding them")
-    p.add_argument("--out", default="curves.png", help="the PNG to write")
+    p.add_argument("-o", "--out", default=None,
+                   help="the PNG to write (default: curves.png beside the first path, in it for a folder)")
     p.add_argument("--head", default="student", help="student (the deployed networks' mean), or a head: ens, s0 ...")
     p.add_argument("--parts", nargs="?", const="all", default=None, metavar="NAMES",
                    help="add a panel per loss part (all, or a comma list such as loss,ce_s*,kd_s*)")
@@ -169,6 +174,7 @@ def pyplot():
 
 def draw(ax, groups, colors, value_of, first_epoch=1):
     """One line per group (the mean over its runs) in its band (lowest to highest run); returns the values drawn."""
+    from matplotlib.ticker import MaxNLocator  # matplotlib is there: pyplot() came first
     drawn = []
     for label, runs in groups.items():
         epochs, mean, low, high = band(runs, value_of)
@@ -181,6 +187,7 @@ def draw(ax, groups, colors, value_of, first_epoch=1):
             ax.fill_between(epochs, low, high, color=colors[label], alpha=0.15, lw=0)
         drawn += low + high
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     ax.grid(alpha=0.3)
     return drawn
 
@@ -206,18 +213,20 @@ def plot(groups, out, head="student", parts=None, title=None):
     grid = fig.add_gridspec(rows, columns)
     what = "the deployed networks (their mean)" if head == "student" else f"head {head}"
     last_epoch = max(r["epoch"] for runs in groups.values() for run in runs for r in run["curve"])
-    ax = fig.add_subplot(grid[0, 0:columns - 1] if columns == 3 else grid[0, 0])
+    first = max(1, math.floor(0.75 * last_epoch) + 1)  # the zoom: the last quarter, when it spans 2 epochs or more
+    with_zoom = last_epoch - first >= 1
+    ax = fig.add_subplot(grid[0, 0:columns - 1] if with_zoom else grid[0, :])
     if not draw(ax, groups, colors, lambda r: head_top1(r, head)):
         die(f"no run logs a test top-1 for --head {head}")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"test top-1 of {what}, every epoch")
-    zoom = fig.add_subplot(grid[0, columns - 1])
-    first = max(1, math.floor(0.75 * last_epoch) + 1)
-    values = draw(zoom, groups, colors, lambda r: head_top1(r, head), first)
-    if values:
-        margin = 0.05 * (max(values) - min(values) or 1)
-        zoom.set_ylim(min(values) - margin, max(values) + margin)
-    zoom.set_title(f"epochs {first}-{last_epoch}")
+    if with_zoom:
+        zoom = fig.add_subplot(grid[0, columns - 1])
+        values = draw(zoom, groups, colors, lambda r: head_top1(r, head), first)
+        if values:
+            margin = 0.05 * (max(values) - min(values) or 1)
+            zoom.set_ylim(min(values) - margin, max(values) + margin)
+        zoom.set_title(f"epochs {first}-{last_epoch}")
     for i, name in enumerate(part_names):
         part_ax = fig.add_subplot(grid[1 + i // columns, i % columns])
         draw(part_ax, groups, colors, lambda r, name=name: part_values(r).get(name))
@@ -237,8 +246,24 @@ def plot(groups, out, head="student", parts=None, title=None):
     return out
 
 
+def default_out(path):
+    """curves.png beside `path` (in it, for a folder); one sentence where git tracks that file."""
+    out = os.path.join(path if os.path.isdir(path) else os.path.dirname(path) or ".", "curves.png")
+    try:
+        is_tracked = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(out)), "ls-files",
+                                     "--error-unmatch", "curves.png"], capture_output=True, timeout=20,
+                                    check=False).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        is_tracked = False
+    if is_tracked:
+        die(f"{out} is a committed figure; pass -o PATH to draw elsewhere (-o {out} redraws it)")
+    return out
+
+
 def main(argv=None):
     opts = parse(argv)
+    if opts.out is None:
+        opts.out = default_out(opts.paths[0]) if os.path.exists(opts.paths[0]) else "curves.png"
     if not opts.out.lower().endswith(".png"):
         die(f"--out must name a .png file, got '{opts.out}'")
     out = plot(group_runs(opts.paths), opts.out, opts.head, opts.parts, opts.title or ", ".join(opts.paths))
