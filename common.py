@@ -938,8 +938,8 @@ def schedule_change(args, saved, done):
         return ""
     old = argparse.Namespace(**{**vars(args), "epochs": before})
     milestones = [milestone_epochs(a) for a in (args, old)]
-    lr = [args.lr * lr_factor(a, argparse.Namespace(milestone_epochs=m), done, 0, 10 ** 6)  # where epoch done+1 starts
-          for a, m in zip((args, old), milestones)]
+    lr = [args.lr * lr_factor(a, argparse.Namespace(milestone_epochs=m, warmup_epochs=effective_warmup(a)), done, 0,
+                              10 ** 6) for a, m in zip((args, old), milestones)]  # where epoch done + 1 starts
     what = (f"the cosine now ends at epoch {args.epochs}" if args.schedule == "cosine" else
             f"milestones at epochs {', '.join(map(str, milestones[0])) or 'none'} (were "
             f"{', '.join(map(str, milestones[1])) or 'none'})")

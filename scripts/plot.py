@@ -16,8 +16,7 @@ top-1 panel comes twice: every epoch, and the last quarter of the epochs at a sc
 (when that quarter holds 2 epochs or more). --head: `student` (default) is the mean top-1 of the networks a run
 deploys (FFSD's leader, every student s<i> of the others: the table's "mean student"); any head the runs log
 (ens, fused, s0, leader) instead. --parts adds a panel per loss part as logged (every part already weighted; a part
-of every student,
-ce_s0, ce_s1, ..., is drawn as their mean, ce_s*), or only those named: --parts loss,ce_s*,kd_s*.
+of every student, ce_s0, ce_s1, ..., is drawn as their mean, ce_s*), or only those named: --parts loss,ce_s*,kd_s*.
 matplotlib is needed here only (pip install matplotlib).
 """
 import argparse
