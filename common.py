@@ -68,10 +68,9 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
     """A script's run: flags, settings, data, method (a method file passes its name, add_arguments and build), then
     fit(). An error a user can cause ends in one sentence and a non-zero exit status (stop(), below)."""
     catch_interrupts()  # Ctrl-C and SIGTERM end the run in one sentence (stop()), never inside a file's write
-    args, recipe, sources = parse_flags(name, add_arguments, argv, doc)  # as given, --recipe's as defaults
-    if args.baseline:  # this script's recipe and shared flags, for the independent students alone
-        name, build = "vanilla", None
-    settings = derive_settings(args, recipe, sources)
+    args, recipe = parse_flags(name, add_arguments, argv, doc)  # as given, --recipe's values as their defaults
+    name, build = ("vanilla", None) if args.baseline else (name, build)  # --baseline: the students alone
+    settings = derive_settings(args, recipe)
     own_group = created = False
     try:
         own_group = start_processes(settings)  # under torchrun: join its process group
@@ -80,8 +79,7 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
         data, method = agree(settings, lambda: set_up(args, settings.device, build))
         if settings.rank == 0:  # the flags, the settings made from them, the data's identity
             write_json(os.path.join(args.out_dir, "args.json"), saved_args(args, settings, data))
-        print(headline(name, args, settings, data, method), flush=True)
-        warn_if_lr_unreached(args, settings)  # a short run's warm-up shortened, or a peak below --lr: one line
+        announce(name, args, settings, data, method)  # what trains where; a warm-up shortened for a short run
         results = fit(method, data, args, settings, name)
         print(done_line(results, args), flush=True)
     except BaseException as e:
@@ -104,26 +102,21 @@ class Settings:
     milestone_epochs: list   # --milestones in epochs
     warmup_epochs: float     # the warm-up the run gets: --lr-warmup, shortened for short runs (effective_warmup)
     archs: list              # --arch, one name per student
-    recipe_flags: list       # --recipe's values as flags (recorded)
-    recipe_overridden: list  # those the command gave otherwise (recorded)
-    recipe_sources: list     # where each of the recipe's values comes from (recorded)
+    recipe: dict             # --recipe's values as flags, those given otherwise, their sources (recorded)
 
 
-def derive_settings(args, recipe=None, sources=None) -> Settings:
+def derive_settings(args, recipe=None) -> Settings:
     """The run's settings from its flags (check_args has refused what this machine or torchrun cannot do)."""
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     distributed = world_size > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun, even with one process
     device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
     if distributed and device.startswith("cuda"):  # each process takes the GPU of its LOCAL_RANK
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    on_gpu, recipe = device.startswith("cuda"), recipe or {}
-    flags = recipe_flags(recipe)
+    on_gpu = device.startswith("cuda")
     return Settings(device=torch.device(device), bf16=args.amp == "bf16" or (args.amp == "auto" and on_gpu),
                     channels_last=on_gpu, rank=rank, world_size=world_size, distributed=distributed,
                     milestone_epochs=milestone_epochs(args), warmup_epochs=effective_warmup(args),
-                    archs=student_archs(args), recipe_flags=flags,
-                    recipe_overridden=[f for (dest, v), f in zip(recipe.items(), flags) if getattr(args, dest) != v],
-                    recipe_sources=[f"{f}: {source_of(sources or {}, dest)}" for dest, f in zip(recipe, flags)])
+                    archs=student_archs(args), recipe=recipe or recipe_record(args, {}, {}))
 
 
 def fit(method, data, args, settings, name="vanilla") -> dict:
@@ -152,9 +145,7 @@ def fit(method, data, args, settings, name="vanilla") -> dict:
             with Progress(args, epoch, steps, batch, settings.rank) as progress:
                 names, sums = train_epoch(step_fn, optimizers, data, args, settings, gen,
                                           getattr(method, "num_views", 1), batch, steps, epoch, progress)
-        if settings.device.type == "cuda":
-            torch.cuda.synchronize(settings.device)  # the epoch's time includes the device's queue
-        seconds = time.perf_counter() - t0
+        seconds = seconds_since(t0, settings.device)  # the device's queue included
         record["elapsed"] += seconds
         record["epoch"] = epoch + 1
         if settings.rank == 0:  # the others wait for it in share_state
@@ -165,8 +156,7 @@ def fit(method, data, args, settings, name="vanilla") -> dict:
             print(line, flush=True)
         share_state(method, settings)  # every process takes rank 0's parameters and buffers
     log.close()
-    results = write_results(method, data, record, args, settings, name, saved, steps * batch) \
-        if settings.rank == 0 else None
+    results = write_results(method, data, record, args, settings, name, saved, steps * batch)  # rank 0's
     return share_results(results, settings)  # under torchrun: rank 0's, once its files are written
 
 
@@ -360,8 +350,8 @@ def saved_args(args, settings, data):
     """What args.json, results.json and every checkpoint keep as `args`: the flags, then the settings made from
     them (`device` as the one used), then the input size the networks were built for and the data's identity
     (data_identity: what a resumed run checks)."""
-    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-    values.update(device=str(settings.device), device_type=settings.device.type)
+    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings) if f.name != "recipe"}
+    values.update(device=str(settings.device), device_type=settings.device.type, **settings.recipe)
     identity = {"data": data.identity} if getattr(data, "identity", None) else {}
     return {**plain_args(args), **values, "input_size": list(data.image_size), **identity}
 
@@ -382,6 +372,20 @@ def write_json(path, obj):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def seconds_since(t0, device):
+    """Seconds since perf_counter() gave t0, once the device has done the work queued on it (CUDA runs ahead)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def announce(name, args, settings, data, method):
+    """The run's first line (rank 0 prints; the others are silent), and a warning where it will not train as its
+    flags say (warn_if_lr_unreached)."""
+    print(headline(name, args, settings, data, method), flush=True)
+    warn_if_lr_unreached(args, settings)
 
 
 def headline(name, args, settings, data, method):
@@ -675,7 +679,9 @@ def stop_on_non_finite(out_dir, record, epoch):
 
 def write_results(method, data, record, args, settings, name, saved, images_per_epoch):
     """The exported networks, each with what its input needs (exports), then results.json (with where and with
-    what code it was measured), at the end of a run."""
+    what code it was measured), at the end of a run: rank 0 writes and returns them, the others None."""
+    if settings.rank != 0:
+        return None
     elapsed = record["elapsed"]
     results = {"method": name, "final": record["final"],
                **({"final_top5": record["final_top5"]} if record.get("final_top5") else {}),  # 100 classes or more
@@ -2205,7 +2211,7 @@ class Parser(argparse.ArgumentParser):
 
 def parse_flags(name, add_arguments=None, argv=None, doc=None):
     """A script's flags as given (the shared ones, then its own), --recipe's values as their defaults, checked;
-    with --baseline only vanilla's. Returns (args, the recipe's values used, their sources); a mistake ends in one
+    with --baseline only vanilla's. Returns (args, the recipe's record: recipe_record); a mistake ends in one
     sentence (said by rank 0 alone under torchrun: every process makes it) and exit status 2."""
     parser = make_parser(doc or __doc__)
     if add_arguments is not None:
@@ -2216,7 +2222,8 @@ def parse_flags(name, add_arguments=None, argv=None, doc=None):
         if args.baseline:
             args, recipe, name = baseline_args(args), baseline_recipe(recipe), "vanilla"
         sources = getattr(parser, "recipe_sources", {}).get(args.recipe, {})
-        return check_args(args, name, given | set(recipe)), recipe, sources  # a recipe's values count as given
+        args = check_args(args, name, given | set(recipe))  # a recipe's values count as given
+        return args, recipe_record(args, recipe, sources)
     except UsageError as e:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
@@ -2261,6 +2268,15 @@ def recipe_flags(recipe):
         value = f"{value:g}" if isinstance(value, float) else value
         flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
     return flags
+def recipe_record(args, recipe, sources):
+    """What args.json and results.json record of --recipe: its values as flags, those the command gave otherwise,
+    and where each value comes from."""
+    flags = recipe_flags(recipe)
+    return {"recipe_flags": flags,
+            "recipe_overridden": [f for (dest, v), f in zip(recipe.items(), flags) if getattr(args, dest) != v],
+            "recipe_sources": [f"{f}: {source_of(sources, dest)}" for dest, f in zip(recipe, flags)]}
+
+
 def source_of(sources, dest):
     """Where a recipe's value comes from ({source: (dests)}, a method file's RECIPE_SOURCES entry)."""
     return next((source for source, dests in sources.items() if dest in dests), "not stated")

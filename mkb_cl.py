@@ -374,12 +374,9 @@ def build(args, data):
 def main(argv=None):
     try:
         import common
-    except ImportError as e:  # this file copied alone: its modules and loss need only torch, its script does not
-        if e.name != "common":
-            raise
-        raise SystemExit("error: mkb_cl.py trains through common.py (data, loop, checkpoints), which is not beside it: "
-                         "run it from a clone of the repository, or use MKBCL in your own training loop (the "
-                         "README's 'Use a method in your own loop')") from None
+    except ModuleNotFoundError as e:  # copied alone: the method needs only torch, its script needs common.py
+        raise SystemExit("error: mkb_cl.py trains through common.py, which is not beside it: run it from a clone of "
+                         "the repo, or use MKB-CL in your own training loop (README)") if e.name == "common" else e
     return common.main("mkb_cl", add_arguments, build, argv, __doc__)
 
 
