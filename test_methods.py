@@ -10,8 +10,9 @@
 - the scripts: bench_speed, cifar10_jpeg, compare, evaluate, gpu_check, plot, published and reproduce;
 - the repository's own checks, then the torchrun driver (`python test_methods.py MODE OUT`).
 
-Run: python -m pytest -q test_methods.py -m "not slow"   (the fast subset: about 1.5 minutes on 2 CPU cores)
-     python -m pytest -q test_methods.py                  (the whole suite: about 12 minutes on 2 CPU cores)
+Run: python -m pytest -q test_methods.py -m "not slow"   (the fast subset: 85 seconds on 2 quiet CPU cores)
+     python -m pytest -q test_methods.py                  (the whole suite: 39 minutes on 2 busy CPU cores)
+     measured 2026-12-02 on a 2-core AMD EPYC, the whole suite beside another full run (load 4 to 6)
 Marked `slow` (pyproject.toml): end-to-end runs, real-data tests, torchrun, the scripts' --quick runs, each test
 of more than about 5 seconds.
 """
