@@ -1371,8 +1371,9 @@ def test_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_path, cap
                                                                                       str(gone)]), code=1)
     assert f"the folder {gone} was removed during the run, its checkpoints with it; start the run again" in err, err
     # the run's output closed by the program reading it (`| head -1`)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "common.py"), *SMOKE, "--epochs", "2", "--out-dir",
-                             str(tmp_path / "head")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "common.py"), *SMOKE, "--epochs", "2", "--lr-warmup",
+                             "0.5", "--out-dir", str(tmp_path / "head")], stdout=subprocess.PIPE,  # one line first
+                            stderr=subprocess.PIPE, text=True,
                             cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.stdout.readline().startswith("vanilla: ")
     proc.stdout.close()
@@ -3740,7 +3741,7 @@ def test_render_prints_or_writes_a_path_given_and_leaves_git_status_clean(tmp_pa
     assert status == 2 and "is a file git tracks" in output and len(output.strip().splitlines()) == 1
     status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", committed, "--output",
                              str(tmp_path / "table.md"))
-    assert status == 0 and (tmp_path / "table.md").read_text().count("\n| ") == 9 and git_status() == before
+    assert status == 0 and (tmp_path / "table.md").read_text().count("\n| ") == 10 and git_status() == before
     # a head that gives one class to most images at chance after the warm-up is listed, at its first epoch
     compare = script_module("compare")
     run = {"num_classes": 10, "args": {"warmup_epochs": 1}, "collapsed": {}, "curve": [
