@@ -1,8 +1,18 @@
-"""Tests: backbones, data, the loop, checkpoints, bad input, every method (its loss against the paper's
-equations, its gradients, its flags, end to end on tiny budgets) and the two scripts.
+"""Tests, in the order of the files they test. Helpers several sections use come first; then
+- common.py, as it reads: the run and the loop (determinism and resume, what a run records, the learning-rate
+  schedule and its warm-up, loss sums, progress, evaluation, the collapse check), checkpoints and exports, the
+  run folder (lock, resume checks, faults and interrupts, checksums), backbones, data (in memory, streamed, image
+  folders and their cache, other data sets, augmentation), torchrun, flags and recipes, errors;
+- each method file in the README's order: dml, kdcl, the feature fusion ffl, ffcl and fefr share, ffl, ffcl,
+  fefr, ffsd, mkb_cl, one (its loss against the paper's equations, its gradients, its flags, end to end on tiny
+  budgets), then what every method file holds (shared definitions, docstrings, the checklist of "Adding a
+  method", the contract, copied alone, exports, recipes);
+- the scripts: bench_speed, cifar10_jpeg, compare, evaluate, gpu_check, plot, published and reproduce;
+- the repository's own checks, then the torchrun driver (`python test_methods.py MODE OUT`).
 
-Run: python -m pytest -q test_methods.py -m "not slow"   (the fast subset: about 1.5 minutes on 2 CPU cores)
-     python -m pytest -q test_methods.py                  (the whole suite: about 12 minutes on 2 CPU cores)
+Run: python -m pytest -q test_methods.py -m "not slow"   (the fast subset: 85 seconds on 2 quiet CPU cores)
+     python -m pytest -q test_methods.py                  (the whole suite: 39 minutes on 2 busy CPU cores)
+     measured 2026-12-02 on a 2-core AMD EPYC, the whole suite beside another full run (load 4 to 6)
 Marked `slow` (pyproject.toml): end-to-end runs, real-data tests, torchrun, the scripts' --quick runs, each test
 of more than about 5 seconds.
 """
@@ -36,18 +46,31 @@ import ffsd  # noqa: E402
 import kdcl  # noqa: E402
 import mkb_cl  # noqa: E402
 import one  # noqa: E402
+sys.path.insert(0, os.path.join(HERE, "scripts"))
+import published  # noqa: E402
+import reproduce  # noqa: E402
+
 
 METHOD_MODULES = [importlib.import_module(name) for name in common.METHODS if name != "vanilla"]
+
+METHOD_FILES = [m.__name__ + ".py" for m in METHOD_MODULES]
+PROJECT_MODULES = {"common", *(m.__name__ for m in METHOD_MODULES)}
+
 
 # Real CIFAR-10 as JPEGs, made by scripts/cifar10_jpeg.py: the environment variable CIFAR10_JPEG names the tarball
 # or an extracted folder (train/<class>/*.jpg, test/<class>/*.jpg), by default data/cifar10-jpeg.tar.gz in the
 # repository (data/ is ignored by git). Without it the tests on real images skip, saying how to make it.
 CIFAR10_JPEG = os.path.abspath(os.environ.get("CIFAR10_JPEG") or os.path.join(HERE, "data", "cifar10-jpeg.tar.gz"))
+
 # the smallest run that exercises everything: 2 x resnet20, 256 synthetic images, one epoch
 TINY = ["--dataset", "synthetic", "--limit-train", "256", "--limit-test", "128", "--epochs", "1",
         "--batch-size", "64", "--arch", "resnet20", "--device", "cpu"]
+
 # smaller still, for runs that only check that a flag trains (the later flag wins): two steps, 64 test images
 SMOKE = TINY + ["--limit-train", "128", "--limit-test", "64"]
+
+# what no file of the repository but .ci/run may name (written so that this line does not name them itself)
+FORBIDDEN = r"\.\.[/]shared|shared[/]papers|shared[/]METHODS|METHODS[.]md|[/]work[/]|[/]tmp[/]|carry[ ]it"
 
 
 def vanilla(argv):
@@ -81,6 +104,21 @@ def usage_error(capsys, run):
     return err
 
 
+def one_line_error(capsys, run, code=2):
+    """Call a main() that must stop: exit status `code`, one `error...: ...` line on stderr (returned)."""
+    with pytest.raises(SystemExit) as stop:
+        run()
+    err = capsys.readouterr().err
+    assert stop.value.code == code and err.startswith("error") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def refuse(error):
+    def fake(*args, **kwargs):
+        raise error
+    return fake
+
+
 def method_args(module, argv, tmp_path):
     """A method script's flags, parsed and checked as its main() does (output folder under tmp_path)."""
     parser = common.make_parser()
@@ -96,6 +134,22 @@ def fake_data(num_classes=10, n=8, size=32):
 
 def build_method(module, argv, tmp_path, num_classes=10):
     return module.build(method_args(module, argv, tmp_path), fake_data(num_classes))
+
+
+def script_parser(module=None):
+    parser = common.make_parser()
+    if module is not None:
+        module.add_arguments(parser)
+    return parser
+
+
+def script_module(name):
+    """scripts/<name>.py imported in-process (its main() is called as a user's command would call it)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(HERE, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def read_metrics(out_dir):
@@ -116,74 +170,28 @@ def check_heads(results, heads=("s0", "s1", "ens")):
 
 
 # ================================================================================================
-# Backbones
+# Helpers every section shares: image folders, real CIFAR-10, reference maths, torchrun, a method file copied alone
 # ================================================================================================
 
-@pytest.mark.parametrize("arch,params,shapes", [
-    ("resnet32", 0.47e6, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    ("resnet20", 0.28e6, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
-    ("wrn_16_2", 0.70e6, [(32, 32, 32), (64, 16, 16), (128, 8, 8)]),
-    ("wrn_40_2", 2.25e6, [(32, 32, 32), (64, 16, 16), (128, 8, 8)]),
-    ("resnet18", 11.2e6, [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]),
-])
-def test_backbone_shapes_and_parameter_counts(arch, params, shapes):
-    model = common.build_model(arch, 100)
-    logits, features = model(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, 100)
-    assert [tuple(f.shape[1:]) for f in features] == shapes
-    assert abs(common.count_params(model) - params) / params < 0.02
+def write_image_folder(root, splits=(("train", 8), ("val", 2)), classes=3, seed=0):
+    """A tiny ImageFolder of random JPEGs of random sizes (40-90 px), each class its own brightness."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, n in splits:
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = rng.integers(40, 90, 2)
+                Image.fromarray((rng.random((h, w, 3)) * 80 + 60 * c).astype("uint8")).save(folder / f"{i}.jpg")
+    return root
 
 
-@pytest.mark.parametrize("arch", ["mobilenetv2", "shufflenetv2", "vgg16", "resnet34", "resnet56", "wrn_28_10"])
-def test_every_zoo_name_runs_at_cifar_size(arch):
-    logits, features = common.build_model(arch, 10)(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, 10) and len(features) >= 3
-    # stages run one by one give the same result as forward
-    model = common.build_model(arch, 10).eval()
-    x = torch.randn(2, 3, 32, 32)
-    h = x
-    for stage in model.stages:
-        h = stage(h)
-    assert torch.allclose(model.classifier(h), model(x)[0], atol=1e-5)
-
-
-# ================================================================================================
-# Data
-# ================================================================================================
-
-def test_augment_is_a_shifted_window_of_the_padded_image_or_its_mirror():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
-    out = common.augment(x, g)
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
-    flips = 0
-    for i in range(len(x)):
-        windows = {(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (0, 1)
-                   if torch.equal(out[i], (padded[i, :, dy:dy + 32, dx:dx + 32].flip(2) if flip
-                                           else padded[i, :, dy:dy + 32, dx:dx + 32]))}
-        assert windows, f"sample {i} is not a crop of its padded image"
-        flips += all(f for _, _, f in windows)
-    assert 10 < flips < 54  # about half are mirrored
-    assert not torch.equal(common.augment(x, g), common.augment(x, g))  # each call (student view) differs
-
-
-def test_balanced_subsets_and_hold_out():
-    xtr, ytr, xte, yte, nc = common.synthetic(n_train=500, n_test=100)
-    data = common.Data(xtr, ytr, xte, yte, nc, torch.device("cpu"))
-    hx, hy = data.hold_out(5)
-    assert torch.equal(torch.bincount(hy, minlength=nc), torch.full((nc,), 5))
-    assert len(data.train_y) == 450
-    # held-out images are no longer in the training set
-    train_set = {bytes(t.numpy()) for t in data.train_x}
-    assert not any(bytes(t.numpy()) in train_set for t in hx)
-
-
-@pytest.mark.slow
-def test_synthetic_data_is_learnable(tmp_path):
-    results = run_main(vanilla, ["--dataset", "synthetic", "--limit-train", "1000", "--limit-test", "500",
-                                 "--epochs", "2", "--batch-size", "50", "--arch", "resnet20", "--students", "1",
-                                 "--device", "cpu"], tmp_path)
-    assert results["final"]["s0"] > 50  # chance is 10 %
+@pytest.fixture(scope="module")
+def tiny_imagenet(tmp_path_factory):
+    """3 classes x (8 train, 2 val) random JPEGs in ImageNet's layout (DIR/train, DIR/val)."""
+    return write_image_folder(tmp_path_factory.mktemp("imagenet"))
 
 
 def extract_cifar10(root, want):
@@ -218,26 +226,203 @@ def extract_cifar10(root, want):
     return root
 
 
-@pytest.fixture(scope="module")
-def cifar10_subset(tmp_path_factory):
-    """30 train / 10 test real CIFAR-10 images per class (CIFAR10_JPEG), in the ImageFolder layout."""
-    return extract_cifar10(tmp_path_factory.mktemp("cifar10"), {"train": 30, "test": 10})
+# loop-based references (plain Python maths) and a stand-in student, shared by the methods' tests
+def ce_loop(z, y):
+    """-log softmax(z)[y] for one sample, with plain Python math (float64)."""
+    z = [float(v) for v in z]
+    m = max(z)
+    return m + math.log(sum(math.exp(v - m) for v in z)) - z[y]
 
+
+def softmax_loop(z, T=1.0):
+    z = [float(v) / T for v in z]
+    m = max(z)
+    e = [math.exp(v - m) for v in z]
+    return [v / sum(e) for v in e]
+
+
+def random_logits(K, B, C, seed, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(K, B, C, generator=g) * scale, torch.randint(0, C, (B,), generator=g)
+
+
+class TinyStudent(nn.Module):
+    """A stand-in backbone: remembers its last input, returns (logits, [features])."""
+
+    def __init__(self, num_classes=5, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(3 * 4 * 4, num_classes)
+        self.last_input = None
+
+    def forward(self, x):
+        self.last_input = x
+        return self.fc(x.flatten(1)), [x]
+
+
+def tiny_batch(seed=0, B=8):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 3, 4, 4, generator=g), torch.randint(0, 5, (B,), generator=g)
+
+
+def grads_of(module):
+    return [p.grad for p in module.parameters()]
+
+
+def check_kd_gradient_stays_with_student(method, views, y):
+    loss, parts = method(views, y)
+    parts["kd_s0"].backward()
+    assert any(g is not None and g.abs().sum() > 0 for g in grads_of(method.students[0]))
+    for peer in method.students[1:]:  # the peers (the teacher side) receive nothing
+        assert all(g is None or g.abs().sum() == 0 for g in grads_of(peer))
+
+
+DDP = ["--dataset", "synthetic", "--limit-train", "160", "--limit-test", "64", "--batch-size", "32",
+       "--arch", "resnet20", "--device", "cpu", "--epochs", "1"]
+
+
+def torchrun(*argv, timeout=600, nproc=2):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                           *argv], capture_output=True, text=True, cwd=HERE, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+COPY_ALONE = r"""
+import copy, importlib, importlib.util, os, sys, traceback
+import torch, torchvision
+
+# the user's own students: torchvision classifiers, made students by common.as_student, loaded by its path
+spec = importlib.util.spec_from_file_location("helper_not_on_path", HELPER)
+helper = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(helper)
+
+
+def student(seed, arch="resnet18"):
+    torch.manual_seed(seed)
+    return helper.as_student(getattr(torchvision.models, arch)(num_classes=5))
+
+
+class OwnNet(torch.nn.Module):  # the user's own stage-structured network, what ONE cuts: stages, then classifier
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        block = lambda cin, cout, s: torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, s, 1, bias=False),
+                                                         torch.nn.BatchNorm2d(cout), torch.nn.ReLU())
+        self.stages = torch.nn.ModuleList([block(3, 8, 1), block(8, 16, 2), block(16, 16, 2)])
+        self.classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 5))
+
+    def forward(self, x):
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return self.classifier(x), features
+
+
+def build(name, M):
+    S = lambda k: [student(i) for i in range(k)]
+    return {"dml": lambda: M.DML([student(0), student(1, "mobilenet_v2")]),
+            "kdcl": lambda: M.KDCL(S(2)),
+            "ffl": lambda: M.FFL([student(0), student(1, "mobilenet_v2")], 5),
+            "ffcl": lambda: M.FFCL(S(2), 5, pretrained=S(2)),
+            "fefr": lambda: M.FEFR(S(2), 5),
+            "ffsd": lambda: M.FFSD(S(3), 5),
+            "mkb_cl": lambda: M.MKBCL(S(2), 5),
+            "one": lambda: M.ONE([OwnNet(i) for i in range(3)])}[name]()
+
+
+def train_and_evaluate(name):
+    folder = os.path.join(ROOT, name)  # where the file lies alone
+    assert sys.path[0] != HERE and HERE not in sys.path and not PROJECT & set(sys.modules)
+    sys.path.insert(0, folder)
+    try:
+        method = build(name, importlib.import_module(name))
+        opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.arange(8) % 5
+        method.train()  # one step of a plain loop: no set_epoch, no param groups, nothing of ours
+        views = [x + 0.1 * torch.randn(x.shape, generator=g) for _ in range(getattr(method, "num_views", 1))]
+        loss, parts = method(views, y)
+        assert torch.isfinite(loss) and torch.allclose(loss, sum(parts.values())), (loss, parts)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.eval()
+        with torch.no_grad():
+            heads = method(x)
+        assert "ens" in heads and all(z.shape == (8, 5) for z in heads.values()), {h: z.shape for h, z in heads.items()}
+        exported = reload_exports(name, method, importlib.import_module(name), x, heads, folder)
+        loaded = sorted(PROJECT & set(sys.modules))
+        assert loaded == [name], loaded
+    finally:
+        sys.path.remove(folder)
+        sys.modules.pop(name, None)
+    return sorted(parts), sorted(heads), exported
+
+
+# method.export(): every payload saved, read back as plain data and loaded into the user's own fresh student of
+# the same architecture (MKB-CL: with fresh halves), which must give its head's logits
+ARCHS = {("dml", "s1"): "mobilenet_v2", ("ffl", "s1"): "mobilenet_v2"}  # build()'s mixed pairs
+
+
+def reload_exports(name, method, M, x, heads, folder):
+    exported = []
+    for key, payload in (method.export() if hasattr(method, "export") else {}).items():
+        path = os.path.join(folder, key + ".pt")
+        torch.save(payload, path)
+        payload = torch.load(path, weights_only=True)
+        if payload["kind"] == "mkb_network":
+            i = int(key[len("net"):])
+            fresh = M.MKBNetwork(student(100), {int(k): M.MKBHalf(**c) for k, c in payload["mkb"].items()},
+                                 image_size=payload["image_size"])
+            head = f"s{i}"
+        else:  # ONE's branch with the trunk is the user's own network
+            fresh = OwnNet(100) if payload["module"] == "OwnNet" else student(100, ARCHS.get((name, key), "resnet18"))
+            head = key
+        fresh.load_state_dict(payload["state_dict"])
+        with torch.no_grad():
+            out = fresh.eval()(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        assert torch.allclose(logits, heads[head], atol=1e-5), (key, (logits - heads[head]).abs().max())
+        exported.append(key)
+    return "exported:" + (",".join(exported) or "-")
+
+
+for name in NAMES:
+    try:
+        print("trained", name, *train_and_evaluate(name), flush=True)
+    except Exception:
+        print("failed", name, repr(traceback.format_exc()), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def copied_alone(tmp_path_factory):
+    """Each method file copied alone into an empty folder, imported from there in one fresh interpreter (the
+    project not on its path) and trained one step on torchvision students: {name: report line}."""
+    import shutil
+    root = tmp_path_factory.mktemp("copied_alone")
+    names = [m.__name__ for m in METHOD_MODULES]
+    for name in names:
+        (root / name).mkdir()
+        shutil.copy(os.path.join(HERE, name + ".py"), root / name)
+    (root / "loop").mkdir()  # the script's own folder (first on its path) holds nothing else
+    script = root / "loop" / "user_loop.py"
+    script.write_text(f"PROJECT = set({sorted(PROJECT_MODULES)!r})\nHERE = {HERE!r}\nROOT = {str(root)!r}\n"
+                      f"NAMES = {names!r}\nHELPER = {os.path.join(HERE, 'common.py')!r}\n" + COPY_ALONE)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    reports = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith(("trained", "failed"))}
+    return reports, proc.stderr[-3000:]
+
+
+# ================================================================================================
+# common.py, the run: determinism, resume, what a run records
+# ================================================================================================
 
 @pytest.mark.slow
-def test_folder_dataset_on_real_cifar10_trains_and_caches(cifar10_subset, tmp_path):
-    results = run_main(vanilla, ["--dataset", "folder", "--data-dir", str(cifar10_subset), "--epochs", "1",
-                                 "--batch-size", "50", "--arch", "resnet20", "--device", "cpu"], tmp_path / "a")
-    assert set(results["final"]) == {"s0", "s1", "ens", "any"}
-    assert os.path.exists(cifar10_subset / ".okd-cache.pt")
-    first = common.load_folder(str(cifar10_subset), 1)
-    assert first[0].shape == (300, 3, 32, 32) and first[2].shape == (100, 3, 32, 32) and first[4] == 10
-
-
-# ================================================================================================
-# The loop: determinism, resume, outputs
-# ================================================================================================
-
 def test_seed_makes_runs_identical_and_resume_continues_exactly(tmp_path):
     argv = SMOKE + ["--epochs", "2", "--milestones", "1"]
     run_main(vanilla, argv, tmp_path / "a")
@@ -256,259 +441,40 @@ def test_seed_makes_runs_identical_and_resume_continues_exactly(tmp_path):
         assert key in results
 
 
-def test_exported_student_loads_alone_and_reproduces_its_head(tmp_path):
-    results = run_main(vanilla, TINY, tmp_path)
-    model = common.load_backbone(str(tmp_path / "s1.pt"), "resnet20", 10)
-    args = common.check_args(common.make_parser().parse_args(TINY + ["--out-dir", str(tmp_path / "x")]), "vanilla")
-    data = common.load_data(args, torch.device("cpu"))
-    assert common.evaluate(model, data)["top1"] == pytest.approx(results["final"]["s1"])
-
-
-# ================================================================================================
-# Streamed data (ImageNet layout), backbones at ImageNet shape, the papers' other data sets
-# ================================================================================================
-
-def write_image_folder(root, splits=(("train", 8), ("val", 2)), classes=3, seed=0):
-    """A tiny ImageFolder of random JPEGs of random sizes (40-90 px), each class its own brightness."""
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    for split, n in splits:
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                h, w = rng.integers(40, 90, 2)
-                Image.fromarray((rng.random((h, w, 3)) * 80 + 60 * c).astype("uint8")).save(folder / f"{i}.jpg")
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_imagenet(tmp_path_factory):
-    """3 classes x (8 train, 2 val) random JPEGs in ImageNet's layout (DIR/train, DIR/val)."""
-    return write_image_folder(tmp_path_factory.mktemp("imagenet"))
-
-
-# one step on 6 training images (2 per class), batch 4, the 6 val images; no worker processes
-STREAMED = ["--dataset", "imagenet", "--epochs", "1", "--batch-size", "4", "--limit-train", "6", "--workers", "0",
-            "--device", "cpu"]
-
-
-@pytest.mark.parametrize("name,arch,stages", [
-    ("resnet18", "resnet18", [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]),
-    ("resnet50", "resnet50", [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]),
-    ("mobilenetv2", "mobilenetv2", [(24, 56, 56), (32, 28, 28), (96, 14, 14), (1280, 7, 7)]),
-    ("densenet121", "densenet121", [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (1024, 7, 7)]),
-])
-def test_torchvision_backbones_at_imagenet_shape_expose_their_stages(name, arch, stages):
-    import torchvision
-    model = common.build_model(arch, 1000, 224).eval()
-    logits, features = model(torch.randn(1, 3, 224, 224))
-    assert logits.shape == (1, 1000) and [tuple(f.shape[1:]) for f in features] == stages
-    reference = getattr(torchvision.models, "mobilenet_v2" if name == "mobilenetv2" else name)(num_classes=1000)
-    assert common.count_params(model) == common.count_params(reference)  # torchvision's definition, unchanged
-    assert common.build_model(arch, 10, 32)(torch.randn(2, 3, 32, 32))[0].shape == (2, 10)  # CIFAR names work
-
-
-def test_streamed_data_yields_independent_views_and_seeded_batches(tiny_imagenet):
-    data = common.StreamedData(str(tiny_imagenet / "train"), str(tiny_imagenet / "val"), torch.device("cpu"),
-                               image_size=64, workers=0)
-    assert data.num_classes == 3 and len(data.train_y) == 24 and len(data.test_y) == 6
-    g = torch.Generator().manual_seed(0)
-    before = torch.get_rng_state()
-    (views, y), = list(data.train_batches(g, 8, 1, num_views=2))
-    assert torch.equal(torch.get_rng_state(), before)  # augmentation leaves the main process's RNG alone
-    assert [v.shape for v in views] == [(8, 3, 64, 64)] * 2 and y.shape == (8,)
-    assert not torch.equal(views[0], views[1])  # each student its own augmentation of the same images
-    again, = list(data.train_batches(torch.Generator().manual_seed(0), 8, 1, num_views=2))
-    assert all(torch.equal(a, b) for a, b in zip(views + [y], again[0] + [again[1]]))
-    (x, yt), = list(data.test_batches())
-    assert x.shape == (6, 3, 64, 64) and torch.equal(yt, data.test_y)
-    data.hold_out(2)
-    assert len(data.train_y) == 18 and sum(len(y) for _, y in data.holdout_batches()) == 6
-
-
 @pytest.mark.slow
-def test_streamed_imagefolder_trains_and_a_resumed_run_continues_exactly(tiny_imagenet, tmp_path):
-    argv = STREAMED + ["--data-dir", str(tiny_imagenet), "--arch", "resnet18", "--image-size", "64",
-                       "--limit-train", "12", "--milestones", "1"]
-    run_main(vanilla, argv + ["--epochs", "2"], tmp_path / "a")
-    run_main(vanilla, argv + ["--workers", "1"], tmp_path / "b")  # 1 epoch, decoded in a worker process ...
-    run_main(vanilla, argv + ["--epochs", "2", "--resume"], tmp_path / "b")  # ... + resume to 2
-    a, b = (without_timing(read_metrics(tmp_path / d)) for d in "ab")
-    assert len(a) == 2 and a == b
-    model = common.load_backbone(str(tmp_path / "a" / "s0.pt"), "resnet18", 3)
-    assert model.image_size == 64 and model.stages[0][0][0].kernel_size == (7, 7)  # the ImageNet shape
+def test_results_record_the_machine_and_the_code_commit(tmp_path):
+    results = run_main(vanilla, SMOKE, tmp_path / "run")
+    machine, code = results["machine"], results["code"]
+    assert machine["threads"] == torch.get_num_threads() and machine["gpu"] is None and machine["processes"] == 1
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    if os.path.exists("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        assert machine["cpu"] == (names[0] if names else machine["cpu"]) and machine["cpu"]
+    git = shutil.which("git") and subprocess.run(["git", "-C", HERE, "rev-parse", "HEAD"], capture_output=True,
+                                                 text=True).stdout.strip()
+    if git:
+        changes = subprocess.run(["git", "-C", HERE, "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True).stdout
+        assert code == {"commit": git, "modified": bool(changes.strip())}
+    # outside a repository (a copy of common.py alone), or without git: None, said quietly
+    shutil.copy(os.path.join(HERE, "common.py"), tmp_path)
+    for env in ({}, {"PATH": str(tmp_path)}):
+        proc = subprocess.run([sys.executable, "-c", "import common; print(common.code_version())"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+        assert proc.stdout.strip() == "{'commit': None, 'modified': None}" and proc.stderr == "", proc.stderr
 
 
-# what a method needs beyond STREAMED (the others: nothing)
-STREAMED_FLAGS = {"kdcl": ["--holdout-per-class", "1"], "ffcl": ["--pretrain-epochs", "1"],
-                  "ffsd": ["--students", "3"], "mkb_cl": ["--embed-dim", "3136"]}  # MKB: stage 1 is 28 x 28 at 224 px
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", common.METHODS)
-def test_every_method_trains_streamed_resnet18_at_224(tiny_imagenet, tmp_path, name):
-    main = vanilla if name == "vanilla" else importlib.import_module(name).main
-    argv = STREAMED + ["--data-dir", str(tiny_imagenet), "--arch", "resnet18"] + STREAMED_FLAGS.get(name, [])
-    results = run_main(main, argv, tmp_path)
-    assert results["args"]["input_size"] == [224, 224] and all(0 <= a <= 100 for a in results["final"].values())
-
-
-@pytest.mark.parametrize("make,argv,expected", [
-    (lambda d: (d / "val").rename(d / "test"), [], "must hold train/<class>/* and val/<class>/*"),
-    (lambda d: (d / "train" / "class3").mkdir(), [], "class folder"),
-    (lambda d: (d / "train" / "class0" / "0.jpg").write_bytes(b"not a jpeg"), [], "cannot read image"),
-    (lambda d: (d / "train" / "class0" / "0.jpg").write_bytes(b"not a jpeg"), ["--workers", "1"], "cannot read image"),
-    (lambda d: None, ["--stream", "--dataset", "cifar10"], "--stream is for folder data sets"),
-    (lambda d: None, ["--dataset", "synthetic", "--image-size", "64"], "--image-size is for streamed data"),
-])
-def test_bad_streamed_input_ends_in_one_sentence(tmp_path, capsys, make, argv, expected):
-    root = write_image_folder(tmp_path / "d", splits=(("train", 2), ("val", 1)))
-    make(root)
-    err = usage_error(capsys, lambda: vanilla(["--dataset", "imagenet", "--data-dir", str(root), "--arch", "resnet20",
-                                               "--image-size", "32", "--batch-size", "2", "--epochs", "1", "--device",
-                                               "cpu", "--workers", "0", "--out-dir", str(tmp_path / "run")] + argv))
-    assert expected in err
-
-
-def test_cinic10_is_a_folder_in_memory_or_streamed(tmp_path):
-    root = write_image_folder(tmp_path / "cinic", splits=(("train", 4), ("valid", 2), ("test", 2)), classes=10)
-    for stream in ([], ["--stream", "--image-size", "32"]):
-        args = common.check_args(common.make_parser().parse_args(
-            ["--dataset", "cinic10", "--data-dir", str(root), "--workers", "0", "--out-dir", str(tmp_path / "r")]
-            + stream), "vanilla")
-        data = common.load_data(args, torch.device("cpu"))
-        assert data.num_classes == 10 and len(data.train_y) == 40 and len(data.test_y) == 20
-        assert type(data) is (common.StreamedData if stream else common.Data) and data.image_size == (32, 32)
-
-
-def test_mnist_from_torchvision_files_is_grey_in_three_channels_at_32px(tmp_path):
-    """MNIST in torchvision's own on-disk format (idx files, written here: no download)."""
-    import numpy as np
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 50), ("t10k", 20)):
-        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        header = np.array([2051, n, 28, 28], ">i4").tobytes()
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
-        labels = (np.arange(n) % 10).astype(np.uint8)
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, n], ">i4").tobytes() + labels.tobytes())
-    results = run_main(vanilla, ["--dataset", "mnist", "--data-dir", str(tmp_path), "--arch", "resnet20",
-                                 "--epochs", "1", "--batch-size", "25", "--device", "cpu"], tmp_path / "run")
-    assert results["args"]["input_size"] == [32, 32]
-    x = common.load_mnist(str(tmp_path))[0]
-    assert x.shape == (50, 3, 32, 32) and torch.equal(x[:, 0], x[:, 2]) and x[:, :, :2].sum() == 0
-
-
-def test_stl10_through_torchvision_at_96px(tmp_path, monkeypatch):
-    """STL-10 in torchvision's binary layout (written here); its md5 check is patched out (the files differ)."""
-    import numpy as np
-    import torchvision
-    folder = tmp_path / "stl10_binary"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 20), ("test", 10)):
-        (folder / f"{split}_X.bin").write_bytes(rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8).tobytes())
-        (folder / f"{split}_y.bin").write_bytes((np.arange(n) % 10 + 1).astype(np.uint8).tobytes())
-    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
-    monkeypatch.setattr(torchvision.datasets.STL10, "_check_integrity", lambda self: True)
-    train_x, train_y, test_x, test_y, nc = common.load_stl10(str(tmp_path))
-    assert train_x.shape == (20, 3, 96, 96) and test_x.shape == (10, 3, 96, 96) and nc == 10
-    assert sorted(train_y.tolist()) == sorted(list(range(10)) * 2)
-    model = common.build_model("resnet18", 10, 96)  # 96 px is ImageNet-shaped: 24, 12, 6, 3 px stages
-    assert [f.shape[-1] for f in model(common.Data(train_x, train_y, test_x, test_y, nc, "cpu").normalize(
-        train_x[:2]))[1]] == [24, 12, 6, 3]
+def test_plural_only_for_more_than_one():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert common.device_name(torch.device("cpu")).endswith(", 1 thread)")
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ================================================================================================
-# Bad input: one sentence, non-zero exit, no traceback, nothing saved is lost
-# ================================================================================================
-
-@pytest.mark.slow
-@pytest.mark.parametrize("argv,expected", [
-    (["--arch", "resnet33"], "unknown architecture 'resnet33'; choose from resnet20"),
-    (["--arch", "resnet20,wrn_16_2,resnet32", "--students", "2"], "--arch lists 3 architectures but --students is 2"),
-    (["--dataset", "folder", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir does not exist"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
-    (["--limit-train", "5"], "--limit-train 5 is below the number of classes"),
-    (["--resume"], "does not exist"),
-    (["--device", "cuda:0"], "no CUDA device"),
-    (["--dataset", "imagenet21k"], "invalid choice"),
-])
-def test_bad_input_ends_in_one_sentence(tmp_path, argv, expected):
-    if "cuda" in argv and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    status, output = run_cli("common.py", *TINY, "--out-dir", str(tmp_path / "run"), *argv)
-    assert status != 0
-    assert expected in output
-    assert "Traceback" not in output and len(output.strip().splitlines()) == 1
-
-
-def test_offline_cifar_without_a_local_copy_says_what_to_pass(tmp_path, capsys, monkeypatch):
-    import urllib.error
-    import torchvision
-
-    def no_network(self):
-        raise urllib.error.URLError("no network")
-
-    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", no_network)
-    err = usage_error(capsys, lambda: vanilla(["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
-                                               "--epochs", "1", "--device", "cpu", "--out-dir", str(tmp_path / "run")]))
-    assert "cifar10 is not in" in err and "--dataset folder --data-dir DIR" in err
-
-
-@pytest.mark.slow
-def test_checkpoint_faults_keep_what_was_saved(tmp_path):
-    out = tmp_path / "run"
-    run_main(vanilla, TINY, out)
-    before = (out / "last.pt").read_bytes()
-    # an existing run is never overwritten without --resume
-    status, output = run_cli("common.py", *TINY, "--out-dir", str(out))
-    assert status != 0 and "already holds a run" in output
-    # a checkpoint of another architecture or method is refused
-    status, output = run_cli("common.py", *TINY, "--epochs", "2", "--arch", "resnet32", "--out-dir", str(out),
-                             "--resume")
-    assert status != 0 and "--arch resnet20" in output and "Traceback" not in output
-    status, output = run_cli("dml.py", *TINY, "--epochs", "2", "--out-dir", str(out), "--resume")
-    assert status != 0 and "written by 'vanilla'" in output
-    assert (out / "last.pt").read_bytes() == before
-    # a corrupt checkpoint is named as such
-    (out / "last.pt").write_bytes(before[: len(before) // 2])
-    status, output = run_cli("common.py", *TINY, "--epochs", "2", "--out-dir", str(out), "--resume")
-    assert status != 0 and "not a readable checkpoint" in output and "Traceback" not in output
-
-
-class Exploding(common.Vanilla):
-    """Vanilla whose loss becomes NaN in the second epoch."""
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def forward(self, views, y=None):
-        out = super().forward(views, y)
-        if self.training and self.epoch == 1:
-            loss, parts = out
-            parts["ce_s1"] = parts["ce_s1"] * float("nan")
-            return loss + parts["ce_s1"], parts
-        return out
-
-
-def test_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
-    def build_exploding(args, data):
-        return Exploding(common.build_students(args, data))
-
-    message = usage_error(capsys, lambda: common.main("exploding", None, build_exploding,
-                                                      SMOKE + ["--epochs", "3", "--out-dir", str(tmp_path)]))
-    assert "'ce_s1' became non-finite at epoch 2, step 1" in message and "(epoch 1) is untouched" in message
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 1
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
-
-
-# ================================================================================================
-# Learning-rate warm-up and the collapse signal
+# common.py, the loop: the learning-rate schedule and its warm-up
 # ================================================================================================
 
 @pytest.mark.slow
@@ -555,6 +521,280 @@ def test_lr_warmup_resumes_onto_the_same_curve(tmp_path):
     run_main(vanilla, argv + ["--resume"], tmp_path / "b")  # 5 epochs, then on to 6: the same 2.5-epoch warm-up
     a, b = (without_timing(read_metrics(tmp_path / d)) for d in "ab")
     assert a == b and [r["lr"] for r in a] == pytest.approx([0.04, 0.08, 0.1, 0.1, 0.1, 0.1])
+
+
+def old_lr_factor(args, settings, epoch, step, steps):
+    """The schedule before the warm-up rule (the whole --lr-warmup, however short the run)."""
+    factor = args.gamma ** sum(epoch >= m for m in settings.milestone_epochs)
+    warmup_steps, done = args.lr_warmup * steps, epoch * steps + step + 1
+    return factor * (args.lr_warmup_start + (1 - args.lr_warmup_start) * done / warmup_steps) \
+        if done < warmup_steps else factor
+
+
+def test_a_short_run_warms_up_over_at_most_half_the_epochs_before_its_first_decay_and_says_so(tmp_path, capsys):
+    cases = [(["--epochs", "2"], 0.5), (["--epochs", "3"], 1.0), (["--epochs", "2", "--lr-warmup", "10"], 0.5),
+             (["--epochs", "7", "--milestones", "6"], 3.0), (["--epochs", "40"], 5.0),
+             (["--epochs", "10", "--milestones", "30"], 5.0), (["--epochs", "4", "--schedule", "cosine"], 2.0),
+             (["--epochs", "40", "--lr-warmup", "0"], 0.0)]
+    for argv, warmup in cases:  # min(--lr-warmup, half of the epochs before the first decay or the run's end)
+        assert common.derive_settings(common.make_parser().parse_args(argv)).warmup_epochs == warmup, argv
+    # the README table's regime (40 epochs, milestones 20 and 30, 5 epochs of warm-up): every step as before
+    args = common.make_parser().parse_args(["--epochs", "40"])
+    settings = common.derive_settings(args)
+    for steps in (31, 28):  # 2,000 images (1,800 with KDCL's hold-out) in batches of 64
+        assert [common.lr_factor(args, settings, e, g, steps) for e in range(40) for g in range(steps)] == \
+            [old_lr_factor(args, settings, e, g, steps) for e in range(40) for g in range(steps)]
+    # a 2-epoch default run (milestones 1, 2): half an epoch up to --lr, the rest of epoch 1 at it; said once
+    results = run_main(vanilla, SMOKE + ["--epochs", "2", "--limit-train", "256"], tmp_path / "run")  # 4 steps
+    out = capsys.readouterr().out
+    assert out.count("warning: --lr-warmup") == 1 and ("warning: --lr-warmup 5 shortened to 0.5 epochs, half of the "
+                                                       "1 epoch before the first lr decay") in out
+    assert [r["lr"] for r in read_metrics(tmp_path / "run")] == pytest.approx([0.1, 0.01])
+    assert results["args"]["warmup_epochs"] == 0.5 and results["args"]["lr_warmup"] == 5
+    assert json.loads((tmp_path / "run" / "args.json").read_text())["warmup_epochs"] == 0.5
+    # a warm-up that fits is not shortened and says nothing; a schedule that never reaches --lr says so
+    args = common.make_parser().parse_args(["--epochs", "40"])
+    common.warn_if_lr_unreached(args, common.derive_settings(args))
+    assert capsys.readouterr().out == ""
+    args = common.make_parser().parse_args(["--epochs", "4", "--schedule", "cosine"])
+    common.warn_if_lr_unreached(args, common.derive_settings(args))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "shortened to 2 epochs, half of the run (--schedule cosine)" in lines[0]
+    peak = 0.5 * (1 + math.cos(math.pi / 4))  # the warm-up ends in epoch 2, where the cosine is down to this
+    assert f"never reaches --lr 0.1: its highest lr is {0.1 * peak:.3g} ({100 * peak:.0f} % of it)" in lines[1]
+
+
+# ================================================================================================
+# common.py, the loop: loss sums on the device, a non-finite loss, progress, --quiet, --tensorboard
+# ================================================================================================
+
+def test_loss_sums_stop_at_the_first_non_finite_step_when_they_check():
+    """A non-finite part is found at the next check (every check_every steps, and at the epoch's end), named
+    with the step (from 1) where it first went bad."""
+    one, inf = torch.tensor(1.0), torch.tensor(float("inf"))
+    losses = common.LossSums(steps=6, check_every=4)
+    for step, kd in enumerate([one, one, inf]):  # step 3 goes bad: nothing is said before step 4's check
+        losses.add(step, one + kd, {"ce_s0": one, "kd_s0": kd})
+    with pytest.raises(common.NonFinite) as stop:
+        losses.add(3, one + one, {"ce_s0": one, "kd_s0": one})
+    assert (stop.value.part, stop.value.step) == ("kd_s0", 3)
+    finite = common.LossSums(steps=2)
+    for step in range(2):
+        finite.add(step, torch.tensor(3.0), {"ce_s0": one, "ce_s1": 2 * one})
+    assert finite.names == ["loss", "ce_s0", "ce_s1"] and finite.totals().tolist() == [6.0, 2.0, 4.0]
+    assert finite.mean_loss(2) == 3.0
+
+
+class Exploding(common.Vanilla):
+    """Vanilla whose loss becomes NaN in the second epoch."""
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def forward(self, views, y=None):
+        out = super().forward(views, y)
+        if self.training and self.epoch == 1:
+            loss, parts = out
+            parts["ce_s1"] = parts["ce_s1"] * float("nan")
+            return loss + parts["ce_s1"], parts
+        return out
+
+
+def test_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    def build_exploding(args, data):
+        return Exploding(common.build_students(args, data))
+
+    message = usage_error(capsys, lambda: common.main("exploding", None, build_exploding,
+                                                      SMOKE + ["--epochs", "3", "--out-dir", str(tmp_path)]))
+    assert "'ce_s1' became non-finite at epoch 2, step 1" in message and "(epoch 1) is untouched" in message
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+class CountedLosses:
+    """Stands for LossSums: counts the reads of the running loss (each one a wait for the device)."""
+    reads = 0
+
+    def mean_loss(self, steps_done):
+        self.reads += 1
+        return 2.5
+
+
+def run_progress(monkeypatch, terminal, steps, seconds_per_step, quiet=False):
+    """Progress over the second of 3 epochs, `steps` steps of 64 images on a fake clock; returns how often it
+    read the loss."""
+    now, losses = [0.0], CountedLosses()
+    monkeypatch.setattr(common.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
+    progress = common.Progress(SimpleNamespace(rank=0, quiet=quiet, epochs=3), 1, steps, 64)
+    for done in range(1, steps + 1):
+        now[0] += seconds_per_step
+        progress.update(done, losses)
+    progress.close()
+    return losses.reads
+
+
+def test_progress_on_a_terminal_is_one_line_rewritten_at_most_once_a_second(monkeypatch, capsys):
+    reads = run_progress(monkeypatch, terminal=True, steps=10, seconds_per_step=0.5)
+    out = capsys.readouterr().out
+    assert "\n" not in out and reads == 4  # steps 2, 4, 6, 8: the last step leaves the line to the epoch's
+    shown = [part.strip() for part in out.split("\r") if part.strip()]
+    assert shown[0] == "epoch 2/3  step 2/10  128 img/s  loss 2.5000  eta 0:00:04  run eta 0:00:09"
+    assert [line.split("  ")[1] for line in shown] == ["step 2/10", "step 4/10", "step 6/10", "step 8/10"]
+    assert out.endswith("\r" + " " * len(shown[0]) + "\r")  # cleared for the epoch's line
+
+
+def test_progress_in_a_log_prints_every_10_percent_or_minute_whichever_is_rarer(monkeypatch, capsys):
+    assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=1.0) == 1  # a minute: rarer
+    assert capsys.readouterr().out.splitlines() == [
+        "epoch 2/3  step 60/100  64 img/s  loss 2.5000  eta 0:00:40  run eta 0:02:20"]
+    assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=10.0) == 9  # 10 steps: rarer
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ")[1] for line in lines] == [f"step {s}/100" for s in range(10, 100, 10)]
+    assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=10.0, quiet=True) == 0
+    assert capsys.readouterr().out == ""
+
+
+def test_a_run_prints_its_progress_in_a_log(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(common, "PLAIN_EVERY_S", 0.0)  # not a terminal: every 10 % of the epoch's steps
+    vanilla(SMOKE + ["--batch-size", "32", "--out-dir", str(tmp_path)])  # 3 steps
+    out = capsys.readouterr().out
+    assert "\nepoch 1/1  step 1/3  " in out and "\nepoch 1/1  step 2/3  " in out and "\nepoch 1/1  lr " in out
+
+
+@pytest.mark.slow
+def test_a_terminal_sees_the_run_eta_and_a_line_while_evaluating_and_recipe_help_lists_its_choices(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    vanilla(SMOKE + ["--out-dir", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    line = "epoch 1/1  evaluating on 60 test images ..."  # --limit-test 64: 6 of each of the 10 classes
+    assert "\r" + line + "\r" + " " * len(line) + "\r" in out and "run eta 0:00:00" in out
+    status, output = run_cli("dml.py", "--help")
+    help_text = " ".join(output.split()).split(" --recipe NAME ", 1)[1].split(" --baseline ", 1)[0]
+    assert status == 0 and help_text.endswith("choices: paper") and "(default: None)" not in help_text
+    status, output = run_cli("kdcl.py", "--help")
+    assert "choices: paper, paper-imagenet" in " ".join(output.split())
+
+
+def test_quiet_and_tensorboard_without_the_package_one_sentence_at_start_up(tmp_path, capsys, monkeypatch):
+    """--tensorboard without the package: one sentence when the flags are parsed (before any data), and the
+    run goes on without it; --quiet: the epoch's line only."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    args = common.make_parser().parse_args(["--tensorboard", str(tmp_path / "tb")])
+    assert args.tensorboard is None
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --tensorboard needs the tensorboard package") and err.count("\n") == 1
+    monkeypatch.setattr(common, "PLAIN_EVERY_S", 0.0)
+    results = vanilla(SMOKE + ["--batch-size", "32", "--quiet", "--tensorboard", str(tmp_path / "tb"),
+                               "--out-dir", str(tmp_path / "run")])
+    assert results["final"] and not (tmp_path / "tb").exists()
+    out = capsys.readouterr().out
+    assert " step " not in out and "\nepoch 1/1  lr " in out
+
+
+def test_tensorboard_gets_the_epoch_scalars_and_the_lr(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    vanilla(SMOKE + ["--epochs", "2", "--quiet", "--tensorboard", str(tmp_path / "tb"),
+                     "--out-dir", str(tmp_path / "run")])
+    board = EventAccumulator(str(tmp_path / "tb"))
+    board.Reload()
+    logged = read_metrics(tmp_path / "run")
+    assert set(board.Tags()["scalars"]) == set(logged[0]) - {"epoch"}
+    for key in ("lr", "loss", "ce_s1", "top1_ens"):
+        events = board.Scalars(key)
+        assert [e.step for e in events] == [1, 2]
+        assert [e.value for e in events] == pytest.approx([r[key] for r in logged])
+
+
+# ================================================================================================
+# common.py, evaluation: top-5, any-student-correct, the collapse check
+# ================================================================================================
+
+def test_top5_is_at_least_top1_and_equals_a_hand_computation():
+    g = torch.Generator().manual_seed(0)
+    for classes in (100, 3):  # below 5 classes top-5 is every image
+        logits, y = torch.randn(250, classes, generator=g), torch.randint(0, classes, (250,), generator=g)
+        data = SimpleNamespace(test_y=y, test_batches=lambda b: ((torch.arange(i, min(i + b, 250)), y[i:i + b])
+                                                                  for i in range(0, 250, b)))
+        module = nn.Identity()
+        module.forward = lambda idx: {"a": logits[idx]}
+        top1, top5 = common.evaluate(module, data, batch_size=64, with_top5=True)
+        hand = (logits.topk(min(5, classes), 1).indices == y[:, None]).any(1).float().mean().item() * 100
+        assert top5["a"] == pytest.approx(hand) and top5["a"] >= top1["a"]
+        assert top1["a"] == pytest.approx((logits.argmax(1) == y).float().mean().item() * 100)
+        assert classes > 5 or top5["a"] == 100
+    assert common.evaluate(module, data, batch_size=64) == top1  # without with_top5: top-1 alone, as before
+
+
+def test_top5_is_logged_for_100_classes_and_shown_by_compare(tmp_path, monkeypatch):
+    synthetic = common.synthetic
+    monkeypatch.setattr(common, "synthetic", lambda: synthetic(num_classes=100))
+    results = run_main(vanilla, TINY, tmp_path)
+    last = read_metrics(tmp_path)[-1]
+    assert set(results["final_top5"]) == {"s0", "s1", "ens", "any"}
+    for head, top5 in results["final_top5"].items():
+        assert last[f"top5_{head}"] == top5 and results["final"][head] <= top5 <= 100
+    compare = script_module("compare")
+    text = compare.table(compare.summarise({"vanilla": [{**results, "seed": 0}]}))
+    header, rule, row = text.splitlines()
+    assert "final top-5 per head" in header and header.count("|") == rule.count("|") == row.count("|")
+    assert f"ens {results['final_top5']['ens']:.2f}" in row
+
+
+class FixedHeads(nn.Module):
+    """An evaluation forward that returns the same logits per head for every batch (one batch here)."""
+
+    def __init__(self, logits, any_correct_heads=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+        self.logits = logits
+        if any_correct_heads is not None:
+            self.any_correct_heads = any_correct_heads
+
+    def forward(self, x):
+        return dict(self.logits)
+
+
+def one_batch(y):
+    return SimpleNamespace(test_y=y, test_batches=lambda batch_size=None: iter([(torch.zeros(len(y), 3, 2, 2), y)]))
+
+
+def test_any_correct_head_counts_an_image_when_any_listed_head_is_right(tmp_path):
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    predicted = {"leader": [0, 0, 0, 3, 0, 0], "s1": [0, 1, 0, 0, 1, 1], "s2": [1, 1, 2, 0, 0, 0],
+                 "ens": [0, 1, 2, 3, 0, 1], "fused": [0, 1, 2, 3, 0, 1]}
+    logits = {h: F.one_hot(torch.tensor(p), 8).float() for h, p in predicted.items()}
+    # right: s1 T T F F F T, s2 F T T F T F -> any of them: T T T F T T = 5 of 6; the leader adds image 3
+    top1, top_share, top5 = common.evaluate(FixedHeads(logits, ["s1", "s2"]), one_batch(y), with_top_share=True,
+                                            with_top5=True, with_any=True)
+    assert top1["any"] == pytest.approx(100 * 5 / 6) and top1["s1"] == top1["s2"] == 50.0
+    assert "any" not in top_share and top1["any"] <= top5["any"] <= 100  # no collapse check: not a network
+    # without the attribute: every student head s<k> (here s1, s2; the leader, ens and fused never)
+    assert common.evaluate(FixedHeads(logits), one_batch(y), with_any=True)["any"] == pytest.approx(100 * 5 / 6)
+    assert "any" not in common.evaluate(FixedHeads(logits), one_batch(y))  # only when asked (evaluate.py)
+    with_leader = common.evaluate(FixedHeads(logits, ["leader", "s1", "s2"]), one_batch(y), with_any=True)
+    assert with_leader["any"] == 100.0
+    # FFSD's any counts its common students, not its leader (the official ensemble_accuracy over self.models)
+    assert build_method(ffsd, SMOKE + ["--students", "4"], tmp_path).any_correct_heads == ["s1", "s2", "s3"]
+    # best.pt never follows `any`, and compare.py never deploys it
+    run = {"epoch": 1, "best": {"any": 90.0, "s0": 50.0}, "best_epoch": {"any": 1, "s0": 1}, "elapsed": 1.0,
+           "final": {"any": 90.0, "s0": 50.0}, "collapsed": {}}
+    method = nn.Linear(2, 2)
+    optimizers, gen = [torch.optim.SGD(method.parameters(), lr=0.1)], torch.Generator().manual_seed(0)
+    common.save_checkpoint(str(tmp_path), run, "vanilla", method, optimizers, {"lr": 0.1}, gen)
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1  # s0's best epoch: any is skipped
+    compare = script_module("compare")
+    assert compare.deployed({"final": {"any": 90.0, "s0": 50.0, "s1": 40.0, "ens": 60.0}}) == [50.0, 40.0]
+
+
+def test_a_run_logs_any_and_keeps_it_out_of_the_best_checkpoint(tmp_path):
+    results = run_main(ffsd.main, SMOKE, tmp_path)
+    record = read_metrics(tmp_path)[-1]
+    assert record["top1_any"] == results["final"]["any"] >= max(results["final"]["s1"], results["final"]["s2"])
+    assert "any" in results["best"] and "top_share_any" not in record and "any" not in results["collapsed"]
 
 
 def test_collapse_signal_is_one_dominant_prediction_at_near_chance_top1(tmp_path):
@@ -632,74 +872,1254 @@ def test_with_default_warmup_no_method_collapses_on_real_cifar10(cifar10_real, t
 
 
 # ================================================================================================
-# DML
+# common.py: checkpoints and exports
 # ================================================================================================
-# loop-based references (plain Python maths) and a stand-in student, shared with the KDCL tests
 
-def ce_loop(z, y):
-    """-log softmax(z)[y] for one sample, with plain Python math (float64)."""
-    z = [float(v) for v in z]
-    m = max(z)
-    return m + math.log(sum(math.exp(v - m) for v in z)) - z[y]
-
-
-def softmax_loop(z, T=1.0):
-    z = [float(v) / T for v in z]
-    m = max(z)
-    e = [math.exp(v - m) for v in z]
-    return [v / sum(e) for v in e]
-
-
-def random_logits(K, B, C, seed, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(K, B, C, generator=g) * scale, torch.randint(0, C, (B,), generator=g)
+def test_save_checkpoint_writes_best_pt_on_the_primary_heads_best_epoch(tmp_path):
+    method = nn.Linear(2, 2)
+    method.primary_head = "leader"
+    optimizers, gen = [torch.optim.SGD(method.parameters(), lr=0.1)], torch.Generator().manual_seed(0)
+    run = {"epoch": 2, "best": {"leader": 50.0, "ens": 60.0}, "best_epoch": {"leader": 1, "ens": 2},
+           "elapsed": 1.0, "final": {"leader": 40.0, "ens": 60.0}, "collapsed": {}}
+    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, {"lr": 0.1}, gen)
+    assert (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()  # ens's best, not leader's
+    run["epoch"], run["best_epoch"]["leader"] = 3, 3
+    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, {"lr": 0.1}, gen)
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["epoch"] == 3 and best["method"] == "ffsd" and best["args"] == {"lr": 0.1}
 
 
-class TinyStudent(nn.Module):
-    """A stand-in backbone: remembers its last input, returns (logits, [features])."""
-
-    def __init__(self, num_classes=5, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.fc = nn.Linear(3 * 4 * 4, num_classes)
-        self.last_input = None
-
-    def forward(self, x):
-        self.last_input = x
-        return self.fc(x.flatten(1)), [x]
-
-
-def tiny_batch(seed=0, B=8):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(B, 3, 4, 4, generator=g), torch.randint(0, 5, (B,), generator=g)
-
-
-def grads_of(module):
-    return [p.grad for p in module.parameters()]
+@pytest.mark.slow
+def test_checkpoint_faults_keep_what_was_saved(tmp_path):
+    out = tmp_path / "run"
+    run_main(vanilla, TINY, out)
+    before = (out / "last.pt").read_bytes()
+    # an existing run is never overwritten without --resume
+    status, output = run_cli("common.py", *TINY, "--out-dir", str(out))
+    assert status != 0 and "already holds a run" in output
+    # a checkpoint of another architecture or method is refused
+    status, output = run_cli("common.py", *TINY, "--epochs", "2", "--arch", "resnet32", "--out-dir", str(out),
+                             "--resume")
+    assert status != 0 and "--arch resnet20" in output and "Traceback" not in output
+    status, output = run_cli("dml.py", *TINY, "--epochs", "2", "--out-dir", str(out), "--resume")
+    assert status != 0 and "written by 'vanilla'" in output
+    assert (out / "last.pt").read_bytes() == before
+    # a corrupt checkpoint is named as such
+    (out / "last.pt").write_bytes(before[: len(before) // 2])
+    status, output = run_cli("common.py", *TINY, "--epochs", "2", "--out-dir", str(out), "--resume")
+    assert status != 0 and "not a readable checkpoint" in output and "Traceback" not in output
 
 
-def check_kd_gradient_stays_with_student(method, views, y):
-    loss, parts = method(views, y)
-    parts["kd_s0"].backward()
-    assert any(g is not None and g.abs().sum() > 0 for g in grads_of(method.students[0]))
-    for peer in method.students[1:]:  # the peers (the teacher side) receive nothing
-        assert all(g is None or g.abs().sum() == 0 for g in grads_of(peer))
+def test_exported_student_loads_alone_and_reproduces_its_head(tmp_path):
+    results = run_main(vanilla, TINY, tmp_path)
+    model = common.load_backbone(str(tmp_path / "s1.pt"), "resnet20", 10)
+    args = common.check_args(common.make_parser().parse_args(TINY + ["--out-dir", str(tmp_path / "x")]), "vanilla")
+    data = common.load_data(args, torch.device("cpu"))
+    assert common.evaluate(model, data)["top1"] == pytest.approx(results["final"]["s1"])
 
 
-def test_kd_matches_definition():
-    z_s, _ = random_logits(1, 6, 5, seed=1)
-    z_t, _ = random_logits(1, 6, 5, seed=2)
-    z_s, z_t, T = z_s[0], z_t[0], 3.0
-    ref = 0.0
-    for b in range(6):
-        p, q = softmax_loop(z_t[b], T), softmax_loop(z_s[b], T)
-        ref += T * T * sum(pc * math.log(pc / qc) for pc, qc in zip(p, q)) / 6
+def test_an_export_is_the_same_plain_data_in_the_copy_and_in_common(tmp_path, capsys):
+    method = build_method(ffsd, ["--arch", "resnet20", "--students", "3"], tmp_path)
+    exported, payload = method.export()["leader"], common.backbone_payload(method.students[0])
+    assert exported.keys() == payload.keys() and exported["kind"] == "backbone"
+    assert all(torch.equal(v, payload["state_dict"][k]) for k, v in exported["state_dict"].items())
+    torch.save(exported, tmp_path / "leader.pt")
+    assert isinstance(common.load_backbone(str(tmp_path / "leader.pt"), "resnet20", 10), common.Backbone)
+    import torchvision
+    own = common.as_student(torchvision.models.resnet18(num_classes=5))  # no zoo name: weights only
+    torch.save(common.backbone_payload(own), tmp_path / "own.pt")
+    with pytest.raises(common.UsageError, match=r"holds the weights of a Student, not of a zoo backbone"):
+        common.load_backbone(str(tmp_path / "own.pt"))
+    fresh = common.as_student(torchvision.models.resnet18(num_classes=5))
+    fresh.load_state_dict(torch.load(tmp_path / "own.pt", weights_only=True)["state_dict"])
+
+
+def test_an_export_copied_elsewhere_evaluates_to_the_runs_top1_and_top5_given_only_the_data(tmp_path, capsys):
+    """A folder data set of 100 classes trained on a subset (--limit-train): s0.pt copied into another folder and
+    evaluated with only --data-dir gives the run's final top-1 and top-5, normalised with the statistics of the
+    run's subset that it carries (those of every training image differ); its class names are the folders'."""
+    root = write_image_folder(tmp_path / "images", splits=(("train", 3), ("test", 1)), classes=100)
+    argv = ["--dataset", "folder", "--data-dir", str(root), "--limit-train", "200", "--epochs", "1", "--batch-size",
+            "50", "--arch", "resnet20", "--device", "cpu", "--workers", "1"]
+    results = run_main(vanilla, argv, tmp_path / "run")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(tmp_path / "run" / "s0.pt", elsewhere / "s0.pt")
+    found = script_module("evaluate").main([str(elsewhere / "s0.pt"), "--data-dir", str(root), "--device", "cpu"])
+    top1, top5 = found[str(elsewhere / "s0.pt")]["s0"]
+    assert top1 == pytest.approx(results["final"]["s0"]) and top5 == pytest.approx(results["final_top5"]["s0"])
+    net = common.load_backbone(str(elsewhere / "s0.pt"))
+    args = common.check_args(common.make_parser().parse_args(argv + ["--out-dir", str(tmp_path / "x")]), "vanilla")
+    data = common.load_data(args, torch.device("cpu"))
+    every_image = common.load_data(common.check_args(common.make_parser().parse_args(
+        argv[:4] + argv[6:] + ["--out-dir", str(tmp_path / "x")]), "vanilla"), torch.device("cpu"))
+    assert net.preprocess["mean"] == data.stats[0] and net.preprocess["std"] == data.stats[1]
+    assert net.preprocess["mean"] != every_image.stats[0] and net.preprocess["image_size"] == [32, 32]
+    assert net.classes == sorted(f"class{c}" for c in range(100))  # the folder names, in label order
+    # an image file prepared by preprocess_image is exactly the run's test input
+    from PIL import Image
+    first = sorted(os.listdir(root / "test" / "class7"))[0]
+    x = common.preprocess_image(Image.open(root / "test" / "class7" / first), net.preprocess)
+    index = [i for i, (path, _) in enumerate(common.list_image_folder(str(root / "test"))[1])
+             if path.endswith(os.path.join("class7", first))][0]
+    assert torch.equal(x, data.normalize(data.test_x[index:index + 1]))
+
+
+# ================================================================================================
+# common.py, the run folder: one run at a time, resume checks, faults and interrupts, checksums
+# ================================================================================================
+
+def test_the_default_out_dir_tells_apart_what_a_run_trains_on(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def out_dir(*argv, name="vanilla"):
+        return common.check_args(common.make_parser().parse_args(list(argv) + ["--device", "cpu"]), name).out_dir
+    base = ["--arch", "resnet20", "--dataset", "synthetic"]
+    assert out_dir(*base) == os.path.join("runs", "vanilla_resnet20_synthetic_seed0")
+    assert out_dir(*base, "--limit-train", "2000", name="dml") == os.path.join(
+        "runs", "dml_resnet20_synthetic_seed0_limit2000")
+    flowers = ["--dataset", "folder", "--data-dir", str(tmp_path / "flowers")]
+    assert out_dir("--arch", "resnet20", *flowers) == os.path.join("runs", "vanilla_resnet20_folder-flowers_seed0")
+    assert out_dir("--arch", "resnet20", *flowers, "--stream", "--image-size", "64") == os.path.join(
+        "runs", "vanilla_resnet20_folder-flowers_seed0_stream_64px")
+
+
+def write_lock(out, pid, host=None, process_start=None):
+    """OUT/run.lock as a run writes it, held by `pid` (on this machine unless `host` is given)."""
+    import socket
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.lock").write_text(json.dumps({
+        "pid": pid, "host": host or socket.gethostname(), "started": "2026-12-01 10:00:00",
+        "process_start": process_start or common.process_start(pid), "command": "dml.py --epochs 200"}))
+
+
+def files_of(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_a_folder_in_use_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    run_main(vanilla, SMOKE, out)
+    assert not (out / "run.lock").exists()  # released at the end of a run
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        write_lock(out, live.pid)
+        before = files_of(out)
+        for argv in (["--epochs", "2", "--resume"], ["--lr", "0.05"], []):  # whatever the command: nothing touched
+            err = one_line_error(capsys, lambda: vanilla(SMOKE + argv + ["--out-dir", str(out)]))
+            assert (f"{out} is in use by another run (pid {live.pid}, started 2026-12-01 10:00:00, `dml.py --epochs "
+                    f"200`); wait for it to end, or pass another --out-dir") in err, err
+        with pytest.raises(common.UsageError, match="is in use by another run"):  # two runs that start together
+            common.claim_out_dir(str(out))
+        assert files_of(out) == before
+        # the pid of a live process that is not the one that took the lock (its start time differs): a killed run's
+        write_lock(out, live.pid, process_start=1)
+        assert common.holder_state(json.loads((out / "run.lock").read_text()), str(out / "run.lock")) == "ended"
+    finally:
+        live.kill()
+        live.wait()
+    write_lock(out, 4242, host="another-machine")  # its process cannot be checked from here
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", "2", "--resume", "--out-dir", str(out)]))
+    assert "is in use by a run on another-machine (pid 4242" in err and f"delete {out / 'run.lock'} and" in err
+    # a lock whose process has ended (a killed run): taken over with a line, and released at the end
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_lock(out, int(ended.stdout), process_start=1)
+    run_main(vanilla, SMOKE + ["--epochs", "2", "--resume"], out)
+    said = capsys.readouterr().out
+    assert f"note: {out / 'run.lock'} was left by a run that ended without releasing it (pid {ended.stdout.strip()}" \
+           in said and "); taken over" in said, said
+    assert not (out / "run.lock").exists() and [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    # released when the run stops on an error after taking it
+    monkeypatch.setattr(common, "load_data", refuse(common.UsageError("no data today")))
+    one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", "3", "--resume", "--out-dir", str(out)]))
+    assert not (out / "run.lock").exists()
+
+
+def test_a_run_in_the_way_names_the_flag_that_differs(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    first = common.check_args(common.make_parser().parse_args(SMOKE + ["--out-dir", str(out)]), "vanilla")
+    (out / "args.json").write_text(json.dumps(common.plain_args(first)))
+    (out / "last.pt").write_bytes(b"a run")
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--lr", "0.05", "--no-nesterov", "--out-dir", str(out)]))
+    assert "already holds a run with --lr 0.1, --nesterov on (this command: --lr 0.05, --nesterov off)" in err, err
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", "3", "--out-dir", str(out)]))
+    assert "already holds a run; pass --resume to continue it" in err, err
+    assert (out / "last.pt").read_bytes() == b"a run"
+
+
+def test_resume_takes_the_runs_flags_refuses_others_by_name_and_says_what_more_epochs_change(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_main(vanilla, SMOKE + ["--epochs", "2", "--lr", "0.05", "--lr-warmup", "0"], out)
+    before = files_of(out)
+    # the flags that change what is trained or how: each one that differs named, with both values
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--out-dir", str(out), "--epochs", "4", "--lr", "0.5",
+                                                  "--seed", "1", "--batch-size", "32", "--T", "3"]))
+    assert (f"--resume: {out} holds a run trained with --batch-size 64, --lr 0.05, --T not given, --seed 0 but this "
+            f"command gives --batch-size 32, --lr 0.5, --T 3.0, --seed 1; a resumed run keeps its flags") in err, err
+    err = one_line_error(capsys, lambda: dml.main(["--resume", "--out-dir", str(out), "--epochs", "4"]))
+    assert f"{out / 'last.pt'} was written by 'vanilla', not 'dml'" in err
+    assert files_of(out) == before  # refused before anything was written
+    # the same flags spelled otherwise, this machine's, --epochs: accepted; those left out are the run's
+    results = run_main(vanilla, ["--resume", "--epochs", "4", "--arch", "resnet20,resnet20", "--workers", "0",
+                                 "--quiet", "--device", "cpu", "--amp", "off"], out)
+    said = capsys.readouterr().out
+    assert (f"resumed {out / 'last.pt'} at epoch 2, with --epochs 4 (the run was started for 2): the learning-rate "
+            f"schedule is that of 4 epochs, milestones at epochs 2, 3 (were 1, 2); epoch 3 starts at lr 0.005 (it "
+            f"would have been 0.0005)") in said, said
+    assert results["args"]["lr"] == 0.05 and results["args"]["limit_train"] == 128 and results["args"]["quiet"]
+    # what is logged is what was applied: the lr of the last step, in metrics.jsonl and in the optimizer
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    assert ckpt["optimizers"][0]["param_groups"][0]["lr"] == pytest.approx(read_metrics(out)[-1]["lr"]) == 0.0005
+
+
+def test_resume_checks_that_its_data_is_the_runs(tmp_path, capsys):
+    first, other = write_image_folder(tmp_path / "a", splits=(("train", 4), ("test", 2))), tmp_path / "b"
+    write_image_folder(other, splits=(("train", 4), ("test", 2)), seed=1)  # other images, the same classes
+    argv = ["--dataset", "folder", "--arch", "resnet20", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
+            "--workers", "0"]
+    out = tmp_path / "run"
+    run_main(vanilla, argv + ["--data-dir", str(first)], out)
+    identity = json.loads((out / "args.json").read_text())["data"]
+    assert identity["classes"] == 3 and identity["train_images"] == 12 and identity["test_images"] == 6
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--epochs", "2", "--data-dir", str(other), "--out-dir",
+                                                  str(out)]))
+    assert (f"--resume: the data is not what {out / 'last.pt'} was trained on (3 classes, 12 train / 6 test images, "
+            f"fingerprint") in err and f"pass the run's --data-dir ({first}) with its images as they were" in err
+    # the same images elsewhere (a copy on a node's local disk): the run continues
+    moved = tmp_path / "moved"
+    shutil.copytree(first, moved, ignore=shutil.ignore_patterns(".okd-cache.pt"))
+    run_main(vanilla, ["--resume", "--epochs", "2", "--data-dir", str(moved)], out)
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+
+
+def under_a_file(tmp_path, mp):
+    (tmp_path / "x").write_text("a regular file")
+    return tmp_path / "x" / "run"
+
+
+def a_file(tmp_path, mp):
+    (tmp_path / "run").write_text("keep me")
+    return tmp_path / "run"
+
+
+def refused_makedirs(error):
+    def make(tmp_path, mp):
+        mp.setattr(common.os, "makedirs", refuse(error(str(tmp_path / "run"))))
+        return tmp_path / "run"
+    return make
+
+
+def refused_writes(error):
+    def make(tmp_path, mp):  # the folder exists (with a file in it), but nothing can be written there
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "kept.txt").write_text("keep me")
+        mp.setattr(common, "open", refuse(error(str(tmp_path / "run" / "probe"))), raising=False)
+        return tmp_path / "run"
+    return make
+
+
+OUT_DIR_FAULTS = {  # how an output folder fails: (make it so, returning the --out-dir; what the sentence says)
+    "under a regular file": (under_a_file, "a part of the path is a file, not a folder"),
+    "a regular file": (a_file, "is a file, not a folder"),
+    "no permission to create": (refused_makedirs(lambda p: PermissionError(13, "Permission denied", p)),
+                                "permission denied"),
+    "read-only file system": (refused_makedirs(lambda p: OSError(30, "Read-only file system", p)),
+                              "read-only file system"),
+    "read-only folder": (refused_writes(lambda p: PermissionError(13, "Permission denied", p)), "permission denied"),
+    "full disk": (refused_writes(lambda p: OSError(28, "No space left on device")), "no space left on device"),
+}
+
+
+@pytest.mark.parametrize("fault", OUT_DIR_FAULTS)
+def test_an_out_dir_that_cannot_be_written_stops_before_data_and_networks(tmp_path, capsys, monkeypatch, fault):
+    make, reason = OUT_DIR_FAULTS[fault]
+    out = make(tmp_path, monkeypatch)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    monkeypatch.setattr(common, "load_data", refuse(AssertionError("the data was loaded first")))
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(out)]))
+    assert f"--out-dir {out} " in err and reason in err, err
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing touched or added
+
+
+class FillingFile:
+    """A file on a disk that fills up after `room` bytes: every later write raises ENOSPC."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):  # flush, close, ...
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def full_disk(after, room=1000):
+    """open() for a disk that fills up while the file `after` names is written (by the real torch.save, json.dump)
+    the `after[1]`-th time."""
+    real_open, seen = open, []
+
+    def opened(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        if after[0] in os.path.basename(str(path)) and "w" in mode:
+            seen.append(path)
+            if len(seen) == after[1]:
+                return FillingFile(f, room)
+        return f
+    return opened
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["checkpoint", "results.json"])
+def test_a_write_that_fails_mid_run_ends_in_one_sentence_and_keeps_the_last_checkpoint(tmp_path, capsys,
+                                                                                        monkeypatch, where):
+    out = tmp_path / "run"
+    # the second epoch's last.pt (its temporary file), or results.json after the epoch
+    monkeypatch.setattr(common, "open", full_disk(("last.pt.tmp", 2) if where == "checkpoint" else
+                                                  ("results.json", 1), room=1000 if where == "checkpoint" else 10),
+                        raising=False)
+    epochs = 2 if where == "checkpoint" else 1
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", str(epochs), "--out-dir", str(out)]), code=1)
+    assert "(no space left on device" in err and (f"{out / 'last.pt'})" in err if where == "checkpoint" else True), err
+    kept = 1
+    assert f"the last good checkpoint {out / 'last.pt'} (epoch {kept}) is untouched" in err, err
+    assert f"make room and continue with --resume --out-dir {out}" in err, err
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == kept
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # no half-written temporary file left
+    monkeypatch.undo()
+    if where == "checkpoint":  # the run continues from the checkpoint kept
+        run_main(vanilla, SMOKE + ["--epochs", "2", "--resume"], out)
+        assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+
+
+def test_a_finished_run_missing_an_export_is_completed_by_the_command_its_advice_gives(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setattr(common, "open", full_disk(("s1.pt.tmp", 1)), raising=False)  # the disk fills during s1.pt
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(out)]), code=1)
+    advice = f"make room and continue with --resume --out-dir {out}"
+    assert err.rstrip().endswith(advice), err
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pt", "last.pt", "metrics.jsonl", "s0.pt"]
+    before = files_of(out)
+    vanilla(["--resume", "--out-dir", str(out)])  # the advice, exactly
+    assert (f"{out / 'last.pt'} has trained its 1 epoch: writing what the run did not, results.json, s1.pt "
+            f"(nothing is trained)") in capsys.readouterr().out
+    after = files_of(out)
+    assert all(after[name] == before[name] for name in ("last.pt", "best.pt", "metrics.jsonl", "s0.pt"))
+    student = common.load_backbone(str(out / "s1.pt"))
+    weights = torch.load(out / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, weights[f"students.1.{k}"]) for k, v in student.state_dict().items())
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--out-dir", str(out)]))  # now nothing is missing
+    assert "already finished 1 epoch; raise --epochs to train further" in err
+
+
+INTERRUPTED_SAVE = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+import torch
+import common
+signum, out, seen = int(sys.argv[1]), sys.argv[2], []
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even where a shell ignores it
+real_save = torch.save
+
+
+class Interrupting:  # the file being written: the signal arrives after its first write
+    def __init__(self, f):
+        self.f, self.sent = f, False
+
+    def write(self, data):
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), signum)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def save(obj, f):
+    seen.append(os.path.basename(f.name))
+    second_last = seen.count(os.path.basename(f.name)) == 2 and ".tmp" in f.name and "last.pt" in f.name
+    return real_save(obj, Interrupting(f) if second_last else f)  # epoch 2's last.pt
+
+
+torch.save = save
+common.main(argv={argv!r} + ["--epochs", "2", "--out-dir", out])
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigint_mid_save_end_in_one_sentence_with_the_checkpoint_whole(tmp_path, capsys):
+    script = tmp_path / "interrupted_save.py"
+    script.write_text(INTERRUPTED_SAVE.format(here=HERE, argv=SMOKE))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {name: subprocess.Popen([sys.executable, str(script), str(int(signum)), str(tmp_path / name)], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for name, signum in (("SIGTERM", 15), ("SIGINT", 2))}
+    for name, proc in runs.items():
+        out, (stdout, stderr) = tmp_path / name, proc.communicate(timeout=300)
+        assert proc.returncode == {"SIGTERM": 143, "SIGINT": 130}[name], stdout + stderr
+        said = "Ctrl-C" if name == "SIGINT" else "SIGTERM"
+        assert stderr == (f"interrupted ({said}): the last good checkpoint {out / 'last.pt'} (epoch 2) is untouched; "
+                          f"continue with --resume --out-dir {out}\n"), stderr
+        ckpt = common.load_checkpoint(str(out / "last.pt"))  # whole: its checksums verified
+        assert ckpt["epoch"] == 2 and common.load_checkpoint(str(out / "best.pt"))["epoch"] == ckpt["best_epoch"]["ens"]
+        assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pt", "last.pt", "metrics.jsonl"]
+    # the resumed run writes what the interrupted one did not, and trains nothing
+    run_main(vanilla, ["--resume"], tmp_path / "SIGTERM")
+    assert "writing what the run did not, results.json, s0.pt, s1.pt (nothing is trained)" in capsys.readouterr().out
+    assert [r["epoch"] for r in read_metrics(tmp_path / "SIGTERM")] == [1, 2]
+
+
+def test_leftovers_of_killed_writes_and_a_cut_metrics_line_are_cleared_when_the_run_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_main(vanilla, SMOKE, out)
+    (out / "last.pt.tmp999999").write_bytes(b"half a checkpoint")  # a save killed by SIGKILL
+    (out / "run.lock.stale999999").write_text("{}")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "lr": 0.0')  # the second epoch's line, cut by a kill
+    capsys.readouterr()
+    run_main(vanilla, ["--resume", "--epochs", "3"], out)
+    said = capsys.readouterr().out
+    assert f"removed what killed writes left in {out}: last.pt.tmp999999, run.lock.stale999999" in said, said
+    assert f"{out / 'metrics.jsonl'}: line 2 cut mid-write (not a whole JSON record), dropped" in said
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name or ".stale" in p.name]
+
+
+def damage(path, at=None):
+    """4 KiB of zeros inside the largest record of a torch archive (its bytes, not its directory)."""
+    import zipfile
+    with zipfile.ZipFile(path) as archive:
+        record = max(archive.infolist(), key=lambda r: r.file_size)
+    data = bytearray(path.read_bytes())
+    start = record.header_offset + 512 if at is None else at
+    data[start:start + 4096] = bytes(4096)
+    path.write_bytes(data)
+    return record.filename
+
+
+def test_a_damaged_checkpoint_or_export_is_refused_in_one_sentence_naming_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_main(vanilla, SMOKE, out)
+    part = damage(out / "last.pt")
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1  # torch alone loads it
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--epochs", "2", "--out-dir", str(out)]))
+    assert err == (f"error: {out / 'last.pt'} is damaged: its part {part} no longer matches the checksum written "
+                   f"with it (a disk, copy or transfer fault); replace it with a good copy\n"), err
+    evaluate = script_module("evaluate")
+    err = usage_error(capsys, lambda: evaluate.main([str(out / "last.pt")]))
+    assert f"{out / 'last.pt'} is damaged" in err
+    damage(out / "s0.pt")
+    with pytest.raises(common.UsageError, match=re.escape(f"{out / 's0.pt'} is damaged")):
+        common.load_backbone(str(out / "s0.pt"))
+    # a file in torch's format before 1.6 has no checksums: it loads, and that is said once
+    torch.save(common.backbone_payload(common.build_model("resnet20", 10)), tmp_path / "old.pt",
+               _use_new_zipfile_serialization=False)
+    for _ in range(2):
+        assert isinstance(common.load_backbone(str(tmp_path / "old.pt")), common.Backbone)
+    assert capsys.readouterr().out.count(f"note: {tmp_path / 'old.pt'} has no checksums") == 1
+
+
+class DeletesItsFolder(common.Vanilla):
+    """Vanilla whose folder is deleted after its first checkpoint (by a user, a clean-up job)."""
+
+    def epoch_end(self, epoch, data):
+        if epoch == 1:
+            shutil.rmtree(self.out_dir)
+
+
+@pytest.mark.slow
+def test_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    run_main(vanilla, SMOKE, run)
+    (tmp_path / "a-file").write_text("not a folder")
+    for dataset in ("folder", "cifar10"):
+        argv = SMOKE + ["--dataset", dataset, "--data-dir", str(tmp_path / "a-file"), "--out-dir",
+                        str(tmp_path / dataset)]
+        err = one_line_error(capsys, lambda: vanilla(argv))
+        assert f"--data-dir {tmp_path / 'a-file'} is a file, not a folder" in err, err
+    evaluate = script_module("evaluate")
+    err = usage_error(capsys, lambda: evaluate.main([str(run)]))
+    assert f"{run} is a folder; pass one of its files: best.pt, last.pt, s0.pt, s1.pt" in err, err
+    common.atomic_save(common.backbone_payload(TinyStudent()), str(tmp_path / "own.pt"))  # a student of one's own
+    err = usage_error(capsys, lambda: evaluate.main([str(tmp_path / "own.pt"), "--dataset", "synthetic"]))
+    assert "holds the weights of a TinyStudent, a network of your own that evaluate.py cannot rebuild" in err, err
+    # FFCL pre-training into another method's folder: refused before the data is even loaded
+    monkeypatch.setattr(common, "load_data", refuse(AssertionError("the data was loaded")))
+    err = one_line_error(capsys, lambda: ffcl.main(SMOKE + ["--pretrain-epochs", "1", "--epochs", "2", "--resume",
+                                                           "--out-dir", str(run)]))
+    assert f"{run / 'last.pt'} was written by 'vanilla', not 'ffcl'" in err and not (run / "pretrain").exists()
+    monkeypatch.undo()
+    # the folder deleted during the run, after its first checkpoint
+    def build(args, data):
+        method = DeletesItsFolder(common.build_students(args, data))
+        method.out_dir = args.out_dir
+        return method
+    gone = tmp_path / "gone"
+    err = one_line_error(capsys, lambda: common.main("deleting", None, build, SMOKE + ["--epochs", "3", "--out-dir",
+                                                                                      str(gone)]), code=1)
+    assert f"the folder {gone} was removed during the run, its checkpoints with it; start the run again" in err, err
+    # the run's output closed by the program reading it (`| head -1`)
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "common.py"), *SMOKE, "--epochs", "2", "--lr-warmup",
+                             "0.5", "--out-dir", str(tmp_path / "head")], stdout=subprocess.PIPE,  # one line first
+                            stderr=subprocess.PIPE, text=True,
+                            cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout.readline().startswith("vanilla: ")
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141
+    assert stderr.startswith("stopped: the output of this run was closed by the program reading it (such as `| head`;")
+    assert re.search(rf"the last good checkpoint {re.escape(str(tmp_path / 'head' / 'last.pt'))} \(epoch [12]\) is "
+                     rf"untouched; continue with --resume", stderr), stderr
+    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
+
+
+# ================================================================================================
+# common.py: backbones
+# ================================================================================================
+
+@pytest.mark.parametrize("arch,params,shapes", [
+    ("resnet32", 0.47e6, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
+    ("resnet20", 0.28e6, [(16, 32, 32), (32, 16, 16), (64, 8, 8)]),
+    ("wrn_16_2", 0.70e6, [(32, 32, 32), (64, 16, 16), (128, 8, 8)]),
+    ("wrn_40_2", 2.25e6, [(32, 32, 32), (64, 16, 16), (128, 8, 8)]),
+    ("resnet18", 11.2e6, [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]),
+])
+def test_backbone_shapes_and_parameter_counts(arch, params, shapes):
+    model = common.build_model(arch, 100)
+    logits, features = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 100)
+    assert [tuple(f.shape[1:]) for f in features] == shapes
+    assert abs(common.count_params(model) - params) / params < 0.02
+
+
+@pytest.mark.parametrize("arch", ["mobilenetv2", "shufflenetv2", "vgg16", "resnet34", "resnet56", "wrn_28_10"])
+def test_every_zoo_name_runs_at_cifar_size(arch):
+    logits, features = common.build_model(arch, 10)(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and len(features) >= 3
+    # stages run one by one give the same result as forward
+    model = common.build_model(arch, 10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    h = x
+    for stage in model.stages:
+        h = stage(h)
+    assert torch.allclose(model.classifier(h), model(x)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("name,arch,stages", [
+    ("resnet18", "resnet18", [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]),
+    ("resnet50", "resnet50", [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)]),
+    ("mobilenetv2", "mobilenetv2", [(24, 56, 56), (32, 28, 28), (96, 14, 14), (1280, 7, 7)]),
+    ("densenet121", "densenet121", [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (1024, 7, 7)]),
+])
+def test_torchvision_backbones_at_imagenet_shape_expose_their_stages(name, arch, stages):
+    import torchvision
+    model = common.build_model(arch, 1000, 224).eval()
+    logits, features = model(torch.randn(1, 3, 224, 224))
+    assert logits.shape == (1, 1000) and [tuple(f.shape[1:]) for f in features] == stages
+    reference = getattr(torchvision.models, "mobilenet_v2" if name == "mobilenetv2" else name)(num_classes=1000)
+    assert common.count_params(model) == common.count_params(reference)  # torchvision's definition, unchanged
+    assert common.build_model(arch, 10, 32)(torch.randn(2, 3, 32, 32))[0].shape == (2, 10)  # CIFAR names work
+
+
+def test_as_student_finds_the_stage_outputs_of_torchvision_classifiers():
+    import torchvision
+    net = common.as_student(torchvision.models.resnet18(num_classes=5))
+    assert net.stage_nodes == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    logits, features = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 5) and [f.shape[1] for f in features] == [64, 64, 128, 256, 512]
+    net = common.as_student(torchvision.models.mobilenet_v2(num_classes=5))
+    assert [f.shape[-1] for f in net(torch.randn(2, 3, 32, 32))[1]] == [16, 8, 4, 2, 1]  # one map per size
+
+
+# ================================================================================================
+# common.py, data: in memory
+# ================================================================================================
+
+def test_balanced_subsets_and_hold_out():
+    xtr, ytr, xte, yte, nc = common.synthetic(n_train=500, n_test=100)
+    data = common.Data(xtr, ytr, xte, yte, nc, torch.device("cpu"))
+    hx, hy = data.hold_out(5)
+    assert torch.equal(torch.bincount(hy, minlength=nc), torch.full((nc,), 5))
+    assert len(data.train_y) == 450
+    # held-out images are no longer in the training set
+    train_set = {bytes(t.numpy()) for t in data.train_x}
+    assert not any(bytes(t.numpy()) in train_set for t in hx)
+
+
+def test_a_constant_colour_channel_is_named_as_the_cause_and_normalises_to_finite_values(capsys):
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    x[:, 2] = 0  # no blue anywhere
+    data = common.Data(x, torch.arange(8) % 2, x[:2], torch.arange(2), 2, torch.device("cpu"))
+    assert ("note: the blue channel of the training images has one value in every pixel (standard deviation 0): it "
+            "is normalised with a standard deviation of 1 instead") in capsys.readouterr().out
+    assert torch.isfinite(data.normalize(x)).all() and data.std[0, 2].item() == 255
+
+
+@pytest.mark.slow
+def test_synthetic_data_is_learnable(tmp_path):
+    results = run_main(vanilla, ["--dataset", "synthetic", "--limit-train", "1000", "--limit-test", "500",
+                                 "--epochs", "2", "--batch-size", "50", "--arch", "resnet20", "--students", "1",
+                                 "--device", "cpu"], tmp_path)
+    assert results["final"]["s0"] > 50  # chance is 10 %
+
+
+# ================================================================================================
+# common.py, data: streamed (ImageNet layout)
+# ================================================================================================
+
+# one step on 6 training images (2 per class), batch 4, the 6 val images; no worker processes
+STREAMED = ["--dataset", "imagenet", "--epochs", "1", "--batch-size", "4", "--limit-train", "6", "--workers", "0",
+            "--device", "cpu"]
+
+
+def test_streamed_data_yields_independent_views_and_seeded_batches(tiny_imagenet):
+    data = common.StreamedData(str(tiny_imagenet / "train"), str(tiny_imagenet / "val"), torch.device("cpu"),
+                               image_size=64, workers=0)
+    assert data.num_classes == 3 and len(data.train_y) == 24 and len(data.test_y) == 6
+    g = torch.Generator().manual_seed(0)
+    before = torch.get_rng_state()
+    (views, y), = list(data.train_batches(g, 8, 1, num_views=2))
+    assert torch.equal(torch.get_rng_state(), before)  # augmentation leaves the main process's RNG alone
+    assert [v.shape for v in views] == [(8, 3, 64, 64)] * 2 and y.shape == (8,)
+    assert not torch.equal(views[0], views[1])  # each student its own augmentation of the same images
+    again, = list(data.train_batches(torch.Generator().manual_seed(0), 8, 1, num_views=2))
+    assert all(torch.equal(a, b) for a, b in zip(views + [y], again[0] + [again[1]]))
+    (x, yt), = list(data.test_batches())
+    assert x.shape == (6, 3, 64, 64) and torch.equal(yt, data.test_y)
+    data.hold_out(2)
+    assert len(data.train_y) == 18 and sum(len(y) for _, y in data.holdout_batches()) == 6
+
+
+@pytest.mark.slow
+def test_streamed_imagefolder_trains_and_a_resumed_run_continues_exactly(tiny_imagenet, tmp_path):
+    argv = STREAMED + ["--data-dir", str(tiny_imagenet), "--arch", "resnet18", "--image-size", "64",
+                       "--limit-train", "12", "--milestones", "1"]
+    run_main(vanilla, argv + ["--epochs", "2"], tmp_path / "a")
+    run_main(vanilla, argv + ["--workers", "1"], tmp_path / "b")  # 1 epoch, decoded in a worker process ...
+    run_main(vanilla, argv + ["--epochs", "2", "--resume"], tmp_path / "b")  # ... + resume to 2
+    a, b = (without_timing(read_metrics(tmp_path / d)) for d in "ab")
+    assert len(a) == 2 and a == b
+    model = common.load_backbone(str(tmp_path / "a" / "s0.pt"), "resnet18", 3)
+    assert model.image_size == 64 and model.stages[0][0][0].kernel_size == (7, 7)  # the ImageNet shape
+
+
+# what a method needs beyond STREAMED (the others: nothing)
+STREAMED_FLAGS = {"kdcl": ["--holdout-per-class", "1"], "ffcl": ["--pretrain-epochs", "1"],
+                  "ffsd": ["--students", "3"], "mkb_cl": ["--embed-dim", "3136"]}  # MKB: stage 1 is 28 x 28 at 224 px
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", common.METHODS)
+def test_every_method_trains_streamed_resnet18_at_224(tiny_imagenet, tmp_path, name):
+    main = vanilla if name == "vanilla" else importlib.import_module(name).main
+    argv = STREAMED + ["--data-dir", str(tiny_imagenet), "--arch", "resnet18"] + STREAMED_FLAGS.get(name, [])
+    results = run_main(main, argv, tmp_path)
+    assert results["args"]["input_size"] == [224, 224] and all(0 <= a <= 100 for a in results["final"].values())
+
+
+@pytest.mark.parametrize("make,argv,expected", [
+    (lambda d: (d / "val").rename(d / "test"), [], "must hold train/<class>/* and val/<class>/*"),
+    (lambda d: (d / "train" / "class3").mkdir(), [], "class folder"),
+    (lambda d: (d / "train" / "class0" / "0.jpg").write_bytes(b"not a jpeg"), [], "cannot read image"),
+    (lambda d: (d / "train" / "class0" / "0.jpg").write_bytes(b"not a jpeg"), ["--workers", "1"], "cannot read image"),
+    (lambda d: None, ["--stream", "--dataset", "cifar10"], "--stream is for folder data sets"),
+    (lambda d: None, ["--dataset", "synthetic", "--image-size", "64"], "--image-size is for streamed data"),
+])
+def test_bad_streamed_input_ends_in_one_sentence(tmp_path, capsys, make, argv, expected):
+    root = write_image_folder(tmp_path / "d", splits=(("train", 2), ("val", 1)))
+    make(root)
+    err = usage_error(capsys, lambda: vanilla(["--dataset", "imagenet", "--data-dir", str(root), "--arch", "resnet20",
+                                               "--image-size", "32", "--batch-size", "2", "--epochs", "1", "--device",
+                                               "cpu", "--workers", "0", "--out-dir", str(tmp_path / "run")] + argv))
+    assert expected in err
+
+
+# ================================================================================================
+# common.py, data: image folders and their cache
+# ================================================================================================
+
+@pytest.fixture(scope="module")
+def cifar10_subset(tmp_path_factory):
+    """30 train / 10 test real CIFAR-10 images per class (CIFAR10_JPEG), in the ImageFolder layout."""
+    return extract_cifar10(tmp_path_factory.mktemp("cifar10"), {"train": 30, "test": 10})
+
+
+@pytest.mark.slow
+def test_folder_dataset_on_real_cifar10_trains_and_caches(cifar10_subset, tmp_path):
+    results = run_main(vanilla, ["--dataset", "folder", "--data-dir", str(cifar10_subset), "--epochs", "1",
+                                 "--batch-size", "50", "--arch", "resnet20", "--device", "cpu"], tmp_path / "a")
+    assert set(results["final"]) == {"s0", "s1", "ens", "any"}
+    assert os.path.exists(cifar10_subset / ".okd-cache.pt")
+    first = common.load_folder(str(cifar10_subset), 1)
+    assert first[0].shape == (300, 3, 32, 32) and first[2].shape == (100, 3, 32, 32) and first[4] == 10
+
+
+def empty_class(root):
+    (root / "train" / "class3").mkdir()
+    (root / "test" / "class3").mkdir()
+    write_image_folder(root / "extra", splits=(("test", 1),))  # test/class3 gets an image: only train's is empty
+    (root / "extra" / "test" / "class0" / "0.jpg").rename(root / "test" / "class3" / "0.jpg")
+
+
+def no_images(root):
+    for image in list(root.rglob("*.jpg")):
+        image.rename(image.with_suffix(".txt"))
+
+
+FOLDER_FAULTS = {  # a malformed folder data set: (make it so, the sentence's words)
+    "no class folders": (lambda d: [shutil.rmtree(c) for c in (d / "train").iterdir()], "holds no class folders"),
+    "an empty class folder": (empty_class, "the class folder class3 in"),
+    "other classes in test": (lambda d: (d / "test" / "class2").rename(d / "test" / "class9"),
+                              "must have the same class folders, but only"),
+    "no images at all": (no_images, "holds no images in its class folders"),
+    "an unreadable image": (lambda d: (d / "train" / "class1" / "0.jpg").write_bytes(b"not a jpeg"),
+                            "cannot read image"),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["in_memory", "streamed"])
+@pytest.mark.parametrize("fault", FOLDER_FAULTS)
+def test_a_malformed_folder_data_set_ends_in_one_sentence_on_either_path(tmp_path, capsys, fault, stream):
+    root = write_image_folder(tmp_path / "d", splits=(("train", 2), ("test", 1)))
+    make, expected = FOLDER_FAULTS[fault]
+    make(root)
+    out = tmp_path / "run"
+    argv = ["--dataset", "folder", "--data-dir", str(root), "--arch", "resnet20", "--batch-size", "2", "--epochs",
+            "1", "--device", "cpu", "--workers", "0", "--out-dir", str(out)] + (["--stream", "--image-size", "32"]
+                                                                                 if stream else [])
+    err = one_line_error(capsys, lambda: vanilla(argv))
+    assert expected in err, err
+    if not (stream and fault == "an unreadable image"):  # found before the run starts: no folder left behind
+        assert not out.exists()
+
+
+def write_png_folder(root, seed=0):
+    """2 classes x (3 train, 2 test) random 32x32 PNG images (lossless: decoded exactly as written)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", 3), ("test", 2)):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.png")
+    return root
+
+
+def test_a_folder_data_set_edited_in_place_is_decoded_again(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+    root = write_png_folder(tmp_path / "d")
+    first = common.load_folder(str(root), 1)
+    assert (root / ".okd-cache.pt").exists()
+    assert all(torch.equal(a, b) for a, b in zip(common.load_folder(str(root), 1)[:4], first[:4]))
+    assert "decoding" not in capsys.readouterr().out  # the cache, unchanged files: not decoded again
+    for image in root.rglob("*.png"):  # every image replaced by its negative, under the same name
+        Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
+    inverted = common.load_folder(str(root), 1)
+    assert (f"note: the images in {root} changed (their names, sizes or modification times) since "
+            f"{root / '.okd-cache.pt'} was decoded from them; decoding them again") in capsys.readouterr().out
+    assert torch.equal(inverted[0], 255 - first[0]) and torch.equal(inverted[2], 255 - first[2])
+    assert torch.equal(inverted[1], first[1])
+    # a cache written before the files were recorded, or a damaged one: decoded again, said
+    old = torch.load(root / ".okd-cache.pt", weights_only=True)
+    del old["files"]
+    torch.save(old, root / ".okd-cache.pt")
+    common.load_folder(str(root), 1)
+    assert "may have changed since" in capsys.readouterr().out
+    cache = bytearray((root / ".okd-cache.pt").read_bytes())
+    cache[len(cache) // 2:len(cache) // 2 + 64] = bytes(64)
+    (root / ".okd-cache.pt").write_bytes(cache)
+    assert torch.equal(common.load_folder(str(root), 1)[0], inverted[0])
+    assert "no longer matches the checksum written with it (a disk, copy or transfer fault); decoding the images " \
+           "again" in capsys.readouterr().out
+
+
+# ================================================================================================
+# common.py, data: the papers' other data sets (CINIC-10, MNIST, STL-10, CIFAR offline)
+# ================================================================================================
+
+def test_cinic10_is_a_folder_in_memory_or_streamed(tmp_path):
+    root = write_image_folder(tmp_path / "cinic", splits=(("train", 4), ("valid", 2), ("test", 2)), classes=10)
+    for stream in ([], ["--stream", "--image-size", "32"]):
+        args = common.check_args(common.make_parser().parse_args(
+            ["--dataset", "cinic10", "--data-dir", str(root), "--workers", "0", "--out-dir", str(tmp_path / "r")]
+            + stream), "vanilla")
+        data = common.load_data(args, torch.device("cpu"))
+        assert data.num_classes == 10 and len(data.train_y) == 40 and len(data.test_y) == 20
+        assert type(data) is (common.StreamedData if stream else common.Data) and data.image_size == (32, 32)
+
+
+def test_mnist_from_torchvision_files_is_grey_in_three_channels_at_32px(tmp_path):
+    """MNIST in torchvision's own on-disk format (idx files, written here: no download)."""
+    import numpy as np
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 50), ("t10k", 20)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        header = np.array([2051, n, 28, 28], ">i4").tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([2049, n], ">i4").tobytes() + labels.tobytes())
+    results = run_main(vanilla, ["--dataset", "mnist", "--data-dir", str(tmp_path), "--arch", "resnet20",
+                                 "--epochs", "1", "--batch-size", "25", "--device", "cpu"], tmp_path / "run")
+    assert results["args"]["input_size"] == [32, 32]
+    x = common.load_mnist(str(tmp_path))[0]
+    assert x.shape == (50, 3, 32, 32) and torch.equal(x[:, 0], x[:, 2]) and x[:, :, :2].sum() == 0
+
+
+def test_stl10_through_torchvision_at_96px(tmp_path, monkeypatch):
+    """STL-10 in torchvision's binary layout (written here); its md5 check is patched out (the files differ)."""
+    import numpy as np
+    import torchvision
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 10)):
+        (folder / f"{split}_X.bin").write_bytes(rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8).tobytes())
+        (folder / f"{split}_y.bin").write_bytes((np.arange(n) % 10 + 1).astype(np.uint8).tobytes())
+    (folder / "class_names.txt").write_text("\n".join(f"c{i}" for i in range(10)))
+    monkeypatch.setattr(torchvision.datasets.STL10, "_check_integrity", lambda self: True)
+    train_x, train_y, test_x, test_y, nc = common.load_stl10(str(tmp_path))
+    assert train_x.shape == (20, 3, 96, 96) and test_x.shape == (10, 3, 96, 96) and nc == 10
+    assert sorted(train_y.tolist()) == sorted(list(range(10)) * 2)
+    model = common.build_model("resnet18", 10, 96)  # 96 px is ImageNet-shaped: 24, 12, 6, 3 px stages
+    assert [f.shape[-1] for f in model(common.Data(train_x, train_y, test_x, test_y, nc, "cpu").normalize(
+        train_x[:2]))[1]] == [24, 12, 6, 3]
+
+
+def test_offline_cifar_without_a_local_copy_says_what_to_pass(tmp_path, capsys, monkeypatch):
+    import urllib.error
+    import torchvision
+
+    def no_network(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "download", no_network)
+    err = usage_error(capsys, lambda: vanilla(["--dataset", "cifar10", "--data-dir", str(tmp_path / "data"),
+                                               "--epochs", "1", "--device", "cpu", "--out-dir", str(tmp_path / "run")]))
+    assert "cifar10 is not in" in err and "--dataset folder --data-dir DIR" in err
+
+
+# ================================================================================================
+# common.py, data: augmentation
+# ================================================================================================
+
+def test_augment_is_a_shifted_window_of_the_padded_image_or_its_mirror():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = common.augment(x, g)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    flips = 0
+    for i in range(len(x)):
+        windows = {(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (0, 1)
+                   if torch.equal(out[i], (padded[i, :, dy:dy + 32, dx:dx + 32].flip(2) if flip
+                                           else padded[i, :, dy:dy + 32, dx:dx + 32]))}
+        assert windows, f"sample {i} is not a crop of its padded image"
+        flips += all(f for _, _, f in windows)
+    assert 10 < flips < 54  # about half are mirrored
+    assert not torch.equal(common.augment(x, g), common.augment(x, g))  # each call (student view) differs
+
+
+def augment_before(x, generator, pad=4, flip=True, rank=0, world=1):
+    """common.augment as it was before --augment and --pad-mode: what a default run must still draw."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), generator=generator)[rank::world]
+    dx = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), generator=generator)[rank::world]
+    rows = dy + torch.arange(h).view(1, 1, h, 1)
+    cols = dx + torch.arange(w).view(1, 1, 1, w)
+    crops = padded[torch.arange(b).view(b, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
+    if not flip:
+        return crops
+    flips = torch.rand(b * world, 1, 1, 1, generator=generator)[rank::world] < 0.5
+    return torch.where(flips, crops.flip(3), crops)
+
+
+def windows(padded, size):
+    return [padded[:, dy:dy + size, dx:dx + size] for dy in range(padded.shape[1] - size + 1)
+            for dx in range(padded.shape[2] - size + 1)]
+
+
+def test_default_augmentation_draws_as_before_and_the_new_modes_do_what_they_say():
+    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    for rank, world, flip in ((0, 1, True), (1, 2, True), (0, 1, False)):
+        g_new, g_old = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        for _ in range(2):  # and the generators stay in step
+            assert torch.equal(common.augment(x, g_new, 1, flip, rank, world), augment_before(x, g_old, 1, flip,
+                                                                                               rank, world))
+    # a default run's data: crop + flip of the zero-padded image, batch by batch as before
+    args = SimpleNamespace(dataset="synthetic", limit_train=100, limit_test=50)
+    data = common.load_data(args, torch.device("cpu"))
+    assert (data.crop, data.flip, data.pad_mode) == (True, True, "zeros")
+    views, y = next(data.train_batches(torch.Generator().manual_seed(0), 20, 1))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(100, generator=g)[:20]
+    assert torch.equal(views[0], data.normalize(augment_before(data.train_x[idx], g, data.pad)))
+    # --augment none: the images as they are; crop: shifted windows, never mirrored; reflect: of the mirror image
+    for augment, pad_mode in (("none", "zeros"), ("crop", "zeros"), ("crop+flip", "reflect")):
+        data = common.load_data(SimpleNamespace(**vars(args), augment=augment, pad_mode=pad_mode), torch.device("cpu"))
+        g = torch.Generator().manual_seed(0)
+        views, _ = next(data.train_batches(g, 20, 1))
+        idx = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:20]
+        images = data.train_x[idx]
+        out = (views[0] * data.std + data.mean).round().to(torch.uint8)
+        if augment == "none":
+            assert torch.equal(out, images)
+            continue
+        mode = "constant" if pad_mode == "zeros" else "reflect"
+        padded = F.pad(images.float(), (4, 4, 4, 4), mode=mode).to(torch.uint8)
+        mirrored = 0
+        for i in range(20):
+            plain = any(torch.equal(out[i], w) for w in windows(padded[i], 32))
+            flipped = any(torch.equal(out[i], w.flip(2)) for w in windows(padded[i], 32))
+            assert plain or flipped, (augment, pad_mode, i)
+            mirrored += flipped and not plain
+        assert mirrored == 0 if augment == "crop" else mirrored > 0
+
+
+def test_augment_flag_reaches_the_streamed_path(tiny_imagenet):
+    train, val = os.path.join(tiny_imagenet, "train"), os.path.join(tiny_imagenet, "val")
+    kinds = {a: common.StreamedData(train, val, torch.device("cpu"), 32, 0, augment=a).train_set.transform
+             for a in ("none", "crop", "crop+flip")}
+    assert "RandomResizedCrop" not in repr(kinds["none"]) and "CenterCrop" in repr(kinds["none"])
+    assert "RandomResizedCrop" in repr(kinds["crop"]) and "Flip" not in repr(kinds["crop"])
+    assert "RandomHorizontalFlip" in repr(kinds["crop+flip"])
+
+
+# ================================================================================================
+# common.py: torchrun, several processes on CPU (gloo), the same scripts and flags
+# ================================================================================================
+
+def test_process_shares_of_a_batch_make_up_the_single_process_batch(tiny_imagenet):
+    """Process r of N gets images r, r + N, ... of every global batch, augmented exactly as one process
+    would augment them, and every process's generator ends where one process's does."""
+    cpu = torch.device("cpu")
+    x, y, *_ = common.synthetic(n_train=60, n_test=10)
+    in_memory = common.Data(x, y, x[:10], y[:10], 10, cpu)
+    streamed = common.StreamedData(str(tiny_imagenet / "train"), str(tiny_imagenet / "val"), cpu, 64, workers=0)
+    for data, batch, steps in ((in_memory, 12, 4), (streamed, 6, 3)):
+        def epoch(rank, world):
+            gen = torch.Generator().manual_seed(0)
+            return list(data.train_batches(gen, batch, steps, 2, rank, world)), gen.get_state()
+        whole, state = epoch(0, 1)
+        for world in (2, 3):
+            shares = [epoch(rank, world) for rank in range(world)]
+            for step, (views, labels) in enumerate(whole):
+                for rank, (share, share_state) in enumerate(shares):
+                    share_views, share_labels = share[step]
+                    assert len(share_labels) == batch // world
+                    assert torch.equal(share_labels, labels[rank::world])
+                    assert all(torch.equal(a, b[rank::world]) for a, b in zip(share_views, views))
+                    assert torch.equal(share_state, state)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--sync-bn"], "--sync-bn needs GPUs"),
+    (["--batch-size", "63"], "--batch-size 63 is the global batch: it must split into equal shares"),
+])
+def test_flags_torchrun_cannot_honour_end_in_one_sentence_said_by_rank_0(tmp_path, capsys, monkeypatch, argv, expected):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("1", "0"):  # the same mistake on every process: only rank 0 says it
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as stop:
+            vanilla(SMOKE + argv + ["--out-dir", str(tmp_path / "run")])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert (expected in err and len(err.strip().splitlines()) == 1) if rank == "0" else err == "", err
+
+
+def test_a_lost_process_points_to_where_its_cause_is_said(tmp_path, capsys, monkeypatch):
+    """Under torchrun, a process that finds another gone (its own error line, or torchrun's report when it was
+    killed and printed nothing) says where the cause is, without claiming a message that may not exist."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(common, "start_processes", lambda args: False)
+    monkeypatch.setattr(common, "agree", lambda args, work: work())
+    monkeypatch.setattr(common, "fit", refuse(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed "
+                                                           "by peer [127.0.0.1]:29500")))
+    err = one_line_error(capsys, lambda: vanilla(DDP + ["--out-dir", str(tmp_path / "run")]), code=1)
+    assert "another process of this run stopped (its error line, or torchrun's report" in err
+    assert "above" not in err and f"--resume --out-dir {tmp_path / 'run'}" in err
+
+
+DDP_FLAGS = {"kdcl": ["--holdout-per-class", "2"], "ffcl": ["--pretrain-epochs", "1"]}  # the others: none
+DDP_RUNS = {  # run name: (script, its flags): every method, then kdcl_linear and ffcl_rk check that DDP finds every
+    # parameter used, and a 1-process checkpoint continued on 2 processes
+    **{name: ("common" if name == "vanilla" else name, DDP_FLAGS.get(name, [])) for name in common.METHODS},
+    "kdcl_linear": ("kdcl", ["--ensemble", "linear", "--no-icl"]),
+    "ffcl_rk": ("ffcl", ["--no-feature", "--no-regularization"]),
+    "resumed": ("common", ["--resume", "--epochs", "2"]),
+}
+
+
+class FailsOnRank1(common.Vanilla):
+    """Vanilla whose second epoch fails on rank 1 only: a NaN loss, a crash, or a kill (SIGKILL)."""
+
+    def __init__(self, students, how):
+        super().__init__(students)
+        self.how, self.epoch = how, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def forward(self, views, y=None):
+        out = super().forward(views, y)
+        if self.training and self.epoch == 1 and torch.distributed.is_initialized() \
+                and torch.distributed.get_rank() == 1:
+            if self.how == "crash":
+                raise RuntimeError("rank 1 crashes")
+            if self.how == "kill":  # ended from outside: the process prints nothing
+                os.kill(os.getpid(), 9)
+            loss, parts = out
+            parts["ce_s1"] = parts["ce_s1"] * float("nan")
+            return loss + parts["ce_s1"], parts
+        return out
+
+
+def torchrun_driver(mode, out):
+    """Run by the tests below under torchrun, in every process. `every`: each run of DDP_RUNS through its
+    script's main(), saving what this process trained on and its parameters after each training epoch
+    (before rank 0's state is shared) to OUT/<run>/rank<r>.pt. `nan`, `crash`: a run that fails on rank 1."""
+    import importlib
+    torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank()
+    if mode != "every":
+        build = lambda args, data: FailsOnRank1(common.build_students(args, data), mode)  # noqa: E731
+        common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", out])  # exits on the failure
+        return
+    real_batches, real_epoch = common.Data.train_batches, common.train_epoch
+    seen, params = [], []
+
+    def counted_batches(self, *args, **kw):
+        for views, y in real_batches(self, *args, **kw):
+            seen.append(len(y))
+            yield views, y
+
+    def recorded_epoch(step_fn, *args, **kw):
+        result = real_epoch(step_fn, *args, **kw)
+        params.append({n: p.detach().clone() for n, p in step_fn.module.named_parameters()})
+        return result
+
+    common.Data.train_batches, common.train_epoch = counted_batches, recorded_epoch
+    for name, (script, flags) in DDP_RUNS.items():
+        seen.clear(), params.clear()
+        importlib.import_module(script).main(argv=DDP + flags + ["--out-dir", os.path.join(out, name)])
+        torch.save({"images": sum(seen), "params": params}, os.path.join(out, name, f"rank{rank}.pt"))
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path):
+    """`torchrun --nproc_per_node=1` (one GPU) runs the process group and DistributedDataParallel, as N do."""
+    status, output = torchrun("common.py", *DDP, "--out-dir", str(tmp_path), nproc=1)
+    assert status == 0, output[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["args"]["distributed"] and results["device"].startswith("1 x cpu")
+
+
+@pytest.mark.slow
+def test_torchrun_trains_every_method_on_two_processes_and_resumes_across_process_counts(tmp_path):
+    run_main(vanilla, DDP, tmp_path / "resumed")  # 1 process, 1 epoch: continued to 2 on 2 processes
+    status, output = torchrun(__file__, "every", str(tmp_path))
+    assert status == 0, output[-3000:]
+    for name in DDP_RUNS:
+        run = tmp_path / name
+        assert (run / "results.json").exists(), name
+        assert sorted(r["epoch"] for r in read_metrics(run)) == ([1, 2] if name == "resumed" else [1])
+        ranks = [torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+        held_out = 20 if name == "kdcl" else 0  # KDCL General's 2 images per class never trained on
+        epochs = 2 if name == "ffcl" else 1  # FFCL's pre-training epoch, then its own
+        images = epochs * (160 - held_out) // 32 * 32  # 5 (KDCL: 4) steps of the global batch of 32 an epoch
+        assert [r["images"] for r in ranks] == [images // 2] * 2, name  # the global batch split, not repeated
+        assert len(ranks[0]["params"]) == epochs
+        for after_0, after_1 in zip(ranks[0]["params"], ranks[1]["params"], strict=True):
+            assert after_0.keys() == after_1.keys()
+            assert all(torch.equal(after_0[k], after_1[k]) for k in after_0), name  # the same after each epoch
+    results = json.loads((tmp_path / "vanilla" / "results.json").read_text())
+    assert results["args"]["world_size"] == 2 and results["device"].startswith("2 x cpu")
+    # a checkpoint written by 2 processes continues in 1
+    run_main(vanilla, DDP + ["--resume", "--epochs", "2"], tmp_path / "vanilla")
+    assert [r["epoch"] for r in read_metrics(tmp_path / "vanilla")] == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["nan", "crash", "kill"])
+def test_a_failure_on_one_process_ends_every_process_and_keeps_the_checkpoint(tmp_path, how):
+    status, output = torchrun(__file__, how, str(tmp_path), timeout=300)
+    assert status != 0
+    if how == "nan":  # found by both processes together: one sentence, from rank 0
+        errors = [line for line in output.splitlines() if line.startswith("error")]
+        assert len(errors) == 1 and "'ce_s1' became non-finite at epoch 2, step 1" in errors[0], output[-3000:]
+    elif how == "crash":
+        assert "rank 1 crashes" in output
+    else:  # a killed process prints nothing: torchrun's report says how it ended, and no line points elsewhere
+        ours = [line for line in output.splitlines() if line.startswith("error")]
+        assert "SIGKILL" in output and not any("above" in line for line in ours), output[-3000:]
+    assert "2 processes, each cpu" in output  # the header says how many processes run
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "results.json").exists()
+    # the run continues with --resume (here in one process, where nothing fails)
+    build = lambda args, data: FailsOnRank1(common.build_students(args, data), how)  # noqa: E731
+    common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", str(tmp_path), "--resume"])
+    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+
+
+# ================================================================================================
+# common.py: flags and recipes
+# ================================================================================================
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--workers", "-1"], "--workers must be 0 or more, got -1"),
+    (["--lr", "-1"], "--lr must be a positive number, got -1"),
+    (["--lr", "nan"], "--lr must be a positive number, got nan"),
+    (["--gamma", "0"], "--gamma must be a positive number, got 0"),
+    (["--wd", "-0.1"], "--wd must be a non-negative number, got -0.1"),
+    (["--momentum", "1"], "--momentum must be in [0, 1), got 1"),
+    (["--image-size", "8"], "--image-size must be at least 16 (pixels), got 8"),
+])
+def test_a_bad_flag_value_is_named_alone(tmp_path, capsys, argv, expected):
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + argv + ["--out-dir", str(tmp_path / "run")]))
+    assert expected in err
+    named = {f for f in ("--workers", "--lr", "--gamma", "--wd", "--momentum", "--image-size") if f in err}
+    assert named == {argv[0]}, err  # no flag the user did not give
+
+
+def test_help_gives_each_default_once():
+    text = " ".join(common.make_parser().format_help().split())
+    for flag in ("--image-size", "--workers", "--out-dir"):
+        help_line = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
+        assert help_line.count("(default: ") == 1 and "(default: None)" not in help_line, help_line
+    assert "(default: 224)" in text and "(default: runs/<method>_<arch>_<dataset>_seed<seed>" in text
+
+
+@pytest.mark.parametrize("argv,message", [(["--momentum", "0"], "--no-nesterov"),
+                                          (["--lr", "nan"], "--lr"),
+                                          (["--wd", "inf"], "--wd"),
+                                          (["--T", "nan"], "--T")])
+def test_optimizer_refusals_end_in_one_sentence(tmp_path, capsys, argv, message):
+    assert message in usage_error(capsys, lambda: dml.main(TINY + argv + ["--out-dir", str(tmp_path)]))
+
+
+def test_plain_sgd_with_momentum_0_trains(tmp_path):
+    args = method_args(dml, ["--momentum", "0", "--no-nesterov"], tmp_path)
+    sgd, = common.make_optimizers(build_method(dml, ["--arch", "resnet20"], tmp_path), args)
+    assert sgd.defaults["momentum"] == 0 and not sgd.defaults["nesterov"]
+
+
+@pytest.mark.slow
+def test_a_recipe_sets_defaults_an_explicit_flag_beats_it_and_both_are_recorded(tmp_path):
+    saved = run_main(dml.main, ["--recipe", "paper", *TINY, "--milestones", "0.5"], tmp_path)
+    args = json.loads((tmp_path / "args.json").read_text())
+    recipe = dml.RECIPES["paper"]
+    assert args["lr_warmup"] == recipe["lr_warmup"] == 0 and args["wd"] == recipe["wd"]  # from the recipe
+    assert args["epochs"] == 1 and args["milestones"] == "0.5" and args["arch"] == "resnet20"  # explicit flags win
+    assert args["recipe"] == "paper" and "--milestones 60,120,180" in args["recipe_flags"]
+    assert "--milestones 60,120,180" in args["recipe_overridden"] and "--lr-warmup 0" not in args["recipe_overridden"]
+    assert saved["args"]["recipe_flags"] == args["recipe_flags"]  # results.json carries them too
+
+
+def test_help_shows_the_recipes_values_as_defaults_and_lists_every_recipe(capsys):
+    with pytest.raises(SystemExit):
+        ffsd.main(["--recipe", "paper", "--help"])
+    text = capsys.readouterr().out
+    assert "training epochs (default: 300)" in text and "(default: 150,225)" in text
+    assert "  paper-imagenet\n    paper, Table III (ResNet-18): --arch resnet18\n" in text  # each value by its source
+    assert "--students 3 --dataset imagenet --epochs 90" in " ".join(text.split())
+    with pytest.raises(SystemExit):
+        ffsd.main(["--help"])
+    assert "training epochs (default: 200)" in capsys.readouterr().out  # without --recipe: the project's defaults
+
+
+def test_an_unknown_recipe_ends_in_one_sentence(capsys):
+    with pytest.raises(SystemExit) as e:
+        ffsd.main(["--recipe", "imagenet"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err == "error: unknown recipe 'imagenet'; choose from paper, paper-imagenet"
+
+
+@pytest.mark.slow
+def test_baseline_trains_vanilla_with_the_scripts_recipe_and_its_shared_flags_only(tmp_path, capsys):
+    """`<method>.py --recipe R --baseline` is the paper's baseline: vanilla's independent students, recorded as
+    vanilla, with the recipe's shared flags; --T and the method's own flags (from the recipe or given) are ignored."""
+    dests = set(vars(script_parser().parse_args([])))
     for module in METHOD_MODULES:
-        if module is not mkb_cl:  # MKB-CL distils no logits
-            assert module.kd_loss(z_s, z_t, T).item() == pytest.approx(ref, rel=1e-5), module.__name__
-    log_p = torch.log_softmax(z_t / T, 1)
-    assert kdcl.kd_to_distribution(z_s, log_p, T).item() == pytest.approx(ref, rel=1e-5)
+        for recipe in module.RECIPES.values():
+            assert common.baseline_recipe(recipe) == {k: v for k, v in recipe.items() if k in dests and k != "T"}
+    baseline = common.baseline_recipe(ffsd.RECIPES["paper"])
+    assert baseline["epochs"] == 300 and "fusion_wd" not in baseline and "T" not in baseline
+    results = run_main(ffsd.main, ["--recipe", "paper", "--baseline", *TINY, "--sd-lr", "0.5", "--T", "4"], tmp_path)
+    args = results["args"]
+    assert results["method"] == "vanilla"
+    assert set(results["final"]) == {"s0", "s1", "s2", "ens", "any"}  # the recipe's 3 students
+    assert args["baseline"] and args["recipe"] == "paper" and args["T"] is None and "sd_lr" not in args
+    assert args["milestones"] == "150,225" and args["wd"] == 1e-4 and args["epochs"] == 1  # the recipe's; TINY's
+    assert "--milestones 150,225" in args["recipe_flags"] and not any("--T" in f or "sd-lr" in f
+                                                                      for f in args["recipe_flags"])
+    assert json.loads((tmp_path / "args.json").read_text()) == args
+    err = usage_error(capsys, lambda: vanilla(["--recipe", "ffsd"]))  # common.py has no recipes: it says where they are
+    assert ("unknown recipe 'ffsd'; this script has none (a paper's baseline: <method>.py --recipe paper --baseline)"
+            in err)
 
+
+# ================================================================================================
+# common.py: errors, each a user can cause ending in one sentence and a non-zero exit
+# ================================================================================================
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv,expected", [
+    (["--arch", "resnet33"], "unknown architecture 'resnet33'; choose from resnet20"),
+    (["--arch", "resnet20,wrn_16_2,resnet32", "--students", "2"], "--arch lists 3 architectures but --students is 2"),
+    (["--dataset", "folder", "--data-dir", "/nonexistent/dir"], "--data-dir /nonexistent/dir does not exist"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--limit-train", "5"], "--limit-train 5 is below the number of classes"),
+    (["--resume"], "does not exist"),
+    (["--device", "cuda:0"], "no CUDA device"),
+    (["--dataset", "imagenet21k"], "invalid choice"),
+])
+def test_bad_input_ends_in_one_sentence(tmp_path, argv, expected):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    status, output = run_cli("common.py", *TINY, "--out-dir", str(tmp_path / "run"), *argv)
+    assert status != 0
+    assert expected in output
+    assert "Traceback" not in output and len(output.strip().splitlines()) == 1
+
+
+def test_an_optimizer_refusal_the_checks_miss_still_ends_in_one_sentence(tmp_path):
+    args = method_args(ffsd, ["--arch", "resnet20"], tmp_path)
+    method = build_method(ffsd, ["--arch", "resnet20"], tmp_path)
+    method.sd_lr = -1.0  # what torch.optim.Adam refuses with a ValueError
+    with pytest.raises(common.UsageError, match="optimizer refuses"):
+        common.make_optimizers(method, args)
+
+
+def test_out_of_memory_ends_in_one_sentence_naming_the_batch_size(tmp_path, capsys, monkeypatch):
+    """torch's OutOfMemoryError is a RuntimeError: it is told apart before the other RuntimeErrors, so a full GPU
+    ends the run in its sentence, not a traceback."""
+    monkeypatch.setattr(common, "train_epoch", refuse(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
+    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(tmp_path / "run")]))
+    assert "error: out of memory on cpu at --batch-size 64; lower it (and --lr with it), or use more GPUs" in err
+
+
+# ================================================================================================
+# dml.py: DML
+# ================================================================================================
 
 def test_dml_mutual_kd_matches_formula_and_is_zero_for_identical_students():
     z, _ = random_logits(3, 8, 5, seed=3)
@@ -761,7 +2181,7 @@ def test_dml_one_student_is_a_usage_error(tmp_path, capsys):
 
 
 # ================================================================================================
-# KDCL
+# kdcl.py: KDCL
 # ================================================================================================
 
 @pytest.mark.parametrize("K", [2, 3])
@@ -980,7 +2400,7 @@ def test_kdcl_rejects_bad_flags(tmp_path, capsys):
 
 
 # ================================================================================================
-# FFL / FFCL / FEFR: feature fusion
+# ffl.py, ffcl.py, fefr.py: the feature fusion the three share
 # ================================================================================================
 
 FUSION_ARCHS = ["resnet32", "wrn_16_2", "resnet32,wrn_16_2"]
@@ -995,16 +2415,36 @@ def save_backbones(tmp_path, archs, num_classes=10):
     return ",".join(paths)
 
 
+def fusion_method_argvs(tmp_path, arch):
+    k = len(arch.split(","))
+    pretrained = save_backbones(tmp_path, arch.split(",") if k > 1 else [arch, arch])
+    return {"ffl": (ffl, ["--arch", arch]),
+            "ffcl": (ffcl, ["--arch", arch, "--pretrained", pretrained]),
+            "fefr": (fefr, ["--arch", arch])}
+
+
+def fused_grads_reach(method):
+    """Backward the fused classifier's CE alone: which students receive a gradient."""
+    method.train()
+    _, fused = method.logits(torch.randn(4, 3, 32, 32))
+    F.cross_entropy(fused, torch.randint(0, 10, (4,))).backward()
+    return [any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters()) for s in method.students]
+
+
+def fusion_run(module, out, argv, *flags):
+    """Train a fusion method end to end: every head, both students exported."""
+    results = run_main(module.main, argv + list(flags), out)
+    assert {"s0", "s1", "ens", "fused"} <= set(results["final"])
+    assert all(0 <= v <= 100 for v in results["final"].values())
+    assert (out / "s0.pt").exists() and (out / "s1.pt").exists()
+    return results
+
+
 def test_fusion_module_params_2x64_channels_100_classes():
     module = ffl.FusionModule([64, 64], 100)
     assert common.count_params(module) == 16228
     logits, fused_map = module(([torch.randn(2, 64, 8, 8)] * 2))
     assert logits.shape == (2, 100) and fused_map.shape == (2, 64, 8, 8)
-
-
-def test_ffl_fusion_module_for_resnet32_pair_is_16k(tmp_path):
-    method = build_method(ffl, ["--arch", "resnet32"], tmp_path, num_classes=100)
-    assert common.count_params(method.fusion_module) == 16228
 
 
 def test_fusion_module_pools_mixed_sizes_to_the_smallest():
@@ -1014,55 +2454,6 @@ def test_fusion_module_pools_mixed_sizes_to_the_smallest():
     module([torch.randn(2, 64, 8, 8), torch.randn(2, 128, 4, 4)])
     assert seen == [(2, 192, 4, 4)]
     assert module.fc.in_features == 96  # pointwise conv maps the channel sum to its mean
-
-
-def test_ffl_kd_and_ramp_up():
-    z = torch.randn(4, 10)
-    assert ffl.kd_loss(z, z, 3.0).abs() < 1e-6
-    zs, zt = torch.randn(4, 10, requires_grad=True), torch.randn(4, 10, requires_grad=True)
-    ref = 9 * (F.softmax(zt / 3, 1) * (F.log_softmax(zt / 3, 1) - F.log_softmax(zs / 3, 1))).sum(1).mean()
-    loss = ffl.kd_loss(zs, zt, 3.0)
-    assert torch.allclose(loss, ref, atol=1e-6)
-    loss.backward()
-    assert zt.grad is None and zs.grad is not None  # teacher detached
-    assert ffl.ramp_up(0, 80) == pytest.approx(math.exp(-5))
-    assert ffl.ramp_up(40, 80) == pytest.approx(math.exp(-5 * 0.25))
-    assert ffl.ramp_up(80, 80) == ffl.ramp_up(200, 80) == 1.0
-    assert ffl.ramp_up(0, 0) == 1.0
-
-
-def test_reconstruction_averages_each_group_with_the_next_cyclically():
-    x = torch.arange(4.0).repeat_interleave(3).view(1, 12, 1, 1).expand(2, 12, 2, 2)
-    out = fefr.Reconstruction(4)(x)
-    assert out.shape == x.shape
-    assert out[0, ::3, 0, 0].tolist() == [0.5, 1.5, 2.5, 1.5]
-
-
-@pytest.mark.parametrize("arch,channels", [("resnet32", 96), ("wrn_16_2", 192)])
-def test_fefr_refiner_shapes(arch, channels):
-    net = common.build_model(arch, 10)
-    shapes = fefr.stage_shapes(net, (32, 32))
-    _, features = net(torch.randn(2, 3, 32, 32))
-    refiner = fefr.Refiner(shapes)
-    assert refiner.early(*features[-3:]).shape == (2, channels, 8, 8)
-    assert refiner.reconstruction(torch.randn(2, channels, 8, 8)).shape == (2, channels, 8, 8)
-    assert refiner.attention(torch.randn(2, channels, 8, 8)).shape == (2, channels, 8, 8)
-    assert refiner(features).shape == (2, channels, 8, 8)
-    assert fefr.Refiner(shapes, early_fusion=False)(features).shape == features[-1].shape
-
-
-def test_dual_attention_is_cbam():
-    att = fefr.DualAttention(64)
-    assert att.mlp[0].out_features == 4  # reduction 16
-    assert att.spatial[0].kernel_size == (7, 7)
-
-
-def fusion_method_argvs(tmp_path, arch):
-    k = len(arch.split(","))
-    pretrained = save_backbones(tmp_path, arch.split(",") if k > 1 else [arch, arch])
-    return {"ffl": (ffl, ["--arch", arch]),
-            "ffcl": (ffcl, ["--arch", arch, "--pretrained", pretrained]),
-            "fefr": (fefr, ["--arch", arch])}
 
 
 @pytest.mark.parametrize("arch", FUSION_ARCHS)
@@ -1085,14 +2476,6 @@ def test_shapes_through_every_fusion_method(tmp_path, arch, name):
     assert all(p.grad is not None for p in method.fusion_module.parameters())
 
 
-def fused_grads_reach(method):
-    """Backward the fused classifier's CE alone: which students receive a gradient."""
-    method.train()
-    _, fused = method.logits(torch.randn(4, 3, 32, 32))
-    F.cross_entropy(fused, torch.randint(0, 10, (4,))).backward()
-    return [any(p.grad is not None and p.grad.abs().sum() > 0 for p in s.parameters()) for s in method.students]
-
-
 @pytest.mark.parametrize("module", [ffl, fefr])
 def test_fused_classifier_gradient_reaches_students_by_default(tmp_path, module):
     assert fused_grads_reach(build_method(module, ["--arch", "resnet20"], tmp_path)) == [True, True]
@@ -1106,11 +2489,48 @@ def test_detach_fusion_input_stops_the_fused_gradient(tmp_path, module):
         assert all(p.grad is not None for p in method.refiners.parameters())
 
 
-def test_ffcl_without_feature_knowledge_the_fused_probe_never_reaches_peers(tmp_path):
-    method = build_method(ffcl, ["--arch", "resnet20", "--no-feature", "--no-regularization"], tmp_path)
-    assert fused_grads_reach(method) == [False, False]
-    method_fk = build_method(ffcl, ["--arch", "resnet20", "--no-regularization"], tmp_path)
-    assert fused_grads_reach(method_fk) == [True, True]
+def test_ffl_and_fefr_refuse_a_single_student(tmp_path):
+    for module in (ffl, fefr):
+        with pytest.raises(common.UsageError, match="at least 2"):
+            build_method(module, ["--arch", "resnet20", "--students", "1"], tmp_path)
+
+
+# ================================================================================================
+# ffl.py: FFL
+# ================================================================================================
+
+def test_ffl_fusion_module_for_resnet32_pair_is_16k(tmp_path):
+    method = build_method(ffl, ["--arch", "resnet32"], tmp_path, num_classes=100)
+    assert common.count_params(method.fusion_module) == 16228
+
+
+def test_ffl_kd_and_ramp_up():
+    z = torch.randn(4, 10)
+    assert ffl.kd_loss(z, z, 3.0).abs() < 1e-6
+    zs, zt = torch.randn(4, 10, requires_grad=True), torch.randn(4, 10, requires_grad=True)
+    ref = 9 * (F.softmax(zt / 3, 1) * (F.log_softmax(zt / 3, 1) - F.log_softmax(zs / 3, 1))).sum(1).mean()
+    loss = ffl.kd_loss(zs, zt, 3.0)
+    assert torch.allclose(loss, ref, atol=1e-6)
+    loss.backward()
+    assert zt.grad is None and zs.grad is not None  # teacher detached
+    assert ffl.ramp_up(0, 80) == pytest.approx(math.exp(-5))
+    assert ffl.ramp_up(40, 80) == pytest.approx(math.exp(-5 * 0.25))
+    assert ffl.ramp_up(80, 80) == ffl.ramp_up(200, 80) == 1.0
+    assert ffl.ramp_up(0, 0) == 1.0
+
+
+def test_ffl_loss_is_the_papers_equation():
+    torch.manual_seed(0)
+    method = ffl.FFL([common.build_model("resnet20", 10) for _ in range(2)], 10, T=3.0, rampup=80).train()
+    method.set_epoch(20)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    loss, parts = method([x], y)
+    z, z_f = method.logits(x)
+    w, kd = math.exp(-5 * (1 - 20 / 80) ** 2), ffl.kd_loss
+    ref = (sum(F.cross_entropy(zi, y) for zi in z) + F.cross_entropy(z_f, y)
+           + w * (sum(kd(zi, z_f, 3.0) for zi in z) + kd(z_f, (z[0] + z[1]) / 2, 3.0)))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert parts["kd_s1"].item() == pytest.approx(w * kd(z[1], z_f, 3.0).item(), rel=1e-5)
 
 
 def test_ffl_set_epoch_ramps_the_kd_weight(tmp_path):
@@ -1125,16 +2545,46 @@ def test_ffl_set_epoch_ramps_the_kd_weight(tmp_path):
     assert "kd_weight" not in method.state_dict()  # set again by the loop every epoch, resume included
 
 
-def test_fusion_branch_gets_its_own_weight_decay(tmp_path):
-    args = method_args(fefr, ["--arch", "resnet20", "--fusion-wd", "1e-5", "--wd", "1e-4"], tmp_path)
-    method = fefr.build(args, fake_data())
-    sgd = common.make_optimizers(method, args)[0]
-    students, fusion = sgd.param_groups
-    assert students["weight_decay"] == 1e-4 and fusion["weight_decay"] == 1e-5
-    fusion_ids = {id(p) for p in fusion["params"]}
-    assert all(id(p) in fusion_ids for p in method.refiners.parameters())
-    assert all(id(p) in fusion_ids for p in method.fusion_module.parameters())
-    assert len(students["params"]) + len(fusion["params"]) == len(list(method.parameters()))
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [[], ["--detach-fusion-input"]])
+def test_ffl_end_to_end(tmp_path, flags):
+    fusion_run(ffl, tmp_path / "out", TINY if not flags else SMOKE, *flags)
+
+
+# ================================================================================================
+# ffcl.py: FFCL
+# ================================================================================================
+
+def test_ffcl_response_knowledge_averages_over_the_other_peers():
+    logits = [torch.randn(4, 10) for _ in range(3)]
+    terms = ffcl.response_kd(logits, 1.0)
+    assert torch.allclose(terms[0], (ffcl.kd_loss(logits[0], logits[1], 1) + ffcl.kd_loss(logits[0], logits[2], 1)) / 2)
+
+
+@pytest.mark.parametrize("flags,kinds", [
+    ([], {"fk", "rk", "nrk"}),                                          # A
+    (["--no-response"], {"fk", "nrk"}),                                 # B
+    (["--no-feature"], {"rk", "nrk"}),                                  # C
+    (["--no-regularization"], {"fk", "rk"}),                            # D
+    (["--no-feature", "--no-regularization"], {"rk"}),                  # E
+    (["--no-response", "--no-regularization"], {"fk"}),                 # F
+    (["--no-feature", "--no-response"], {"nrk"}),                       # G
+])
+def test_ffcl_table5_cases_have_exactly_their_loss_terms(tmp_path, flags, kinds):
+    if "--no-regularization" not in flags:
+        flags = flags + ["--pretrained", save_backbones(tmp_path, ["resnet20"] * 2)]
+    method = build_method(ffcl, ["--arch", "resnet20"] + flags, tmp_path)
+    _, parts = method([torch.randn(4, 3, 32, 32)], torch.randint(0, 10, (4,)))
+    found = {k.rsplit("_", 1)[0] for k in parts if k.endswith(("_s0", "_s1"))} - {"ce"}
+    assert found == kinds
+    assert (method.teachers is None) == ("nrk" not in kinds)
+
+
+def test_ffcl_without_feature_knowledge_the_fused_probe_never_reaches_peers(tmp_path):
+    method = build_method(ffcl, ["--arch", "resnet20", "--no-feature", "--no-regularization"], tmp_path)
+    assert fused_grads_reach(method) == [False, False]
+    method_fk = build_method(ffcl, ["--arch", "resnet20", "--no-regularization"], tmp_path)
+    assert fused_grads_reach(method_fk) == [True, True]
 
 
 def test_ffcl_pretrained_copies_are_frozen_and_stay_in_eval(tmp_path):
@@ -1167,31 +2617,6 @@ def test_ffcl_teacher_logits_come_from_the_loaded_files(tmp_path):
     assert torch.allclose(method.teachers(x)[1], ref(x)[0])
 
 
-@pytest.mark.parametrize("flags,kinds", [
-    ([], {"fk", "rk", "nrk"}),                                          # A
-    (["--no-response"], {"fk", "nrk"}),                                 # B
-    (["--no-feature"], {"rk", "nrk"}),                                  # C
-    (["--no-regularization"], {"fk", "rk"}),                            # D
-    (["--no-feature", "--no-regularization"], {"rk"}),                  # E
-    (["--no-response", "--no-regularization"], {"fk"}),                 # F
-    (["--no-feature", "--no-response"], {"nrk"}),                       # G
-])
-def test_ffcl_table5_cases_have_exactly_their_loss_terms(tmp_path, flags, kinds):
-    if "--no-regularization" not in flags:
-        flags = flags + ["--pretrained", save_backbones(tmp_path, ["resnet20"] * 2)]
-    method = build_method(ffcl, ["--arch", "resnet20"] + flags, tmp_path)
-    _, parts = method([torch.randn(4, 3, 32, 32)], torch.randint(0, 10, (4,)))
-    found = {k.rsplit("_", 1)[0] for k in parts if k.endswith(("_s0", "_s1"))} - {"ce"}
-    assert found == kinds
-    assert (method.teachers is None) == ("nrk" not in kinds)
-
-
-def test_ffcl_response_knowledge_averages_over_the_other_peers():
-    logits = [torch.randn(4, 10) for _ in range(3)]
-    terms = ffcl.response_kd(logits, 1.0)
-    assert torch.allclose(terms[0], (ffcl.kd_loss(logits[0], logits[1], 1) + ffcl.kd_loss(logits[0], logits[2], 1)) / 2)
-
-
 @pytest.mark.slow
 def test_ffcl_pretrained_with_wrong_architecture_is_a_usage_error(tmp_path, capsys):
     wrong = save_backbones(tmp_path, ["resnet20", "resnet32"])
@@ -1220,38 +2645,6 @@ def test_ffcl_bad_flag_combinations(tmp_path, argv, match):
         build_method(ffcl, ["--arch", "resnet20"] + argv, tmp_path)
 
 
-def test_fefr_groups_must_divide_channels(tmp_path):
-    with pytest.raises(ValueError, match="divisible"):  # common.main turns it into one sentence
-        build_method(fefr, ["--arch", "resnet20", "--groups", "5"], tmp_path)
-
-
-def test_ffl_and_fefr_refuse_a_single_student(tmp_path):
-    for module in (ffl, fefr):
-        with pytest.raises(common.UsageError, match="at least 2"):
-            build_method(module, ["--arch", "resnet20", "--students", "1"], tmp_path)
-
-
-def fusion_run(module, out, argv, *flags):
-    """Train a fusion method end to end: every head, both students exported."""
-    results = run_main(module.main, argv + list(flags), out)
-    assert {"s0", "s1", "ens", "fused"} <= set(results["final"])
-    assert all(0 <= v <= 100 for v in results["final"].values())
-    assert (out / "s0.pt").exists() and (out / "s1.pt").exists()
-    return results
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("flags", [[], ["--detach-fusion-input"]])
-def test_ffl_end_to_end(tmp_path, flags):
-    fusion_run(ffl, tmp_path / "out", TINY if not flags else SMOKE, *flags)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("flags", [[], ["--no-early-fusion"], ["--no-reconstruction"], ["--no-attention"]])
-def test_fefr_end_to_end(tmp_path, flags):
-    fusion_run(fefr, tmp_path / "out", TINY if not flags else SMOKE, *flags)
-
-
 @pytest.fixture(scope="module")
 def pretrained_by_ffcl(tmp_path_factory):
     """Case A with in-script pre-training; its OUT/pretrain/s*.pt are reused by the other cases."""
@@ -1274,7 +2667,60 @@ def test_ffcl_end_to_end(tmp_path, pretrained_by_ffcl, flags):
 
 
 # ================================================================================================
-# FFSD
+# fefr.py: FEFR
+# ================================================================================================
+
+def test_reconstruction_averages_each_group_with_the_next_cyclically():
+    x = torch.arange(4.0).repeat_interleave(3).view(1, 12, 1, 1).expand(2, 12, 2, 2)
+    out = fefr.Reconstruction(4)(x)
+    assert out.shape == x.shape
+    assert out[0, ::3, 0, 0].tolist() == [0.5, 1.5, 2.5, 1.5]
+
+
+def test_dual_attention_is_cbam():
+    att = fefr.DualAttention(64)
+    assert att.mlp[0].out_features == 4  # reduction 16
+    assert att.spatial[0].kernel_size == (7, 7)
+
+
+@pytest.mark.parametrize("arch,channels", [("resnet32", 96), ("wrn_16_2", 192)])
+def test_fefr_refiner_shapes(arch, channels):
+    net = common.build_model(arch, 10)
+    shapes = fefr.stage_shapes(net, (32, 32))
+    _, features = net(torch.randn(2, 3, 32, 32))
+    refiner = fefr.Refiner(shapes)
+    assert refiner.early(*features[-3:]).shape == (2, channels, 8, 8)
+    assert refiner.reconstruction(torch.randn(2, channels, 8, 8)).shape == (2, channels, 8, 8)
+    assert refiner.attention(torch.randn(2, channels, 8, 8)).shape == (2, channels, 8, 8)
+    assert refiner(features).shape == (2, channels, 8, 8)
+    assert fefr.Refiner(shapes, early_fusion=False)(features).shape == features[-1].shape
+
+
+def test_fusion_branch_gets_its_own_weight_decay(tmp_path):
+    args = method_args(fefr, ["--arch", "resnet20", "--fusion-wd", "1e-5", "--wd", "1e-4"], tmp_path)
+    method = fefr.build(args, fake_data())
+    sgd = common.make_optimizers(method, args)[0]
+    students, fusion = sgd.param_groups
+    assert students["weight_decay"] == 1e-4 and fusion["weight_decay"] == 1e-5
+    fusion_ids = {id(p) for p in fusion["params"]}
+    assert all(id(p) in fusion_ids for p in method.refiners.parameters())
+    assert all(id(p) in fusion_ids for p in method.fusion_module.parameters())
+    assert len(students["params"]) + len(fusion["params"]) == len(list(method.parameters()))
+
+
+def test_fefr_groups_must_divide_channels(tmp_path):
+    with pytest.raises(ValueError, match="divisible"):  # common.main turns it into one sentence
+        build_method(fefr, ["--arch", "resnet20", "--groups", "5"], tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [[], ["--no-early-fusion"], ["--no-reconstruction"], ["--no-attention"]])
+def test_fefr_end_to_end(tmp_path, flags):
+    fusion_run(fefr, tmp_path / "out", TINY if not flags else SMOKE, *flags)
+
+
+# ================================================================================================
+# ffsd.py: FFSD
 # ================================================================================================
 
 def ffsd_method(arch="resnet20", students=3, num_classes=10):
@@ -1436,7 +2882,7 @@ def test_ffsd_usage_errors(tmp_path, capsys, extra, message):
 
 
 # ================================================================================================
-# MKB-CL
+# mkb_cl.py: MKB-CL
 # ================================================================================================
 
 def mkb_method(archs, num_classes=10, **kw):
@@ -1585,1309 +3031,23 @@ def test_mkb_load_network_rejects_other_files(tmp_path):
         mkb_cl.load_network(path)
 
 
-# ================================================================================================
-# The method contract: every method file alone, the same vocabulary in each
-# ================================================================================================
-
-METHOD_FILES = [m.__name__ + ".py" for m in METHOD_MODULES]
-PROJECT_MODULES = {"common", *(m.__name__ for m in METHOD_MODULES)}
-
-
-def top_level_source(module, name):
-    import ast
-    path = os.path.join(HERE, module.__name__ + ".py")
-    text = open(path).read()
-    for node in ast.parse(text).body:
-        if getattr(node, "name", None) == name:
-            start = node.decorator_list[0].lineno if getattr(node, "decorator_list", None) else node.lineno
-            return "\n".join(text.splitlines()[start - 1:node.end_lineno])
-    return None
-
-
-# definitions every file that uses them carries as the same text (CleanRL's price for standalone files): the
-# first two in every method file, the others in each file that defines them (read from the files)
-SHARED_IN_EVERY_FILE = ("ensemble_head", "stage_shapes")
-SHARED = {name: [m for m in METHOD_MODULES if name in SHARED_IN_EVERY_FILE or top_level_source(m, name)]
-          for name in SHARED_IN_EVERY_FILE + ("kd_loss", "FusionModule", "ramp_up", "fusion_loss",
-                                                   "student_payload")}
-
-
-@pytest.mark.parametrize("name", sorted(SHARED))
-def test_shared_definitions_are_the_same_text_in_every_file(name):
-    texts = {m.__name__: top_level_source(m, name) for m in SHARED[name]}
-    assert all(texts.values()), f"{name} missing in {[n for n, t in texts.items() if not t]}"
-    assert len(texts) >= 2, f"{name} is defined in {sorted(texts)} alone: nothing is shared"
-    assert len(set(texts.values())) == 1, f"{name} differs between {sorted(texts)}"
-
-
-@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_method_file_imports_nothing_of_this_project_at_module_level(module):
-    import ast
-    tree = ast.parse(open(os.path.join(HERE, module.__name__ + ".py")).read())
-    for node in tree.body:  # only module-level statements: `import common` inside build/main is the rule
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
-            assert not {n.split(".")[0] for n in names} & PROJECT_MODULES, (module.__name__, names)
-
-
-@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_docstring_teaches_and_is_shorter_than_the_code(module):
-    doc_lines = len(module.__doc__.strip().splitlines())
-    text = open(os.path.join(HERE, module.__name__ + ".py")).read()
-    code = text.split('"""', 2)[2].splitlines()
-    code_lines = [line for line in code if line.strip() and not line.strip().startswith("#")]
-    assert doc_lines < len(code_lines), (doc_lines, len(code_lines))
-    assert "Contract" in module.__doc__ and "--lr-warmup 0" in module.__doc__
-    assert "Results: the README's table 'Results measured with this code'" in module.__doc__
-    assert "mean ± std" not in module.__doc__  # no lab book
-    doc = module.__doc__
-    assert "Paper: " in "\n".join(doc.splitlines()[:4]) and re.search(r"\b(19|20)\d\d\b", doc[:doc.index("Idea")])
-    # teach first: the idea, the loss, the picture and the decisions, then the contract (each a paragraph's start)
-    starts = [re.search(rf"^({h})", doc, re.M) for h in ("Idea", "Loss|Model and loss", "Picture", "Decisions",
-                                                          "Contract")]
-    assert all(starts) and [s.start() for s in starts] == sorted(s.start() for s in starts), starts
-    assert not re.search(FORBIDDEN + r"|papers[/]|[.]txt\b|issue[ ]#", doc), "a path outside the repository"
-
-
-def test_a_new_method_is_everywhere_the_checklist_says(tmp_path):
-    """README's "Adding a method", place by place, for every name in common.METHODS: fails naming each place a
-    method is missing from (the tables the tests derive from common.METHODS need nothing)."""
-    published, bench, evaluate = (script_module(s) for s in ("published", "bench_speed", "evaluate"))
-    readers = {f"scripts/{s}.py": script_module(s).METHODS for s in ("compare", "gpu_check")}
-    readme = open(os.path.join(HERE, "README.md")).read()
-    missing = []
-    for name in common.METHODS[1:]:  # vanilla is common.py's
-        def check(place, ok):
-            if not ok:
-                missing.append(f"{name}: {place}")
-        module = importlib.import_module(name)
-        check(f"{name}.py: add_arguments, build, main",
-              all(callable(getattr(module, f, None)) for f in ("add_arguments", "build", "main")))
-        recipes, sources = getattr(module, "RECIPES", {}), getattr(module, "RECIPE_SOURCES", {})
-        check(f"{name}.py: RECIPES['paper'] and RECIPE_SOURCES for each recipe",
-              "paper" in recipes and set(recipes) == set(sources))
-        check("test_methods.py: import " + name, globals().get(name) is module)
-        check(f"test_methods.py: its section (tests named test_{name.split('_')[0]}_...)",
-              any(test.startswith(f"test_{name.split('_')[0]}_") for test in globals()))
-        check("test_methods.py: its constructor in COPY_ALONE's build()", f'"{name}": lambda' in COPY_ALONE)
-        check("README.md: its row in the methods table", f"| `{name}.py` |" in readme)
-        check("scripts/published.py: its paper in PAPERS or rows of its method",
-              name in published.PAPERS or any(r["method"] == name for r in published.ROWS))
-        for script, methods in readers.items():
-            check(f"{script}: reads common.METHODS", name in methods)
-        try:
-            method = default_method(module, tmp_path, "--students", str(bench.STUDENTS.get(name, 2)))
-        except Exception as e:  # any refusal of the count bench_speed.py gives it
-            check(f"scripts/bench_speed.py: STUDENTS (it does not build {bench.STUDENTS.get(name, 2)} students: {e})",
-                  False)
-            continue
-        check("method.students, the deployable networks (common.write_results reads it)",
-              len(getattr(method, "students", [])) > 0)
-        check("scripts/evaluate.py: trained_classes() (a checkpoint's class count)",
-              evaluate.trained_classes(method.state_dict()) == 10)
-    assert not missing, "missing places (README 'Adding a method'):\n" + "\n".join(missing)
-
-
-COPY_ALONE = r"""
-import copy, importlib, importlib.util, os, sys, traceback
-import torch, torchvision
-
-# the user's own students: torchvision classifiers, made students by common.as_student, loaded by its path
-spec = importlib.util.spec_from_file_location("helper_not_on_path", HELPER)
-helper = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(helper)
-
-
-def student(seed, arch="resnet18"):
-    torch.manual_seed(seed)
-    return helper.as_student(getattr(torchvision.models, arch)(num_classes=5))
-
-
-class OwnNet(torch.nn.Module):  # the user's own stage-structured network, what ONE cuts: stages, then classifier
-    def __init__(self, seed):
-        super().__init__()
-        torch.manual_seed(seed)
-        block = lambda cin, cout, s: torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 3, s, 1, bias=False),
-                                                         torch.nn.BatchNorm2d(cout), torch.nn.ReLU())
-        self.stages = torch.nn.ModuleList([block(3, 8, 1), block(8, 16, 2), block(16, 16, 2)])
-        self.classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 5))
-
-    def forward(self, x):
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return self.classifier(x), features
-
-
-def build(name, M):
-    S = lambda k: [student(i) for i in range(k)]
-    return {"dml": lambda: M.DML([student(0), student(1, "mobilenet_v2")]),
-            "kdcl": lambda: M.KDCL(S(2)),
-            "ffl": lambda: M.FFL([student(0), student(1, "mobilenet_v2")], 5),
-            "ffcl": lambda: M.FFCL(S(2), 5, pretrained=S(2)),
-            "fefr": lambda: M.FEFR(S(2), 5),
-            "ffsd": lambda: M.FFSD(S(3), 5),
-            "mkb_cl": lambda: M.MKBCL(S(2), 5),
-            "one": lambda: M.ONE([OwnNet(i) for i in range(3)])}[name]()
-
-
-def train_and_evaluate(name):
-    folder = os.path.join(ROOT, name)  # where the file lies alone
-    assert sys.path[0] != HERE and HERE not in sys.path and not PROJECT & set(sys.modules)
-    sys.path.insert(0, folder)
-    try:
-        method = build(name, importlib.import_module(name))
-        opt = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
-        g = torch.Generator().manual_seed(0)
-        x, y = torch.randn(8, 3, 32, 32, generator=g), torch.arange(8) % 5
-        method.train()  # one step of a plain loop: no set_epoch, no param groups, nothing of ours
-        views = [x + 0.1 * torch.randn(x.shape, generator=g) for _ in range(getattr(method, "num_views", 1))]
-        loss, parts = method(views, y)
-        assert torch.isfinite(loss) and torch.allclose(loss, sum(parts.values())), (loss, parts)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        method.eval()
-        with torch.no_grad():
-            heads = method(x)
-        assert "ens" in heads and all(z.shape == (8, 5) for z in heads.values()), {h: z.shape for h, z in heads.items()}
-        exported = reload_exports(name, method, importlib.import_module(name), x, heads, folder)
-        loaded = sorted(PROJECT & set(sys.modules))
-        assert loaded == [name], loaded
-    finally:
-        sys.path.remove(folder)
-        sys.modules.pop(name, None)
-    return sorted(parts), sorted(heads), exported
-
-
-# method.export(): every payload saved, read back as plain data and loaded into the user's own fresh student of
-# the same architecture (MKB-CL: with fresh halves), which must give its head's logits
-ARCHS = {("dml", "s1"): "mobilenet_v2", ("ffl", "s1"): "mobilenet_v2"}  # build()'s mixed pairs
-
-
-def reload_exports(name, method, M, x, heads, folder):
-    exported = []
-    for key, payload in (method.export() if hasattr(method, "export") else {}).items():
-        path = os.path.join(folder, key + ".pt")
-        torch.save(payload, path)
-        payload = torch.load(path, weights_only=True)
-        if payload["kind"] == "mkb_network":
-            i = int(key[len("net"):])
-            fresh = M.MKBNetwork(student(100), {int(k): M.MKBHalf(**c) for k, c in payload["mkb"].items()},
-                                 image_size=payload["image_size"])
-            head = f"s{i}"
-        else:  # ONE's branch with the trunk is the user's own network
-            fresh = OwnNet(100) if payload["module"] == "OwnNet" else student(100, ARCHS.get((name, key), "resnet18"))
-            head = key
-        fresh.load_state_dict(payload["state_dict"])
-        with torch.no_grad():
-            out = fresh.eval()(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        assert torch.allclose(logits, heads[head], atol=1e-5), (key, (logits - heads[head]).abs().max())
-        exported.append(key)
-    return "exported:" + (",".join(exported) or "-")
-
-
-for name in NAMES:
-    try:
-        print("trained", name, *train_and_evaluate(name), flush=True)
-    except Exception:
-        print("failed", name, repr(traceback.format_exc()), flush=True)
-"""
-
-
-@pytest.fixture(scope="module")
-def copied_alone(tmp_path_factory):
-    """Each method file copied alone into an empty folder, imported from there in one fresh interpreter (the
-    project not on its path) and trained one step on torchvision students: {name: report line}."""
-    import shutil
-    root = tmp_path_factory.mktemp("copied_alone")
-    names = [m.__name__ for m in METHOD_MODULES]
-    for name in names:
-        (root / name).mkdir()
-        shutil.copy(os.path.join(HERE, name + ".py"), root / name)
-    (root / "loop").mkdir()  # the script's own folder (first on its path) holds nothing else
-    script = root / "loop" / "user_loop.py"
-    script.write_text(f"PROJECT = set({sorted(PROJECT_MODULES)!r})\nHERE = {HERE!r}\nROOT = {str(root)!r}\n"
-                      f"NAMES = {names!r}\nHELPER = {os.path.join(HERE, 'common.py')!r}\n" + COPY_ALONE)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, str(script)], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
-    reports = {line.split()[1]: line for line in proc.stdout.splitlines() if line.startswith(("trained", "failed"))}
-    return reports, proc.stderr[-3000:]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_method_file_copied_alone_trains_a_torchvision_student_in_a_plain_loop(copied_alone, module):
-    reports, stderr = copied_alone
-    report = reports.get(module.__name__, stderr)
-    assert report.startswith("trained "), report.replace("\\n", "\n")
-
-
-def test_as_student_finds_the_stage_outputs_of_torchvision_classifiers():
-    import torchvision
-    net = common.as_student(torchvision.models.resnet18(num_classes=5))
-    assert net.stage_nodes == ["relu", "layer1", "layer2", "layer3", "layer4"]
-    logits, features = net(torch.randn(2, 3, 32, 32))
-    assert logits.shape == (2, 5) and [f.shape[1] for f in features] == [64, 64, 128, 256, 512]
-    net = common.as_student(torchvision.models.mobilenet_v2(num_classes=5))
-    assert [f.shape[-1] for f in net(torch.randn(2, 3, 32, 32))[1]] == [16, 8, 4, 2, 1]  # one map per size
-
-
-@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_a_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
-    import torchvision
-    plain = [torchvision.models.resnet18(num_classes=5) for _ in range(3)]
-    with pytest.raises(TypeError, match=r"must return \(logits, \[stage outputs\]\).*create_feature_extractor") as info:
-        module.stage_shapes(plain[0], (32, 32))
-    assert len(str(info.value).splitlines()) == 1
-    assert "common" not in str(info.value)  # a copied file names nothing its copy lacks
-    cls = method_class(module)
-    parameters = inspect.signature(cls).parameters
-    extra = [5] if "num_classes" in parameters else []
-    options = {"pretrained": plain} if "pretrained" in parameters else {}  # FFCL's frozen copies
-    with pytest.raises(TypeError, match="`stages`.*`classifier`" if module is one else "create_feature_extractor"):
-        cls(plain, *extra, **options)
-
-
-def method_class(module):
-    """The file's method: its nn.Module whose first argument is the list of students."""
-    found = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, nn.Module)
-             and c.__module__ == module.__name__ and list(inspect.signature(c).parameters)[:1] == ["students"]]
-    assert len(found) == 1, (module.__name__, found)
-    return found[0]
-
-
-# the flags a method needs to be built in-process on resnet20 students, without files (the others: none)
-BUILD_FLAGS = {"kdcl": ["--ensemble", "naive"], "ffsd": ["--students", "3"], "ffcl": ["--no-regularization"]}
-
-
-def default_method(module, tmp_path, *argv):
-    return build_method(module, ["--arch", "resnet20", *BUILD_FLAGS.get(module.__name__, []), *argv], tmp_path)
-
-
-@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_every_loss_part_is_weighted_and_they_sum_to_the_loss(tmp_path, module):
-    method = default_method(module, tmp_path).train()
-    if hasattr(method, "set_epoch"):
-        method.set_epoch(0)  # a ramp-up below full weight, so that an unweighted part would show
-    views = [torch.randn(4, 3, 32, 32) for _ in range(getattr(method, "num_views", 1))]
-    loss, parts = method(views, torch.arange(4) % 10)
-    assert torch.allclose(loss, sum(parts.values()), rtol=1e-6)
-
-
-def test_ffl_loss_is_the_papers_equation():
-    torch.manual_seed(0)
-    method = ffl.FFL([common.build_model("resnet20", 10) for _ in range(2)], 10, T=3.0, rampup=80).train()
-    method.set_epoch(20)
-    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
-    loss, parts = method([x], y)
-    z, z_f = method.logits(x)
-    w, kd = math.exp(-5 * (1 - 20 / 80) ** 2), ffl.kd_loss
-    ref = (sum(F.cross_entropy(zi, y) for zi in z) + F.cross_entropy(z_f, y)
-           + w * (sum(kd(zi, z_f, 3.0) for zi in z) + kd(z_f, (z[0] + z[1]) / 2, 3.0)))
-    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
-    assert parts["kd_s1"].item() == pytest.approx(w * kd(z[1], z_f, 3.0).item(), rel=1e-5)
-
-
-def test_ffcl_and_mkb_parts_carry_their_weights(tmp_path):
-    method = build_method(ffcl, ["--arch", "resnet20", "--no-regularization", "--lambda-feature", "0.5",
-                                 "--lambda-response", "2"], tmp_path).train()
-    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
-    _, parts = method([x], y)
-    z, z_f = method.logits(x)
-    assert parts["fk_s0"].item() == pytest.approx(0.5 * ffcl.kd_loss(z[0], z_f, 3.0).item(), rel=1e-5)
-    assert parts["rk_s1"].item() == pytest.approx(2 * ffcl.kd_loss(z[1], z[0], 1.0).item(), rel=1e-5)
-    m = mkb_method(["resnet20", "resnet20"], alpha=0.2).train()
-    _, parts = m([x], y)
-    (_, e0), (_, e1) = [net(x, with_embeddings=True) for net in m.students]
-    assert parts["metric_s0"].item() == pytest.approx(0.2 * mkb_cl.metric_loss(e0[0], e1[0]).item(), rel=1e-4)
-    assert parts["verif_s1"].item() == pytest.approx(
-        0.2 * F.cross_entropy(m.verifiers[1][0](e1[0]), y).item(), rel=1e-4)
-
-
-@pytest.mark.parametrize("argv,message", [(["--momentum", "0"], "--no-nesterov"),
-                                          (["--lr", "nan"], "--lr"),
-                                          (["--wd", "inf"], "--wd"),
-                                          (["--T", "nan"], "--T")])
-def test_optimizer_refusals_end_in_one_sentence(tmp_path, capsys, argv, message):
-    assert message in usage_error(capsys, lambda: dml.main(TINY + argv + ["--out-dir", str(tmp_path)]))
-
-
-def test_plain_sgd_with_momentum_0_trains(tmp_path):
-    args = method_args(dml, ["--momentum", "0", "--no-nesterov"], tmp_path)
-    sgd, = common.make_optimizers(build_method(dml, ["--arch", "resnet20"], tmp_path), args)
-    assert sgd.defaults["momentum"] == 0 and not sgd.defaults["nesterov"]
-
-
-def test_an_optimizer_refusal_the_checks_miss_still_ends_in_one_sentence(tmp_path):
-    args = method_args(ffsd, ["--arch", "resnet20"], tmp_path)
-    method = build_method(ffsd, ["--arch", "resnet20"], tmp_path)
-    method.sd_lr = -1.0  # what torch.optim.Adam refuses with a ValueError
-    with pytest.raises(common.UsageError, match="optimizer refuses"):
-        common.make_optimizers(method, args)
-
-
-# ================================================================================================
-# Scripts
-# ================================================================================================
-
-BENCH_KEYS = ["bare_compute", "conventional", *common.METHODS]
-
-
-def bench_quick(out, *argv):
-    status, output = run_cli(os.path.join("scripts", "bench_speed.py"), "--quick", "--out", str(out), *argv)
-    assert status == 0, output[-2000:]
-    return json.loads(out.read_text()), output
-
-
-@pytest.mark.slow
-def test_bench_speed_quick_measures_every_method(tmp_path):
-    """The benchmark runs every method and both references; how fast is the benchmark's business, not the
-    suite's (a shared machine makes any timing assertion flaky)."""
-    bench, output = bench_quick(tmp_path / "all.json")
-    for key in BENCH_KEYS:
-        assert bench[key]["images_per_s"] > 0, key
-
-
-@pytest.mark.slow
-def test_compare_writes_a_table_and_reuses_finished_runs(tmp_path):
-    out = tmp_path / "compare"
-    argv = ["--methods", "vanilla,dml", "--seeds", "0", "--out-dir", str(out), "--dataset", "synthetic",
-            "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "64",
-            "--arch", "resnet20", "--device", "cpu"]
-    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv)
-    assert status == 0, output[-2000:]
-    rows = [line for line in (out / "table.md").read_text().splitlines()
-            if line.startswith("| ") and not line.startswith("| method ")]
-    assert [row.split("|")[1].strip() for row in rows] == ["vanilla", "dml"]
-    finished = {m: out / m / "seed0" / "results.json" for m in ("vanilla", "dml")}
-    mtimes = {m: path.stat().st_mtime_ns for m, path in finished.items()}
-    # a second identical call trains nothing: both runs are re-used as they are
-    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv)
-    assert status == 0, output[-2000:]
-    assert output.count("finished earlier, re-using") == 2, output
-    assert {m: path.stat().st_mtime_ns for m, path in finished.items()} == mtimes
-    assert (out / "table.md").exists()
-    # --results keeps each run's small summary; --render rebuilds the same table from them alone
-    results = tmp_path / "results"
-    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv, "--results", str(results))
-    assert status == 0, output[-2000:]
-    summary = json.loads((results / "dml" / "seed0.json").read_text())
-    assert summary["seed"] == 0 and summary["curve"][0]["epoch"] == 1 and "top_share_s0" in summary["curve"][0]
-    assert "kd_s0" in summary["curve"][0] and "seconds" not in summary["curve"][0]  # loss parts, no timings
-    assert not any(name.endswith(".pt") for _, _, files in os.walk(results) for name in files)
-    rows = lambda path: [line for line in path.read_text().splitlines() if line.startswith("| ")]  # noqa: E731
-    before = rows(results / "table.md")
-    shutil.rmtree(out)  # the runs are gone: only the summaries are left
-    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", str(results))  # printed
-    assert status == 0, output[-2000:]
-    assert [line for line in output.splitlines() if line.startswith("| ")] == before and len(before) == 3
-
-
-# ================================================================================================
-# Several processes: torchrun on CPU (gloo), the same scripts and flags
-# ================================================================================================
-
-def test_process_shares_of_a_batch_make_up_the_single_process_batch(tiny_imagenet):
-    """Process r of N gets images r, r + N, ... of every global batch, augmented exactly as one process
-    would augment them, and every process's generator ends where one process's does."""
-    cpu = torch.device("cpu")
-    x, y, *_ = common.synthetic(n_train=60, n_test=10)
-    in_memory = common.Data(x, y, x[:10], y[:10], 10, cpu)
-    streamed = common.StreamedData(str(tiny_imagenet / "train"), str(tiny_imagenet / "val"), cpu, 64, workers=0)
-    for data, batch, steps in ((in_memory, 12, 4), (streamed, 6, 3)):
-        def epoch(rank, world):
-            gen = torch.Generator().manual_seed(0)
-            return list(data.train_batches(gen, batch, steps, 2, rank, world)), gen.get_state()
-        whole, state = epoch(0, 1)
-        for world in (2, 3):
-            shares = [epoch(rank, world) for rank in range(world)]
-            for step, (views, labels) in enumerate(whole):
-                for rank, (share, share_state) in enumerate(shares):
-                    share_views, share_labels = share[step]
-                    assert len(share_labels) == batch // world
-                    assert torch.equal(share_labels, labels[rank::world])
-                    assert all(torch.equal(a, b[rank::world]) for a, b in zip(share_views, views))
-                    assert torch.equal(share_state, state)
-
-
-@pytest.mark.parametrize("argv,expected", [
-    (["--sync-bn"], "--sync-bn needs GPUs"),
-    (["--batch-size", "63"], "--batch-size 63 is the global batch: it must split into equal shares"),
-])
-def test_flags_torchrun_cannot_honour_end_in_one_sentence_said_by_rank_0(tmp_path, capsys, monkeypatch, argv, expected):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for rank in ("1", "0"):  # the same mistake on every process: only rank 0 says it
-        monkeypatch.setenv("RANK", rank)
-        with pytest.raises(SystemExit) as stop:
-            vanilla(SMOKE + argv + ["--out-dir", str(tmp_path / "run")])
-        assert stop.value.code == 2
-        err = capsys.readouterr().err
-        assert (expected in err and len(err.strip().splitlines()) == 1) if rank == "0" else err == "", err
-
-
-DDP = ["--dataset", "synthetic", "--limit-train", "160", "--limit-test", "64", "--batch-size", "32",
-       "--arch", "resnet20", "--device", "cpu", "--epochs", "1"]
-DDP_FLAGS = {"kdcl": ["--holdout-per-class", "2"], "ffcl": ["--pretrain-epochs", "1"]}  # the others: none
-DDP_RUNS = {  # run name: (script, its flags): every method, then kdcl_linear and ffcl_rk check that DDP finds every
-    # parameter used, and a 1-process checkpoint continued on 2 processes
-    **{name: ("common" if name == "vanilla" else name, DDP_FLAGS.get(name, [])) for name in common.METHODS},
-    "kdcl_linear": ("kdcl", ["--ensemble", "linear", "--no-icl"]),
-    "ffcl_rk": ("ffcl", ["--no-feature", "--no-regularization"]),
-    "resumed": ("common", ["--resume", "--epochs", "2"]),
-}
-
-
-class FailsOnRank1(common.Vanilla):
-    """Vanilla whose second epoch fails on rank 1 only: a NaN loss, a crash, or a kill (SIGKILL)."""
-
-    def __init__(self, students, how):
-        super().__init__(students)
-        self.how, self.epoch = how, 0
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def forward(self, views, y=None):
-        out = super().forward(views, y)
-        if self.training and self.epoch == 1 and torch.distributed.is_initialized() \
-                and torch.distributed.get_rank() == 1:
-            if self.how == "crash":
-                raise RuntimeError("rank 1 crashes")
-            if self.how == "kill":  # ended from outside: the process prints nothing
-                os.kill(os.getpid(), 9)
-            loss, parts = out
-            parts["ce_s1"] = parts["ce_s1"] * float("nan")
-            return loss + parts["ce_s1"], parts
-        return out
-
-
-def torchrun_driver(mode, out):
-    """Run by the tests below under torchrun, in every process. `every`: each run of DDP_RUNS through its
-    script's main(), saving what this process trained on and its parameters after each training epoch
-    (before rank 0's state is shared) to OUT/<run>/rank<r>.pt. `nan`, `crash`: a run that fails on rank 1."""
-    import importlib
-    torch.distributed.init_process_group("gloo")
-    rank = torch.distributed.get_rank()
-    if mode != "every":
-        build = lambda args, data: FailsOnRank1(common.build_students(args, data), mode)  # noqa: E731
-        common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", out])  # exits on the failure
-        return
-    real_batches, real_epoch = common.Data.train_batches, common.train_epoch
-    seen, params = [], []
-
-    def counted_batches(self, *args, **kw):
-        for views, y in real_batches(self, *args, **kw):
-            seen.append(len(y))
-            yield views, y
-
-    def recorded_epoch(step_fn, *args, **kw):
-        result = real_epoch(step_fn, *args, **kw)
-        params.append({n: p.detach().clone() for n, p in step_fn.module.named_parameters()})
-        return result
-
-    common.Data.train_batches, common.train_epoch = counted_batches, recorded_epoch
-    for name, (script, flags) in DDP_RUNS.items():
-        seen.clear(), params.clear()
-        importlib.import_module(script).main(argv=DDP + flags + ["--out-dir", os.path.join(out, name)])
-        torch.save({"images": sum(seen), "params": params}, os.path.join(out, name, f"rank{rank}.pt"))
-    torch.distributed.destroy_process_group()
-
-
-def torchrun(*argv, timeout=600, nproc=2):
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                           *argv], capture_output=True, text=True, cwd=HERE, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    return proc.returncode, proc.stdout + proc.stderr
-
-
-@pytest.mark.slow
-def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path):
-    """`torchrun --nproc_per_node=1` (one GPU) runs the process group and DistributedDataParallel, as N do."""
-    status, output = torchrun("common.py", *DDP, "--out-dir", str(tmp_path), nproc=1)
-    assert status == 0, output[-3000:]
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert results["args"]["distributed"] and results["device"].startswith("1 x cpu")
-
-
-@pytest.mark.slow
-def test_torchrun_trains_every_method_on_two_processes_and_resumes_across_process_counts(tmp_path):
-    run_main(vanilla, DDP, tmp_path / "resumed")  # 1 process, 1 epoch: continued to 2 on 2 processes
-    status, output = torchrun(__file__, "every", str(tmp_path))
-    assert status == 0, output[-3000:]
-    for name in DDP_RUNS:
-        run = tmp_path / name
-        assert (run / "results.json").exists(), name
-        assert sorted(r["epoch"] for r in read_metrics(run)) == ([1, 2] if name == "resumed" else [1])
-        ranks = [torch.load(run / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-        held_out = 20 if name == "kdcl" else 0  # KDCL General's 2 images per class never trained on
-        epochs = 2 if name == "ffcl" else 1  # FFCL's pre-training epoch, then its own
-        images = epochs * (160 - held_out) // 32 * 32  # 5 (KDCL: 4) steps of the global batch of 32 an epoch
-        assert [r["images"] for r in ranks] == [images // 2] * 2, name  # the global batch split, not repeated
-        assert len(ranks[0]["params"]) == epochs
-        for after_0, after_1 in zip(ranks[0]["params"], ranks[1]["params"], strict=True):
-            assert after_0.keys() == after_1.keys()
-            assert all(torch.equal(after_0[k], after_1[k]) for k in after_0), name  # the same after each epoch
-    results = json.loads((tmp_path / "vanilla" / "results.json").read_text())
-    assert results["args"]["world_size"] == 2 and results["device"].startswith("2 x cpu")
-    # a checkpoint written by 2 processes continues in 1
-    run_main(vanilla, DDP + ["--resume", "--epochs", "2"], tmp_path / "vanilla")
-    assert [r["epoch"] for r in read_metrics(tmp_path / "vanilla")] == [1, 2]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["nan", "crash", "kill"])
-def test_a_failure_on_one_process_ends_every_process_and_keeps_the_checkpoint(tmp_path, how):
-    status, output = torchrun(__file__, how, str(tmp_path), timeout=300)
-    assert status != 0
-    if how == "nan":  # found by both processes together: one sentence, from rank 0
-        errors = [line for line in output.splitlines() if line.startswith("error")]
-        assert len(errors) == 1 and "'ce_s1' became non-finite at epoch 2, step 1" in errors[0], output[-3000:]
-    elif how == "crash":
-        assert "rank 1 crashes" in output
-    else:  # a killed process prints nothing: torchrun's report says how it ended, and no line points elsewhere
-        ours = [line for line in output.splitlines() if line.startswith("error")]
-        assert "SIGKILL" in output and not any("above" in line for line in ours), output[-3000:]
-    assert "2 processes, each cpu" in output  # the header says how many processes run
-    ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
-    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
-    assert not (tmp_path / "results.json").exists()
-    # the run continues with --resume (here in one process, where nothing fails)
-    build = lambda args, data: FailsOnRank1(common.build_students(args, data), how)  # noqa: E731
-    common.main("failing", None, build, DDP + ["--epochs", "3", "--out-dir", str(tmp_path), "--resume"])
-    assert [r["epoch"] for r in read_metrics(tmp_path)] == [1, 2, 3]
-
-
-# ================================================================================================
-# Recipes (--recipe) and reproducing a paper's table (scripts/reproduce.py, scripts/published.py)
-# ================================================================================================
-
-sys.path.insert(0, os.path.join(HERE, "scripts"))
-import published  # noqa: E402
-import reproduce  # noqa: E402
-
-
-def script_parser(module=None):
-    parser = common.make_parser()
-    if module is not None:
-        module.add_arguments(parser)
-    return parser
-
-
-@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_every_recipe_sets_flags_its_script_has(module):
-    parser = script_parser(module)
-    dests = set(vars(parser.parse_args([])))
-    assert "paper" in module.RECIPES and set(module.RECIPES) <= {"paper", "paper-imagenet"}
-    for name, recipe in module.RECIPES.items():
-        assert set(recipe) <= dests, (name, set(recipe) - dests)
-        assert recipe["dataset"] == ("imagenet" if name == "paper-imagenet" else "cifar100")
-        args = parser.parse_args([])
-        for dest, value in recipe.items():  # every value is of its flag's type (as if given on the command line)
-            assert type(value) is type(getattr(args, dest)) or {type(value), type(getattr(args, dest))} <= {int, float}
-
-
-@pytest.mark.slow
-def test_a_recipe_sets_defaults_an_explicit_flag_beats_it_and_both_are_recorded(tmp_path):
-    saved = run_main(dml.main, ["--recipe", "paper", *TINY, "--milestones", "0.5"], tmp_path)
-    args = json.loads((tmp_path / "args.json").read_text())
-    recipe = dml.RECIPES["paper"]
-    assert args["lr_warmup"] == recipe["lr_warmup"] == 0 and args["wd"] == recipe["wd"]  # from the recipe
-    assert args["epochs"] == 1 and args["milestones"] == "0.5" and args["arch"] == "resnet20"  # explicit flags win
-    assert args["recipe"] == "paper" and "--milestones 60,120,180" in args["recipe_flags"]
-    assert "--milestones 60,120,180" in args["recipe_overridden"] and "--lr-warmup 0" not in args["recipe_overridden"]
-    assert saved["args"]["recipe_flags"] == args["recipe_flags"]  # results.json carries them too
-
-
-def test_help_shows_the_recipes_values_as_defaults_and_lists_every_recipe(capsys):
+def test_mkb_cl_recipe_trains_the_cifar_resnet32_without_augmentation(capsys):
+    parser = script_parser(mkb_cl)
+    common.apply_recipe(parser, mkb_cl.RECIPES, ["--recipe", "paper"])
+    args = common.check_args(parser.parse_args(["--device", "cpu", "--out-dir", "unused"]), "mkb_cl")
+    assert common.student_archs(args) == ["resnet32", "mobilenetv2"] and args.augment == "none"
+    method = mkb_cl.build(args, fake_data(100))
+    backbone = method.students[0].backbone
+    assert backbone.arch == "resnet32" and 0.46e6 < common.count_params(backbone) < 0.48e6  # not resnet34's 21 M
     with pytest.raises(SystemExit):
-        ffsd.main(["--recipe", "paper", "--help"])
-    text = capsys.readouterr().out
-    assert "training epochs (default: 300)" in text and "(default: 150,225)" in text
-    assert "  paper-imagenet\n    paper, Table III (ResNet-18): --arch resnet18\n" in text  # each value by its source
-    assert "--students 3 --dataset imagenet --epochs 90" in " ".join(text.split())
-    with pytest.raises(SystemExit):
-        ffsd.main(["--help"])
-    assert "training epochs (default: 200)" in capsys.readouterr().out  # without --recipe: the project's defaults
-
-
-def test_an_unknown_recipe_ends_in_one_sentence(capsys):
-    with pytest.raises(SystemExit) as e:
-        ffsd.main(["--recipe", "imagenet"])
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and err == "error: unknown recipe 'imagenet'; choose from paper, paper-imagenet"
-
-
-@pytest.mark.slow
-def test_baseline_trains_vanilla_with_the_scripts_recipe_and_its_shared_flags_only(tmp_path, capsys):
-    """`<method>.py --recipe R --baseline` is the paper's baseline: vanilla's independent students, recorded as
-    vanilla, with the recipe's shared flags; --T and the method's own flags (from the recipe or given) are ignored."""
-    dests = set(vars(script_parser().parse_args([])))
-    for module in METHOD_MODULES:
-        for recipe in module.RECIPES.values():
-            assert common.baseline_recipe(recipe) == {k: v for k, v in recipe.items() if k in dests and k != "T"}
-    baseline = common.baseline_recipe(ffsd.RECIPES["paper"])
-    assert baseline["epochs"] == 300 and "fusion_wd" not in baseline and "T" not in baseline
-    results = run_main(ffsd.main, ["--recipe", "paper", "--baseline", *TINY, "--sd-lr", "0.5", "--T", "4"], tmp_path)
-    args = results["args"]
-    assert results["method"] == "vanilla"
-    assert set(results["final"]) == {"s0", "s1", "s2", "ens", "any"}  # the recipe's 3 students
-    assert args["baseline"] and args["recipe"] == "paper" and args["T"] is None and "sd_lr" not in args
-    assert args["milestones"] == "150,225" and args["wd"] == 1e-4 and args["epochs"] == 1  # the recipe's; TINY's
-    assert "--milestones 150,225" in args["recipe_flags"] and not any("--T" in f or "sd-lr" in f
-                                                                      for f in args["recipe_flags"])
-    assert json.loads((tmp_path / "args.json").read_text()) == args
-    err = usage_error(capsys, lambda: vanilla(["--recipe", "ffsd"]))  # common.py has no recipes: it says where they are
-    assert ("unknown recipe 'ffsd'; this script has none (a paper's baseline: <method>.py --recipe paper --baseline)"
-            in err)
-
-
-def row_flags(row):
-    """{flag: value} of a row's own flags, read as its script reads them."""
-    return dict(reproduce.merged(row["method"], row["flags"]))
-
-
-def test_every_published_row_has_a_source_and_the_setting_of_its_recipe():
-    modules = {m.__name__: m for m in METHOD_MODULES}
-    assert {r["method"] for r in published.ROWS} - {"vanilla"} == set(modules)  # every method has rows
-    for row in published.ROWS:
-        assert set(row) == set(published.FIELDS), row["row"]
-        assert row["paper"] in published.PAPERS and len(row["place"]) > 10, row["row"]
-        for key in ("published", "spread", "published_gain"):
-            assert row[key] is None or isinstance(row[key], float), (row["row"], key)
-        if row["published"] is None:
-            assert row["provenance"] and (row["published_gain"] is not None or "not" in row["provenance"]), row["row"]
-        owner, recipe = row["setting"]
-        setting = modules[owner].RECIPES[recipe]  # the row runs a paper's recipe
-        flags = row_flags(row)
-        assert row["dataset"] == flags.get("--dataset", setting["dataset"]) == reproduce.dataset_of(row), row["row"]
-        assert row["archs"] == flags.get("--arch", setting["arch"]), row["row"]
-        if row["baseline"] is not None:
-            assert row["baseline"]["setting"][1] in modules[row["baseline"]["setting"][0]].RECIPES
-    assert len({(r["paper"], r["table"], r["row"]) for r in published.ROWS}) == len(published.ROWS)
-
-
-def fake_run(seed, curve, collapsed=None):
-    """A run's summary as compare.py keeps it: the per-epoch curve of every head's top-1."""
-    return {"seed": seed, "curve": [{"epoch": e + 1, **{f"top1_{h}": v for h, v in heads.items()}}
-                                    for e, heads in enumerate(curve)], "collapsed": collapsed or {}}
-
-
-def test_the_table_puts_published_and_measured_side_by_side():
-    leader, ens = (next(r for r in published.ROWS if r["row"] == f"ResNet-32 {name}") for name in ("leader", "Ens"))
-    rows = [leader, ens]
-    done = {reproduce.baseline_spec(leader): {s: fake_run(s, [{"s0": 69.0 + s}, {"s0": 68.0}]) for s in (0, 1, 2)},
-            reproduce.run_spec(leader): {s: fake_run(s, [{"leader": 74.0 + s, "any": 79.0, "ens": 76.0},
-                                                        {"leader": 73.0, "any": 80.0, "ens": 77.5}])
-                                         for s in (0, 1, 2)}}
-    measured = {i: reproduce.measure(row, done) for i, row in enumerate(rows)}
-    assert measured[0]["ours"] == 75.0 and measured[0]["n"] == 3  # best epochs 74, 75, 76
-    assert measured[0]["gain"] == 5.0  # paired by seed: 74 - 69, 75 - 70, 76 - 71
-    assert measured[1]["ours"] == 80.0 and measured[1]["beside"] == {"ens": 77.5}
-    verdicts = {i: reproduce.judge(row, measured[i]) for i, row in enumerate(rows)}
-    runs = reproduce.plan(rows, SimpleNamespace(quick=False, data_dir="data", imagenet_dir=None), [])
-    text = reproduce.render(rows, measured, verdicts, runs)
-    line = next(line for line in text.splitlines() if "| ResNet-32 leader [" in line)
-    cells = [c.strip() for c in line.split("|")[1:-1]]
-    assert cells[2:9] == ["leader top-1", "best epoch; mean ± pop. std of 3 runs", "74.85 ± 0.05",
-                          "75.00 ± 0.82 (n=3)", "reproduced", "+4.90 over vanilla", "+5.00 ± 0.00 (n=3)"]
-    assert cells[9] == "ffsd --arch resnet32"
-    ens_line = next(line for line in text.splitlines() if "| ResNet-32 Ens [" in line)
-    assert "any-student-correct top-1" in ens_line and "our ens 77.50" in ens_line and "| reproduced |" in ens_line
-    assert "Sources:" in text and published.PAPERS["ffsd"] in text
-
-
-@pytest.mark.slow
-def test_reproduce_skips_a_row_whose_data_is_missing_in_one_sentence(tmp_path):
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "mkb_cl", "--data-dir",
-                             str(tmp_path), "--out-dir", str(tmp_path / "out"))
-    assert status == 2 and len(output.strip().splitlines()) == 1, output[-2000:]  # no row can run: one sentence
-    assert f"CIFAR-10 is not in {tmp_path} (torchvision's cifar-10-batches-py/): put it there or pass --data-dir" \
-        in output and "ImageNet rows need --imagenet-dir" in output
-    assert not (tmp_path / "out").exists()  # nothing trained
-
-
-@pytest.mark.slow
-def test_reproduce_quick_runs_a_papers_table_and_renders_it_again(tmp_path):
-    out, results = tmp_path / "out", tmp_path / "results"
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--table", "7", "--quick",
-                             "--jobs", "2", "--out-dir", str(out), "--results", str(results))
-    assert status == 0, output[-2000:]
-    table = (out / "dml-7.md").read_text()
-    lines = [line for line in table.splitlines() if line.startswith("| 7 |")]
-    assert len(lines) == 2 and all("(n=1)" in line and "not judged: --quick" in line for line in lines), table
-    method = json.loads((results / "dml_kdcl-paper" / "dml" / "seed0.json").read_text())
-    assert method["args"]["milestones"] == "100,150" and method["args"]["epochs"] == 1  # KDCL's setting, shrunk
-    baseline = json.loads((results / "vanilla_kdcl-paper" / "vanilla" / "seed0.json").read_text())
-    assert baseline["args"]["milestones"] == "100,150" and baseline["args"]["batch_size"] == 50  # KDCL's, given
-    assert baseline["args"]["recipe"] is None and baseline["args"]["T"] is None  # explicitly, for vanilla
-    shutil.rmtree(out)  # the runs are gone: the summaries give the same rows
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--table", "7", "--render",
-                             str(results))
-    assert status == 0, output[-2000:]
-    rendered = [line for line in (results / "dml-7.md").read_text().splitlines() if line.startswith("| 7 |")]
-    assert all("not judged: trained on synthetic, not cifar100" in line for line in rendered)
-    assert [line.split("|")[:7] for line in rendered] == [line.split("|")[:7] for line in lines]
+        mkb_cl.main(["--recipe", "paper", "--help"])
+    assert "(default: resnet32,mobilenetv2)" in " ".join(capsys.readouterr().out.split())
+    rows = [r for r in published.ROWS if r["paper"] == "mkb_cl" and r["table"] == "2"]
+    assert all(r["archs"] == "resnet32,mobilenetv2" and "ResNet-32" in r["networks"] for r in rows)
 
 
 # ================================================================================================
-# When something is wrong: each class of mistake or fault ends in one sentence, early
-# ================================================================================================
-
-def one_line_error(capsys, run, code=2):
-    """Call a main() that must stop: exit status `code`, one `error...: ...` line on stderr (returned)."""
-    with pytest.raises(SystemExit) as stop:
-        run()
-    err = capsys.readouterr().err
-    assert stop.value.code == code and err.startswith("error") and len(err.strip().splitlines()) == 1, err
-    return err
-
-
-@pytest.mark.parametrize("argv,expected", [
-    (["--workers", "-1"], "--workers must be 0 or more, got -1"),
-    (["--lr", "-1"], "--lr must be a positive number, got -1"),
-    (["--lr", "nan"], "--lr must be a positive number, got nan"),
-    (["--gamma", "0"], "--gamma must be a positive number, got 0"),
-    (["--wd", "-0.1"], "--wd must be a non-negative number, got -0.1"),
-    (["--momentum", "1"], "--momentum must be in [0, 1), got 1"),
-    (["--image-size", "8"], "--image-size must be at least 16 (pixels), got 8"),
-])
-def test_a_bad_flag_value_is_named_alone(tmp_path, capsys, argv, expected):
-    err = one_line_error(capsys, lambda: vanilla(SMOKE + argv + ["--out-dir", str(tmp_path / "run")]))
-    assert expected in err
-    named = {f for f in ("--workers", "--lr", "--gamma", "--wd", "--momentum", "--image-size") if f in err}
-    assert named == {argv[0]}, err  # no flag the user did not give
-
-
-def test_help_gives_each_default_once():
-    text = " ".join(common.make_parser().format_help().split())
-    for flag in ("--image-size", "--workers", "--out-dir"):
-        help_line = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
-        assert help_line.count("(default: ") == 1 and "(default: None)" not in help_line, help_line
-    assert "(default: 224)" in text and "(default: runs/<method>_<arch>_<dataset>_seed<seed>" in text
-
-
-def test_plural_only_for_more_than_one():
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        assert common.device_name(torch.device("cpu")).endswith(", 1 thread)")
-    finally:
-        torch.set_num_threads(threads)
-
-
-def refuse(error):
-    def fake(*args, **kwargs):
-        raise error
-    return fake
-
-
-def under_a_file(tmp_path, mp):
-    (tmp_path / "x").write_text("a regular file")
-    return tmp_path / "x" / "run"
-
-
-def a_file(tmp_path, mp):
-    (tmp_path / "run").write_text("keep me")
-    return tmp_path / "run"
-
-
-def refused_makedirs(error):
-    def make(tmp_path, mp):
-        mp.setattr(common.os, "makedirs", refuse(error(str(tmp_path / "run"))))
-        return tmp_path / "run"
-    return make
-
-
-def refused_writes(error):
-    def make(tmp_path, mp):  # the folder exists (with a file in it), but nothing can be written there
-        (tmp_path / "run").mkdir()
-        (tmp_path / "run" / "kept.txt").write_text("keep me")
-        mp.setattr(common, "open", refuse(error(str(tmp_path / "run" / "probe"))), raising=False)
-        return tmp_path / "run"
-    return make
-
-
-OUT_DIR_FAULTS = {  # how an output folder fails: (make it so, returning the --out-dir; what the sentence says)
-    "under a regular file": (under_a_file, "a part of the path is a file, not a folder"),
-    "a regular file": (a_file, "is a file, not a folder"),
-    "no permission to create": (refused_makedirs(lambda p: PermissionError(13, "Permission denied", p)),
-                                "permission denied"),
-    "read-only file system": (refused_makedirs(lambda p: OSError(30, "Read-only file system", p)),
-                              "read-only file system"),
-    "read-only folder": (refused_writes(lambda p: PermissionError(13, "Permission denied", p)), "permission denied"),
-    "full disk": (refused_writes(lambda p: OSError(28, "No space left on device")), "no space left on device"),
-}
-
-
-@pytest.mark.parametrize("fault", OUT_DIR_FAULTS)
-def test_an_out_dir_that_cannot_be_written_stops_before_data_and_networks(tmp_path, capsys, monkeypatch, fault):
-    make, reason = OUT_DIR_FAULTS[fault]
-    out = make(tmp_path, monkeypatch)
-    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    monkeypatch.setattr(common, "load_data", refuse(AssertionError("the data was loaded first")))
-    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(out)]))
-    assert f"--out-dir {out} " in err and reason in err, err
-    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # nothing touched or added
-
-
-class FillingFile:
-    """A file on a disk that fills up after `room` bytes: every later write raises ENOSPC."""
-
-    def __init__(self, f, room):
-        self.f, self.room = f, room
-
-    def write(self, data):
-        if len(data) > self.room:
-            raise OSError(28, "No space left on device")
-        self.room -= len(data)
-        return self.f.write(data)
-
-    def __getattr__(self, name):  # flush, close, ...
-        return getattr(self.f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.f.close()
-
-
-def full_disk(after, room=1000):
-    """open() for a disk that fills up while the file `after` names is written (by the real torch.save, json.dump)
-    the `after[1]`-th time."""
-    real_open, seen = open, []
-
-    def opened(path, mode="r", *args, **kwargs):
-        f = real_open(path, mode, *args, **kwargs)
-        if after[0] in os.path.basename(str(path)) and "w" in mode:
-            seen.append(path)
-            if len(seen) == after[1]:
-                return FillingFile(f, room)
-        return f
-    return opened
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("where", ["checkpoint", "results.json"])
-def test_a_write_that_fails_mid_run_ends_in_one_sentence_and_keeps_the_last_checkpoint(tmp_path, capsys,
-                                                                                        monkeypatch, where):
-    out = tmp_path / "run"
-    # the second epoch's last.pt (its temporary file), or results.json after the epoch
-    monkeypatch.setattr(common, "open", full_disk(("last.pt.tmp", 2) if where == "checkpoint" else
-                                                  ("results.json", 1), room=1000 if where == "checkpoint" else 10),
-                        raising=False)
-    epochs = 2 if where == "checkpoint" else 1
-    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", str(epochs), "--out-dir", str(out)]), code=1)
-    assert "(no space left on device" in err and (f"{out / 'last.pt'})" in err if where == "checkpoint" else True), err
-    kept = 1
-    assert f"the last good checkpoint {out / 'last.pt'} (epoch {kept}) is untouched" in err, err
-    assert f"make room and continue with --resume --out-dir {out}" in err, err
-    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == kept
-    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # no half-written temporary file left
-    monkeypatch.undo()
-    if where == "checkpoint":  # the run continues from the checkpoint kept
-        run_main(vanilla, SMOKE + ["--epochs", "2", "--resume"], out)
-        assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
-
-
-def empty_class(root):
-    (root / "train" / "class3").mkdir()
-    (root / "test" / "class3").mkdir()
-    write_image_folder(root / "extra", splits=(("test", 1),))  # test/class3 gets an image: only train's is empty
-    (root / "extra" / "test" / "class0" / "0.jpg").rename(root / "test" / "class3" / "0.jpg")
-
-
-def no_images(root):
-    for image in list(root.rglob("*.jpg")):
-        image.rename(image.with_suffix(".txt"))
-
-
-FOLDER_FAULTS = {  # a malformed folder data set: (make it so, the sentence's words)
-    "no class folders": (lambda d: [shutil.rmtree(c) for c in (d / "train").iterdir()], "holds no class folders"),
-    "an empty class folder": (empty_class, "the class folder class3 in"),
-    "other classes in test": (lambda d: (d / "test" / "class2").rename(d / "test" / "class9"),
-                              "must have the same class folders, but only"),
-    "no images at all": (no_images, "holds no images in its class folders"),
-    "an unreadable image": (lambda d: (d / "train" / "class1" / "0.jpg").write_bytes(b"not a jpeg"),
-                            "cannot read image"),
-}
-
-
-@pytest.mark.parametrize("stream", [False, True], ids=["in_memory", "streamed"])
-@pytest.mark.parametrize("fault", FOLDER_FAULTS)
-def test_a_malformed_folder_data_set_ends_in_one_sentence_on_either_path(tmp_path, capsys, fault, stream):
-    root = write_image_folder(tmp_path / "d", splits=(("train", 2), ("test", 1)))
-    make, expected = FOLDER_FAULTS[fault]
-    make(root)
-    out = tmp_path / "run"
-    argv = ["--dataset", "folder", "--data-dir", str(root), "--arch", "resnet20", "--batch-size", "2", "--epochs",
-            "1", "--device", "cpu", "--workers", "0", "--out-dir", str(out)] + (["--stream", "--image-size", "32"]
-                                                                                 if stream else [])
-    err = one_line_error(capsys, lambda: vanilla(argv))
-    assert expected in err, err
-    if not (stream and fault == "an unreadable image"):  # found before the run starts: no folder left behind
-        assert not out.exists()
-
-
-def test_the_default_out_dir_tells_apart_what_a_run_trains_on(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-    def out_dir(*argv, name="vanilla"):
-        return common.check_args(common.make_parser().parse_args(list(argv) + ["--device", "cpu"]), name).out_dir
-    base = ["--arch", "resnet20", "--dataset", "synthetic"]
-    assert out_dir(*base) == os.path.join("runs", "vanilla_resnet20_synthetic_seed0")
-    assert out_dir(*base, "--limit-train", "2000", name="dml") == os.path.join(
-        "runs", "dml_resnet20_synthetic_seed0_limit2000")
-    flowers = ["--dataset", "folder", "--data-dir", str(tmp_path / "flowers")]
-    assert out_dir("--arch", "resnet20", *flowers) == os.path.join("runs", "vanilla_resnet20_folder-flowers_seed0")
-    assert out_dir("--arch", "resnet20", *flowers, "--stream", "--image-size", "64") == os.path.join(
-        "runs", "vanilla_resnet20_folder-flowers_seed0_stream_64px")
-
-
-def test_a_run_in_the_way_names_the_flag_that_differs(tmp_path, capsys):
-    out = tmp_path / "run"
-    out.mkdir()
-    first = common.check_args(common.make_parser().parse_args(SMOKE + ["--out-dir", str(out)]), "vanilla")
-    (out / "args.json").write_text(json.dumps(common.plain_args(first)))
-    (out / "last.pt").write_bytes(b"a run")
-    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--lr", "0.05", "--no-nesterov", "--out-dir", str(out)]))
-    assert "already holds a run with --lr 0.1, --nesterov on (this command: --lr 0.05, --nesterov off)" in err, err
-    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", "3", "--out-dir", str(out)]))
-    assert "already holds a run; pass --resume to continue it" in err, err
-    assert (out / "last.pt").read_bytes() == b"a run"
-
-
-def test_a_lost_process_points_to_where_its_cause_is_said(tmp_path, capsys, monkeypatch):
-    """Under torchrun, a process that finds another gone (its own error line, or torchrun's report when it was
-    killed and printed nothing) says where the cause is, without claiming a message that may not exist."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setattr(common, "start_processes", lambda args: False)
-    monkeypatch.setattr(common, "agree", lambda args, work: work())
-    monkeypatch.setattr(common, "fit", refuse(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed "
-                                                           "by peer [127.0.0.1]:29500")))
-    err = one_line_error(capsys, lambda: vanilla(DDP + ["--out-dir", str(tmp_path / "run")]), code=1)
-    assert "another process of this run stopped (its error line, or torchrun's report" in err
-    assert "above" not in err and f"--resume --out-dir {tmp_path / 'run'}" in err
-
-
-def test_out_of_memory_ends_in_one_sentence_naming_the_batch_size(tmp_path, capsys, monkeypatch):
-    """torch's OutOfMemoryError is a RuntimeError: it is told apart before the other RuntimeErrors, so a full GPU
-    ends the run in its sentence, not a traceback."""
-    monkeypatch.setattr(common, "train_epoch", refuse(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
-    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(tmp_path / "run")]))
-    assert "error: out of memory on cpu at --batch-size 64; lower it (and --lr with it), or use more GPUs" in err
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_exports_of_a_file_copied_alone_reload_into_the_users_own_students(copied_alone, module, tmp_path):
-    reports, stderr = copied_alone
-    report = reports.get(module.__name__, stderr)
-    exported = re.search(r"exported:(\S+)", report)
-    assert exported, report.replace("\\n", "\n")
-    # what the file's own export() gives in the project, for as many students as the copy trains (without one,
-    # the copy exports nothing: common's default export serves the project)
-    expected = default_method(module, tmp_path).export() if "export" in vars(method_class(module)) else {}
-    assert set(exported.group(1).split(",")) - {"-"} == set(expected), report
-
-
-def test_an_export_is_the_same_plain_data_in_the_copy_and_in_common(tmp_path, capsys):
-    method = build_method(ffsd, ["--arch", "resnet20", "--students", "3"], tmp_path)
-    exported, payload = method.export()["leader"], common.backbone_payload(method.students[0])
-    assert exported.keys() == payload.keys() and exported["kind"] == "backbone"
-    assert all(torch.equal(v, payload["state_dict"][k]) for k, v in exported["state_dict"].items())
-    torch.save(exported, tmp_path / "leader.pt")
-    assert isinstance(common.load_backbone(str(tmp_path / "leader.pt"), "resnet20", 10), common.Backbone)
-    import torchvision
-    own = common.as_student(torchvision.models.resnet18(num_classes=5))  # no zoo name: weights only
-    torch.save(common.backbone_payload(own), tmp_path / "own.pt")
-    with pytest.raises(common.UsageError, match=r"holds the weights of a Student, not of a zoo backbone"):
-        common.load_backbone(str(tmp_path / "own.pt"))
-    fresh = common.as_student(torchvision.models.resnet18(num_classes=5))
-    fresh.load_state_dict(torch.load(tmp_path / "own.pt", weights_only=True)["state_dict"])
-
-
-# ================================================================================================
-# Evaluating a saved network, top-5, curves (scripts/evaluate.py, scripts/plot.py)
-# ================================================================================================
-
-def script_module(name):
-    """scripts/<name>.py imported in-process (its main() is called as a user's command would call it)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(f"script_{name}", os.path.join(HERE, "scripts", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_evaluate_script_gives_a_runs_final_top1_from_its_exports_and_its_checkpoint(tmp_path, capsys):
-    results = run_main(dml.main, SMOKE, tmp_path / "run")
-    assert "final_top5" not in results and not any(k.startswith("top5_") for k in read_metrics(tmp_path / "run")[-1])
-    evaluate = script_module("evaluate")
-    run = tmp_path / "run"
-    found = evaluate.main([str(run / "s0.pt"), str(run / "s1.pt"), str(run / "last.pt")])  # the run's data flags
-    for i in range(2):
-        assert found[str(run / f"s{i}.pt")][f"s{i}"][0] == pytest.approx(results["final"][f"s{i}"])
-    heads = found[str(run / "last.pt")]
-    assert set(heads) == {"s0", "s1", "ens"}
-    for head, (top1, top5) in heads.items():
-        assert top1 == pytest.approx(results["final"][head]) and top1 <= top5 <= 100
-    assert heads["s0"] == found[str(run / "s0.pt")]["s0"]  # the same network, read either way
-    assert "top-5" in capsys.readouterr().out
-    # what is not a network saved here, or does not fit the data, ends in one sentence
-    (tmp_path / "notes.pt").write_text("not a checkpoint")
-    torch.save({"weights": torch.zeros(2)}, tmp_path / "dict.pt")
-    torch.save(common.backbone_payload(common.build_model("resnet20", 100)), tmp_path / "c100.pt")
-    torch.save(common.backbone_payload(common.build_model("resnet20", 10, 64)), tmp_path / "px64.pt")
-    for name, says in [("notes.pt", "not a readable checkpoint"), ("dict.pt", "neither a network"),
-                       ("c100.pt", "trained for 100 classes"), ("px64.pt", "trained on 64x64 images")]:
-        err = usage_error(capsys, lambda: evaluate.main([str(tmp_path / name), "--dataset", "synthetic"]))
-        assert says in err, err
-
-
-def test_top5_is_at_least_top1_and_equals_a_hand_computation():
-    g = torch.Generator().manual_seed(0)
-    for classes in (100, 3):  # below 5 classes top-5 is every image
-        logits, y = torch.randn(250, classes, generator=g), torch.randint(0, classes, (250,), generator=g)
-        data = SimpleNamespace(test_y=y, test_batches=lambda b: ((torch.arange(i, min(i + b, 250)), y[i:i + b])
-                                                                  for i in range(0, 250, b)))
-        module = nn.Identity()
-        module.forward = lambda idx: {"a": logits[idx]}
-        top1, top5 = common.evaluate(module, data, batch_size=64, with_top5=True)
-        hand = (logits.topk(min(5, classes), 1).indices == y[:, None]).any(1).float().mean().item() * 100
-        assert top5["a"] == pytest.approx(hand) and top5["a"] >= top1["a"]
-        assert top1["a"] == pytest.approx((logits.argmax(1) == y).float().mean().item() * 100)
-        assert classes > 5 or top5["a"] == 100
-    assert common.evaluate(module, data, batch_size=64) == top1  # without with_top5: top-1 alone, as before
-
-
-def test_top5_is_logged_for_100_classes_and_shown_by_compare(tmp_path, monkeypatch):
-    synthetic = common.synthetic
-    monkeypatch.setattr(common, "synthetic", lambda: synthetic(num_classes=100))
-    results = run_main(vanilla, TINY, tmp_path)
-    last = read_metrics(tmp_path)[-1]
-    assert set(results["final_top5"]) == {"s0", "s1", "ens", "any"}
-    for head, top5 in results["final_top5"].items():
-        assert last[f"top5_{head}"] == top5 and results["final"][head] <= top5 <= 100
-    compare = script_module("compare")
-    text = compare.table(compare.summarise({"vanilla": [{**results, "seed": 0}]}))
-    header, rule, row = text.splitlines()
-    assert "final top-5 per head" in header and header.count("|") == rule.count("|") == row.count("|")
-    assert f"ens {results['final_top5']['ens']:.2f}" in row
-
-
-def test_plot_draws_the_committed_summaries_and_run_folders(tmp_path):
-    plot = script_module("plot")
-    out = plot.main([os.path.join(HERE, "results", "cifar10_2k_resnet20"), "--parts", "loss,ce_s*",
-                     "--out", str(tmp_path / "curves.png")])
-    with open(out, "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    groups = plot.group_runs([os.path.join(HERE, "results", "cifar10_2k_resnet20")])
-    assert list(groups)[:2] == ["vanilla", "dml"] and all(len(runs) == 3 for runs in groups.values())
-    # a run folder (metrics.jsonl) given beside a folder of summaries: kept apart, labelled by where they are
-    run = tmp_path / "runs" / "dml_resnet20_synthetic_seed0"
-    run.mkdir(parents=True)
-    run.joinpath("metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 1.0 / e, "top1_s0": 10.0 * e,
-                                                                 "top1_s1": 20.0 * e, "top1_ens": 15.0 * e}) + "\n"
-                                                     for e in (1, 2)))
-    groups = plot.group_runs([str(run), os.path.join(HERE, "results", "pilot_cifar10_2k_120ep")])
-    assert set(groups) == {"dml (runs)", "dml (pilot_cifar10_2k_120ep)", "vanilla (pilot_cifar10_2k_120ep)"}
-    assert plot.band(groups["dml (runs)"], lambda r: plot.head_top1(r, "student"))[1] == [15.0, 30.0]
-    assert plot.main([str(run), "--out", str(tmp_path / "one.png"), "--head", "ens"]) == str(tmp_path / "one.png")
-
-
-def test_plot_without_matplotlib_says_so_in_one_sentence(monkeypatch, capsys):
-    plot = script_module("plot")
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an environment without it gives
-    err = usage_error(capsys, lambda: plot.main([os.path.join(HERE, "results", "cifar10_2k_resnet20"), "-o", "x.png"]))
-    assert "pip install matplotlib" in err
-
-
-# ================================================================================================
-
-# ================================================================================================
-# The loop: loss sums on the device, progress inside an epoch, --quiet, --tensorboard
-# ================================================================================================
-
-def test_loss_sums_stop_at_the_first_non_finite_step_when_they_check():
-    """A non-finite part is found at the next check (every check_every steps, and at the epoch's end), named
-    with the step (from 1) where it first went bad."""
-    one, inf = torch.tensor(1.0), torch.tensor(float("inf"))
-    losses = common.LossSums(steps=6, check_every=4)
-    for step, kd in enumerate([one, one, inf]):  # step 3 goes bad: nothing is said before step 4's check
-        losses.add(step, one + kd, {"ce_s0": one, "kd_s0": kd})
-    with pytest.raises(common.NonFinite) as stop:
-        losses.add(3, one + one, {"ce_s0": one, "kd_s0": one})
-    assert (stop.value.part, stop.value.step) == ("kd_s0", 3)
-    finite = common.LossSums(steps=2)
-    for step in range(2):
-        finite.add(step, torch.tensor(3.0), {"ce_s0": one, "ce_s1": 2 * one})
-    assert finite.names == ["loss", "ce_s0", "ce_s1"] and finite.totals().tolist() == [6.0, 2.0, 4.0]
-    assert finite.mean_loss(2) == 3.0
-
-
-
-def test_save_checkpoint_writes_best_pt_on_the_primary_heads_best_epoch(tmp_path):
-    method = nn.Linear(2, 2)
-    method.primary_head = "leader"
-    optimizers, gen = [torch.optim.SGD(method.parameters(), lr=0.1)], torch.Generator().manual_seed(0)
-    run = {"epoch": 2, "best": {"leader": 50.0, "ens": 60.0}, "best_epoch": {"leader": 1, "ens": 2},
-           "elapsed": 1.0, "final": {"leader": 40.0, "ens": 60.0}, "collapsed": {}}
-    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, {"lr": 0.1}, gen)
-    assert (tmp_path / "last.pt").exists() and not (tmp_path / "best.pt").exists()  # ens's best, not leader's
-    run["epoch"], run["best_epoch"]["leader"] = 3, 3
-    common.save_checkpoint(str(tmp_path), run, "ffsd", method, optimizers, {"lr": 0.1}, gen)
-    best = torch.load(tmp_path / "best.pt", weights_only=True)
-    assert best["epoch"] == 3 and best["method"] == "ffsd" and best["args"] == {"lr": 0.1}
-
-class CountedLosses:
-    """Stands for LossSums: counts the reads of the running loss (each one a wait for the device)."""
-    reads = 0
-
-    def mean_loss(self, steps_done):
-        self.reads += 1
-        return 2.5
-
-
-def run_progress(monkeypatch, terminal, steps, seconds_per_step, quiet=False):
-    """Progress over the second of 3 epochs, `steps` steps of 64 images on a fake clock; returns how often it
-    read the loss."""
-    now, losses = [0.0], CountedLosses()
-    monkeypatch.setattr(common.time, "perf_counter", lambda: now[0])
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: terminal)
-    progress = common.Progress(SimpleNamespace(rank=0, quiet=quiet, epochs=3), 1, steps, 64)
-    for done in range(1, steps + 1):
-        now[0] += seconds_per_step
-        progress.update(done, losses)
-    progress.close()
-    return losses.reads
-
-
-def test_progress_on_a_terminal_is_one_line_rewritten_at_most_once_a_second(monkeypatch, capsys):
-    reads = run_progress(monkeypatch, terminal=True, steps=10, seconds_per_step=0.5)
-    out = capsys.readouterr().out
-    assert "\n" not in out and reads == 4  # steps 2, 4, 6, 8: the last step leaves the line to the epoch's
-    shown = [part.strip() for part in out.split("\r") if part.strip()]
-    assert shown[0] == "epoch 2/3  step 2/10  128 img/s  loss 2.5000  eta 0:00:04  run eta 0:00:09"
-    assert [line.split("  ")[1] for line in shown] == ["step 2/10", "step 4/10", "step 6/10", "step 8/10"]
-    assert out.endswith("\r" + " " * len(shown[0]) + "\r")  # cleared for the epoch's line
-
-
-def test_progress_in_a_log_prints_every_10_percent_or_minute_whichever_is_rarer(monkeypatch, capsys):
-    assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=1.0) == 1  # a minute: rarer
-    assert capsys.readouterr().out.splitlines() == [
-        "epoch 2/3  step 60/100  64 img/s  loss 2.5000  eta 0:00:40  run eta 0:02:20"]
-    assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=10.0) == 9  # 10 steps: rarer
-    lines = capsys.readouterr().out.splitlines()
-    assert [line.split("  ")[1] for line in lines] == [f"step {s}/100" for s in range(10, 100, 10)]
-    assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=10.0, quiet=True) == 0
-    assert capsys.readouterr().out == ""
-
-
-def test_a_run_prints_its_progress_in_a_log(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(common, "PLAIN_EVERY_S", 0.0)  # not a terminal: every 10 % of the epoch's steps
-    vanilla(SMOKE + ["--batch-size", "32", "--out-dir", str(tmp_path)])  # 3 steps
-    out = capsys.readouterr().out
-    assert "\nepoch 1/1  step 1/3  " in out and "\nepoch 1/1  step 2/3  " in out and "\nepoch 1/1  lr " in out
-
-
-def test_quiet_and_tensorboard_without_the_package_one_sentence_at_start_up(tmp_path, capsys, monkeypatch):
-    """--tensorboard without the package: one sentence when the flags are parsed (before any data), and the
-    run goes on without it; --quiet: the epoch's line only."""
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
-    args = common.make_parser().parse_args(["--tensorboard", str(tmp_path / "tb")])
-    assert args.tensorboard is None
-    err = capsys.readouterr().err
-    assert err.startswith("warning: --tensorboard needs the tensorboard package") and err.count("\n") == 1
-    monkeypatch.setattr(common, "PLAIN_EVERY_S", 0.0)
-    results = vanilla(SMOKE + ["--batch-size", "32", "--quiet", "--tensorboard", str(tmp_path / "tb"),
-                               "--out-dir", str(tmp_path / "run")])
-    assert results["final"] and not (tmp_path / "tb").exists()
-    out = capsys.readouterr().out
-    assert " step " not in out and "\nepoch 1/1  lr " in out
-
-
-def test_tensorboard_gets_the_epoch_scalars_and_the_lr(tmp_path):
-    pytest.importorskip("tensorboard")
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    vanilla(SMOKE + ["--epochs", "2", "--quiet", "--tensorboard", str(tmp_path / "tb"),
-                     "--out-dir", str(tmp_path / "run")])
-    board = EventAccumulator(str(tmp_path / "tb"))
-    board.Reload()
-    logged = read_metrics(tmp_path / "run")
-    assert set(board.Tags()["scalars"]) == set(logged[0]) - {"epoch"}
-    for key in ("lr", "loss", "ce_s1", "top1_ens"):
-        events = board.Scalars(key)
-        assert [e.step for e in events] == [1, 2]
-        assert [e.value for e in events] == pytest.approx([r[key] for r in logged])
-
-
-# ================================================================================================
-# scripts/gpu_check.py: its CPU rehearsal (--quick), so that it still runs on a GPU machine
-# ================================================================================================
-
-GPU_CHECK = os.path.join(HERE, "scripts", "gpu_check.py")
-
-
-@pytest.mark.slow
-def test_gpu_check_quick_on_cpu_reports_every_part(tmp_path):
-    data = ["--data-dir", CIFAR10_JPEG] if os.path.exists(CIFAR10_JPEG) else []
-    proc = subprocess.run([sys.executable, GPU_CHECK, "--quick", "--device", "cpu", "--out", str(tmp_path), *data],
-                          capture_output=True, text=True, cwd=HERE, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
-    markdown = (tmp_path / "gpu_check.md").read_text()
-    parts = report["parts"]
-    assert sorted(parts) == ["a", "b", "c", "d", "e", "f"]
-    assert all(f"## {p}. " in markdown for p in parts)
-    assert parts["e"]["status"] == "skipped" and "CUDA" in parts["e"]["reason"]  # NCCL, --sync-bn: GPUs only
-    assert parts["d"]["status"] == ("ok" if data else "skipped"), parts["d"]
-    assert all(parts[p]["status"] == "ok" for p in "abcf"), {p: parts[p].get("error") for p in parts}
-    assert parts["a"]["details"]["cuda_available"] in (True, False) and parts["a"]["details"]["torch"]
-    runs = parts["b"]["details"]["runs"]
-    assert [r["method"] for r in runs] == list(common.METHODS)  # gpu_check reads common.METHODS
-    assert all(r["exit"] == 0 and r["finite"] for r in runs)
-    assert set(parts["b"]["details"]["skipped_variants"]) == {"--amp off"}  # on CPU the defaults are fp32
-    speed = parts["c"]["details"]
-    assert set(speed["eager"]["rows"]) == {"bare_compute", "conventional", *common.METHODS}
-    assert speed["compile"]["status"] == "skipped" and speed["compile"]["reason"]
-    if data:
-        accuracy = parts["d"]["details"]["runs"]
-        assert set(accuracy) == {"vanilla", "dml", "ffl"} and all(r["exit"] == 0 for r in accuracy.values())
-        assert {"s0", "s1", "ens", "fused"} <= set(accuracy["ffl"]["best"])
-    assert parts["f"]["details"]["streamed"] > 0
-
-
-@pytest.mark.slow
-def test_gpu_check_stopped_midway_keeps_the_reports_of_the_parts_it_finished(tmp_path):
-    import time
-    proc = subprocess.Popen([sys.executable, GPU_CHECK, "--quick", "--device", "cpu", "--out", str(tmp_path),
-                             "--parts", "a,b"], cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    report = tmp_path / "gpu_check.json"
-    for _ in range(1200):  # until part b has started (part a's report is written by then)
-        if report.exists() and json.loads(report.read_text())["parts"]["b"]["status"] == "running":
-            break
-        time.sleep(0.1)
-    proc.terminate()
-    assert proc.wait(timeout=60) == 124
-    parts = json.loads(report.read_text())["parts"]
-    assert parts["a"]["status"] == "ok" and parts["b"]["status"] == "failed" and "stopped" in parts["b"]["error"]
-    assert all(parts[p]["status"] == "skipped" for p in "cdef")  # not selected
-    assert "## b. " in (tmp_path / "gpu_check.md").read_text()
-
-
-# ================================================================================================
-# ONE
-# ================================================================================================
-
-
+# one.py: ONE
 # ================================================================================================
 
 class StagedNet(nn.Module):
@@ -3097,663 +3257,199 @@ def test_one_end_to_end_reports_every_branch_and_the_ensemble(tmp_path):
 
 
 # ================================================================================================
-# Reproduction: published rows, the paper's statistic and metric, verdicts
+# Every method file: shared definitions, docstrings, the checklist, the contract, copied alone, exports, recipes
 # ================================================================================================
 
-class FixedHeads(nn.Module):
-    """An evaluation forward that returns the same logits per head for every batch (one batch here)."""
-
-    def __init__(self, logits, any_correct_heads=None):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(1))
-        self.logits = logits
-        if any_correct_heads is not None:
-            self.any_correct_heads = any_correct_heads
-
-    def forward(self, x):
-        return dict(self.logits)
+def top_level_source(module, name):
+    import ast
+    path = os.path.join(HERE, module.__name__ + ".py")
+    text = open(path).read()
+    for node in ast.parse(text).body:
+        if getattr(node, "name", None) == name:
+            start = node.decorator_list[0].lineno if getattr(node, "decorator_list", None) else node.lineno
+            return "\n".join(text.splitlines()[start - 1:node.end_lineno])
+    return None
 
 
-def one_batch(y):
-    return SimpleNamespace(test_y=y, test_batches=lambda batch_size=None: iter([(torch.zeros(len(y), 3, 2, 2), y)]))
+# definitions every file that uses them carries as the same text (CleanRL's price for standalone files): the
+# first two in every method file, the others in each file that defines them (read from the files)
+SHARED_IN_EVERY_FILE = ("ensemble_head", "stage_shapes")
+SHARED = {name: [m for m in METHOD_MODULES if name in SHARED_IN_EVERY_FILE or top_level_source(m, name)]
+          for name in SHARED_IN_EVERY_FILE + ("kd_loss", "FusionModule", "ramp_up", "fusion_loss",
+                                                   "student_payload")}
 
 
-def test_any_correct_head_counts_an_image_when_any_listed_head_is_right(tmp_path):
-    y = torch.tensor([0, 1, 2, 3, 0, 1])
-    predicted = {"leader": [0, 0, 0, 3, 0, 0], "s1": [0, 1, 0, 0, 1, 1], "s2": [1, 1, 2, 0, 0, 0],
-                 "ens": [0, 1, 2, 3, 0, 1], "fused": [0, 1, 2, 3, 0, 1]}
-    logits = {h: F.one_hot(torch.tensor(p), 8).float() for h, p in predicted.items()}
-    # right: s1 T T F F F T, s2 F T T F T F -> any of them: T T T F T T = 5 of 6; the leader adds image 3
-    top1, top_share, top5 = common.evaluate(FixedHeads(logits, ["s1", "s2"]), one_batch(y), with_top_share=True,
-                                            with_top5=True, with_any=True)
-    assert top1["any"] == pytest.approx(100 * 5 / 6) and top1["s1"] == top1["s2"] == 50.0
-    assert "any" not in top_share and top1["any"] <= top5["any"] <= 100  # no collapse check: not a network
-    # without the attribute: every student head s<k> (here s1, s2; the leader, ens and fused never)
-    assert common.evaluate(FixedHeads(logits), one_batch(y), with_any=True)["any"] == pytest.approx(100 * 5 / 6)
-    assert "any" not in common.evaluate(FixedHeads(logits), one_batch(y))  # only when asked (evaluate.py)
-    with_leader = common.evaluate(FixedHeads(logits, ["leader", "s1", "s2"]), one_batch(y), with_any=True)
-    assert with_leader["any"] == 100.0
-    # FFSD's any counts its common students, not its leader (the official ensemble_accuracy over self.models)
-    assert build_method(ffsd, SMOKE + ["--students", "4"], tmp_path).any_correct_heads == ["s1", "s2", "s3"]
-    # best.pt never follows `any`, and compare.py never deploys it
-    run = {"epoch": 1, "best": {"any": 90.0, "s0": 50.0}, "best_epoch": {"any": 1, "s0": 1}, "elapsed": 1.0,
-           "final": {"any": 90.0, "s0": 50.0}, "collapsed": {}}
-    method = nn.Linear(2, 2)
-    optimizers, gen = [torch.optim.SGD(method.parameters(), lr=0.1)], torch.Generator().manual_seed(0)
-    common.save_checkpoint(str(tmp_path), run, "vanilla", method, optimizers, {"lr": 0.1}, gen)
-    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 1  # s0's best epoch: any is skipped
-    compare = script_module("compare")
-    assert compare.deployed({"final": {"any": 90.0, "s0": 50.0, "s1": 40.0, "ens": 60.0}}) == [50.0, 40.0]
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_shared_definitions_are_the_same_text_in_every_file(name):
+    texts = {m.__name__: top_level_source(m, name) for m in SHARED[name]}
+    assert all(texts.values()), f"{name} missing in {[n for n, t in texts.items() if not t]}"
+    assert len(texts) >= 2, f"{name} is defined in {sorted(texts)} alone: nothing is shared"
+    assert len(set(texts.values())) == 1, f"{name} differs between {sorted(texts)}"
 
 
-def test_a_run_logs_any_and_keeps_it_out_of_the_best_checkpoint(tmp_path):
-    results = run_main(ffsd.main, SMOKE, tmp_path)
-    record = read_metrics(tmp_path)[-1]
-    assert record["top1_any"] == results["final"]["any"] >= max(results["final"]["s1"], results["final"]["s2"])
-    assert "any" in results["best"] and "top_share_any" not in record and "any" not in results["collapsed"]
-
-
-def augment_before(x, generator, pad=4, flip=True, rank=0, world=1):
-    """common.augment as it was before --augment and --pad-mode: what a default run must still draw."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), generator=generator)[rank::world]
-    dx = torch.randint(0, 2 * pad + 1, (b * world, 1, 1, 1), generator=generator)[rank::world]
-    rows = dy + torch.arange(h).view(1, 1, h, 1)
-    cols = dx + torch.arange(w).view(1, 1, 1, w)
-    crops = padded[torch.arange(b).view(b, 1, 1, 1), torch.arange(c).view(1, c, 1, 1), rows, cols]
-    if not flip:
-        return crops
-    flips = torch.rand(b * world, 1, 1, 1, generator=generator)[rank::world] < 0.5
-    return torch.where(flips, crops.flip(3), crops)
-
-
-def windows(padded, size):
-    return [padded[:, dy:dy + size, dx:dx + size] for dy in range(padded.shape[1] - size + 1)
-            for dx in range(padded.shape[2] - size + 1)]
-
-
-def test_default_augmentation_draws_as_before_and_the_new_modes_do_what_they_say():
-    x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
-    for rank, world, flip in ((0, 1, True), (1, 2, True), (0, 1, False)):
-        g_new, g_old = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-        for _ in range(2):  # and the generators stay in step
-            assert torch.equal(common.augment(x, g_new, 1, flip, rank, world), augment_before(x, g_old, 1, flip,
-                                                                                               rank, world))
-    # a default run's data: crop + flip of the zero-padded image, batch by batch as before
-    args = SimpleNamespace(dataset="synthetic", limit_train=100, limit_test=50)
-    data = common.load_data(args, torch.device("cpu"))
-    assert (data.crop, data.flip, data.pad_mode) == (True, True, "zeros")
-    views, y = next(data.train_batches(torch.Generator().manual_seed(0), 20, 1))
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(100, generator=g)[:20]
-    assert torch.equal(views[0], data.normalize(augment_before(data.train_x[idx], g, data.pad)))
-    # --augment none: the images as they are; crop: shifted windows, never mirrored; reflect: of the mirror image
-    for augment, pad_mode in (("none", "zeros"), ("crop", "zeros"), ("crop+flip", "reflect")):
-        data = common.load_data(SimpleNamespace(**vars(args), augment=augment, pad_mode=pad_mode), torch.device("cpu"))
-        g = torch.Generator().manual_seed(0)
-        views, _ = next(data.train_batches(g, 20, 1))
-        idx = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:20]
-        images = data.train_x[idx]
-        out = (views[0] * data.std + data.mean).round().to(torch.uint8)
-        if augment == "none":
-            assert torch.equal(out, images)
-            continue
-        mode = "constant" if pad_mode == "zeros" else "reflect"
-        padded = F.pad(images.float(), (4, 4, 4, 4), mode=mode).to(torch.uint8)
-        mirrored = 0
-        for i in range(20):
-            plain = any(torch.equal(out[i], w) for w in windows(padded[i], 32))
-            flipped = any(torch.equal(out[i], w.flip(2)) for w in windows(padded[i], 32))
-            assert plain or flipped, (augment, pad_mode, i)
-            mirrored += flipped and not plain
-        assert mirrored == 0 if augment == "crop" else mirrored > 0
-
-
-def test_augment_flag_reaches_the_streamed_path(tiny_imagenet):
-    train, val = os.path.join(tiny_imagenet, "train"), os.path.join(tiny_imagenet, "val")
-    kinds = {a: common.StreamedData(train, val, torch.device("cpu"), 32, 0, augment=a).train_set.transform
-             for a in ("none", "crop", "crop+flip")}
-    assert "RandomResizedCrop" not in repr(kinds["none"]) and "CenterCrop" in repr(kinds["none"])
-    assert "RandomResizedCrop" in repr(kinds["crop"]) and "Flip" not in repr(kinds["crop"])
-    assert "RandomHorizontalFlip" in repr(kinds["crop+flip"])
-
-
-def test_the_papers_statistic_best_epoch_median_and_population_std_by_hand():
-    import statistics
-    run = fake_run(0, [{"leader": 70.0, "s0": 60.0, "s1": 62.0}, {"leader": 74.0, "s0": 64.0, "s1": 58.0},
-                       {"leader": 72.0, "s0": 64.0, "s1": 56.0}])
-    assert reproduce.figure(run, "leader", epoch="best") == 74.0 and reproduce.figure(run, "leader") == 72.0
-    assert reproduce.figure(run, "mean", epoch="best") == 61.0 and reproduce.figure(run, "mean") == 60.0
-    assert reproduce.figure(run, "fused") is None  # not logged by this run
-    # FFSD's README: three ResNet-32 leaders, 74.92, 74.82, 74.82 -> Table I's 74.85 ± 0.05 (population std)
-    leaders = [74.92, 74.82, 74.82]
-    assert round(reproduce.paper_statistic(leaders, "mean"), 2) == 74.85
-    assert round(reproduce.paper_spread(leaders, "population"), 2) == 0.05  # sqrt(0.02 / 9)
-    assert round(reproduce.paper_spread(leaders, "sample"), 2) == 0.06  # sqrt(0.02 / 6): not the table's
-    assert reproduce.paper_spread([74.0], "population") is None
-    assert reproduce.paper_statistic([73.1, 74.6, 73.9, 74.3, 72.0], "median") == 73.9  # KDCL: median of 5
-    # a KDCL Table 7 row: the last epoch (not stated), the median of the seeds, gains paired by seed
-    row = next(r for r in published.ROWS if r["row"] == "ResNet-32 in the pair, General + ICL" and r["table"] == "7")
-    last = [73.0, 74.0, 75.0, 71.0, 76.0]
-    done = {reproduce.run_spec(row): {s: fake_run(s, [{"s0": 99.0}, {"s0": v}]) for s, v in enumerate(last)},
-            reproduce.baseline_spec(row): {s: fake_run(s, [{"s0": 80.0}, {"s0": 70.0 + s}]) for s in range(5)}}
-    m = reproduce.measure(row, done)
-    assert m["ours"] == 74.0 and m["n"] == 5 and m["spread"] == pytest.approx(statistics.stdev(last))
-    assert m["gain"] == 3.0  # gains 3, 3, 3, -2, 2: their median (their mean would be 1.8)
-    relative = next(r for r in published.ROWS if r["table"] == "7" and r["gain_kind"] == "relative")
-    assert reproduce.gain_of(73.74, 71.46, relative["gain_kind"]) == pytest.approx(3.19, abs=0.01)  # MKB-CL's Δ
-    assert reproduce.published_gain(relative) == relative["published_gain"]
-
-
-def test_the_verdict_rule():
-    assert reproduce.verdict(74.85, 74.40, 0.2, 0.05)[0] == "reproduced"  # within the 0.5-point floor
-    assert reproduce.verdict(74.85, 74.35, 0.2, 0.05)[0] == "reproduced"  # on the edge: inside
-    word, diff, tol = reproduce.verdict(74.85, 74.30, 0.2, 0.05)
-    assert (word, round(diff, 2), tol) == ("below", -0.55, 0.5)
-    assert reproduce.verdict(74.85, 74.30, 0.6, 0.05)[0] == "reproduced"  # our spread is wider than the floor
-    assert reproduce.verdict(70.0, 71.1, None, 1.2)[0] == "reproduced"  # the paper's spread is wider
-    assert reproduce.verdict(70.0, 71.1, None, None)[0] == "above"
-    leader = next(r for r in published.ROWS if r["row"] == "ResNet-32 leader")
-    m = {"n": 3, "ours": 74.0, "spread": 0.1, "gain": None, "n_gain": 0, "collapsed": []}
-    assert reproduce.judge(leader, m) == "below (-0.85, beyond ±0.50)"
-    assert reproduce.judge(leader, {**m, "n": 2}) == "not judged: n < paper's (2 of 3)"
-    assert reproduce.judge(leader, {**m, "collapsed": ["seed 1: s2 at epoch 3"]}) == \
-        "not judged: collapsed (seed 1: s2 at epoch 3)"
-    assert reproduce.judge(leader, m, "skipped (no data)") == "not judged: skipped (no data)"
-    ffcl_row = next(r for r in published.ROWS if r["method"] == "ffcl")
-    assert reproduce.judge(ffcl_row, m) == "not judged: no published figure"
-    fefr_row = next(r for r in published.ROWS if r["table"] == "4" and r["paper"] == "fefr")  # a gain, no figure
-    assert reproduce.judge(fefr_row, {**m, "gain": 2.0, "gain_spread": None, "n_gain": 1}) == "reproduced"
-    assert reproduce.judge(fefr_row, {**m, "gain": 1.0, "gain_spread": None, "n_gain": 1}) == \
-        "below (-1.18, beyond ±0.50)"
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "ffsd", "--help")
-    assert status == 0 and "reproduced: the published figure lies within ours +- max(our spread, the paper's " \
-        "spread, 0.5 points)" in " ".join(output.split())
-
-
-def test_reproduce_exits_non_zero_in_one_sentence_when_a_row_is_skipped_or_fails(tmp_path, monkeypatch, capsys):
-    def trained(runs, opts):  # every run finished, without training
-        return {spec: {0: fake_run(0, [{"s0": 70.0, "s1": 72.0}])} for spec in runs}, []
-    monkeypatch.setattr(reproduce, "train", trained)
-    monkeypatch.setattr(reproduce, "missing_data", lambda opts, row: "CIFAR-100 is not here" if "Naive" in row["row"]
-                        else None)
-    argv = ["--paper", "kdcl", "--table", "7", "--seeds", "0", "--out-dir", str(tmp_path)]
-    with pytest.raises(SystemExit) as stop:
-        reproduce.main(argv)
-    captured = capsys.readouterr()
-    assert stop.value.code == 1 and len(captured.err.strip().splitlines()) == 1
-    assert captured.err.startswith("error: 4 of 21 rows did not run (4 skipped for missing data, 0 with a failed run)")
-    table = (tmp_path / "kdcl-7.md").read_text()
-    assert table.count("not judged: skipped (CIFAR-100 is not here)") == 4 and "| reproduced |" not in table
-    assert table.count("not judged: n < paper's (1 of 5)") == 17  # the others ran once; the paper's median is of 5
-    monkeypatch.setattr(reproduce, "missing_data", lambda opts, row: None)
-    monkeypatch.setattr(reproduce, "train", lambda runs, opts: (trained(runs, opts)[0], [next(iter(runs))]))
-    with pytest.raises(SystemExit) as stop:
-        reproduce.main(argv)
-    assert stop.value.code == 1 and "0 skipped for missing data, " in capsys.readouterr().err
-    assert "not judged: a run failed (see its log.txt)" in (tmp_path / "kdcl-7.md").read_text()
-
-
-def distinct(runs):
-    return {(run.folder, run.script) for run in runs.values()}
-
-
-def test_one_run_serves_every_row_that_needs_it_and_ffsds_baseline_is_one_network():
-    opts = SimpleNamespace(quick=False, data_dir="data", imagenet_dir="imagenet")
-    imagenet = [r for r in published.ROWS if r["paper"] == "kdcl" and r["table"] == "2"]
-    runs = reproduce.plan(imagenet, opts, [])
-    assert len(distinct(runs)) == 7  # vanilla, DML, four ensembles and ONE: one baseline for all thirteen rows
-    assert len({id(runs[reproduce.baseline_spec(r)]) for r in imagenet if r["baseline"]}) == 1
-    ffsd_rows = [r for r in published.ROWS if r["paper"] == "ffsd" and r["table"] in ("I", "II")]
-    runs = reproduce.plan(ffsd_rows, opts, [])
-    assert len(distinct(runs)) == 5 + 5 + 2 + 2 + 2  # per network one FFSD run and one baseline; DML, FFL, ONE twice
-    baselines = [run for run in runs.values() if run.script == "vanilla"]
-    for run in baselines:  # FFSD's recipe's shared flags, given explicitly, and one network
-        flag = dict(zip(run.flags, run.flags[1:]))
-        assert flag["--students"] == "1" and flag["--milestones"] == "150,225" and "--recipe" not in run.flags
-    ffl = next(r for r in ffsd_rows if r["method"] == "ffl" and "ResNet-32" in r["row"])
-    leader = next(r for r in ffsd_rows if r["row"] == "ResNet-32 leader")
-    assert runs[reproduce.baseline_spec(ffl)] is runs[reproduce.baseline_spec(leader)]
-    assert runs[reproduce.baseline_spec(leader)].folder == "vanilla_ffsd-paper_students_1"
-    quick = reproduce.plan(ffsd_rows, SimpleNamespace(quick=True), ["--lr-warmup", "1"])
-    assert len(distinct(quick)) == 5  # every network is resnet20 under --quick: ffsd, its baseline, dml, ffl, one
-    for run in quick.values():
-        assert run.flags.count("--arch") == 1 and run.arch == "resnet20" and "--lr-warmup" in run.flags
-        assert run.flags[run.flags.index("--lr-warmup") + 1] == "1"  # the user's flag beats the recipe's 0
-
-
-def test_mkb_cl_recipe_trains_the_cifar_resnet32_without_augmentation(capsys):
-    parser = script_parser(mkb_cl)
-    common.apply_recipe(parser, mkb_cl.RECIPES, ["--recipe", "paper"])
-    args = common.check_args(parser.parse_args(["--device", "cpu", "--out-dir", "unused"]), "mkb_cl")
-    assert common.student_archs(args) == ["resnet32", "mobilenetv2"] and args.augment == "none"
-    method = mkb_cl.build(args, fake_data(100))
-    backbone = method.students[0].backbone
-    assert backbone.arch == "resnet32" and 0.46e6 < common.count_params(backbone) < 0.48e6  # not resnet34's 21 M
-    with pytest.raises(SystemExit):
-        mkb_cl.main(["--recipe", "paper", "--help"])
-    assert "(default: resnet32,mobilenetv2)" in " ".join(capsys.readouterr().out.split())
-    rows = [r for r in published.ROWS if r["paper"] == "mkb_cl" and r["table"] == "2"]
-    assert all(r["archs"] == "resnet32,mobilenetv2" and "ResNet-32" in r["networks"] for r in rows)
-
-
-def test_every_recipe_value_has_one_source_shown_by_help_and_kept_in_results(tmp_path, capsys):
+def test_kd_matches_definition():
+    z_s, _ = random_logits(1, 6, 5, seed=1)
+    z_t, _ = random_logits(1, 6, 5, seed=2)
+    z_s, z_t, T = z_s[0], z_t[0], 3.0
+    ref = 0.0
+    for b in range(6):
+        p, q = softmax_loop(z_t[b], T), softmax_loop(z_s[b], T)
+        ref += T * T * sum(pc * math.log(pc / qc) for pc, qc in zip(p, q)) / 6
     for module in METHOD_MODULES:
-        assert set(module.RECIPE_SOURCES) == set(module.RECIPES), module.__name__
-        for name, recipe in module.RECIPES.items():
-            listed = [d for dests in module.RECIPE_SOURCES[name].values() for d in dests]
-            assert sorted(listed) == sorted(recipe), (module.__name__, name)  # each value once
-            assert all(s.startswith(("paper", "official code", "FFL's official code", "project"))
-                       for s in module.RECIPE_SOURCES[name]), (module.__name__, name)
-    assert ffsd.RECIPES["paper"]["fusion_wd"] == 1e-4 and ffsd.RECIPES["paper"]["pad_mode"] == "reflect"
-    imagenet = ffsd.RECIPES["paper-imagenet"]
-    assert (imagenet["lr"], imagenet["milestones"], imagenet["lr_warmup"]) == (0.8, "30,60", 5)  # Sec. IV-A
-    assert "30, 60 and 80" in ffsd.__doc__ and "lr 0.1" in ffsd.__doc__  # the official code's, named
-    assert "paper-imagenet" not in fefr.RECIPES  # the paper names neither networks nor a recipe for ImageNet
-    with pytest.raises(SystemExit):
-        ffsd.main(["--recipe", "paper", "--baseline", "--help"])
-    assert "official code, data/cifar100.py: --augment crop+flip --pad-mode reflect" in capsys.readouterr().out
-    run_main(dml.main, ["--recipe", "paper", *SMOKE], tmp_path)
-    args = json.loads((tmp_path / "args.json").read_text())
-    assert "--batch-size 64: paper, Sec. 4 (implementation details)" in args["recipe_sources"]
-    assert "--wd 0.0005: project (the paper gives no weight decay)" in args["recipe_sources"]
+        if module is not mkb_cl:  # MKB-CL distils no logits
+            assert module.kd_loss(z_s, z_t, T).item() == pytest.approx(ref, rel=1e-5), module.__name__
+    log_p = torch.log_softmax(z_t / T, 1)
+    assert kdcl.kd_to_distribution(z_s, log_p, T).item() == pytest.approx(ref, rel=1e-5)
 
 
-def test_reproduce_dml_without_data_exits_in_one_sentence(tmp_path):
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--data-dir", str(tmp_path),
-                             "--out-dir", str(tmp_path / "out"))
-    assert status != 0 and len(output.strip().splitlines()) == 1, output
-    assert output.startswith("error: no row of dml can run here: CIFAR-100 is not in") and "ImageNet" in output
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_method_file_imports_nothing_of_this_project_at_module_level(module):
+    import ast
+    tree = ast.parse(open(os.path.join(HERE, module.__name__ + ".py")).read())
+    for node in tree.body:  # only module-level statements: `import common` inside build/main is the rule
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            assert not {n.split(".")[0] for n in names} & PROJECT_MODULES, (module.__name__, names)
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_docstring_teaches_and_is_shorter_than_the_code(module):
+    doc_lines = len(module.__doc__.strip().splitlines())
+    text = open(os.path.join(HERE, module.__name__ + ".py")).read()
+    code = text.split('"""', 2)[2].splitlines()
+    code_lines = [line for line in code if line.strip() and not line.strip().startswith("#")]
+    assert doc_lines < len(code_lines), (doc_lines, len(code_lines))
+    assert "Contract" in module.__doc__ and "--lr-warmup 0" in module.__doc__
+    assert "Results: the README's table 'Results measured with this code'" in module.__doc__
+    assert "mean ± std" not in module.__doc__  # no lab book
+    doc = module.__doc__
+    assert "Paper: " in "\n".join(doc.splitlines()[:4]) and re.search(r"\b(19|20)\d\d\b", doc[:doc.index("Idea")])
+    # teach first: the idea, the loss, the picture and the decisions, then the contract (each a paragraph's start)
+    starts = [re.search(rf"^({h})", doc, re.M) for h in ("Idea", "Loss|Model and loss", "Picture", "Decisions",
+                                                          "Contract")]
+    assert all(starts) and [s.start() for s in starts] == sorted(s.start() for s in starts), starts
+    assert not re.search(FORBIDDEN + r"|papers[/]|[.]txt\b|issue[ ]#", doc), "a path outside the repository"
+
+
+def method_class(module):
+    """The file's method: its nn.Module whose first argument is the list of students."""
+    found = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, nn.Module)
+             and c.__module__ == module.__name__ and list(inspect.signature(c).parameters)[:1] == ["students"]]
+    assert len(found) == 1, (module.__name__, found)
+    return found[0]
+
+
+# the flags a method needs to be built in-process on resnet20 students, without files (the others: none)
+BUILD_FLAGS = {"kdcl": ["--ensemble", "naive"], "ffsd": ["--students", "3"], "ffcl": ["--no-regularization"]}
+
+
+def default_method(module, tmp_path, *argv):
+    return build_method(module, ["--arch", "resnet20", *BUILD_FLAGS.get(module.__name__, []), *argv], tmp_path)
+
+
+def test_a_new_method_is_everywhere_the_checklist_says(tmp_path):
+    """README's "Adding a method", place by place, for every name in common.METHODS: fails naming each place a
+    method is missing from (the tables the tests derive from common.METHODS need nothing)."""
+    published, bench, evaluate = (script_module(s) for s in ("published", "bench_speed", "evaluate"))
+    readers = {f"scripts/{s}.py": script_module(s).METHODS for s in ("compare", "gpu_check")}
+    readme = open(os.path.join(HERE, "README.md")).read()
+    missing = []
+    for name in common.METHODS[1:]:  # vanilla is common.py's
+        def check(place, ok):
+            if not ok:
+                missing.append(f"{name}: {place}")
+        module = importlib.import_module(name)
+        check(f"{name}.py: add_arguments, build, main",
+              all(callable(getattr(module, f, None)) for f in ("add_arguments", "build", "main")))
+        recipes, sources = getattr(module, "RECIPES", {}), getattr(module, "RECIPE_SOURCES", {})
+        check(f"{name}.py: RECIPES['paper'] and RECIPE_SOURCES for each recipe",
+              "paper" in recipes and set(recipes) == set(sources))
+        check("test_methods.py: import " + name, globals().get(name) is module)
+        check(f"test_methods.py: its section (tests named test_{name.split('_')[0]}_...)",
+              any(test.startswith(f"test_{name.split('_')[0]}_") for test in globals()))
+        check("test_methods.py: its constructor in COPY_ALONE's build()", f'"{name}": lambda' in COPY_ALONE)
+        check("README.md: its row in the methods table", f"| `{name}.py` |" in readme)
+        check("scripts/published.py: its paper in PAPERS or rows of its method",
+              name in published.PAPERS or any(r["method"] == name for r in published.ROWS))
+        for script, methods in readers.items():
+            check(f"{script}: reads common.METHODS", name in methods)
+        try:
+            method = default_method(module, tmp_path, "--students", str(bench.STUDENTS.get(name, 2)))
+        except Exception as e:  # any refusal of the count bench_speed.py gives it
+            check(f"scripts/bench_speed.py: STUDENTS (it does not build {bench.STUDENTS.get(name, 2)} students: {e})",
+                  False)
+            continue
+        check("method.students, the deployable networks (common.write_results reads it)",
+              len(getattr(method, "students", [])) > 0)
+        check("scripts/evaluate.py: trained_classes() (a checkpoint's class count)",
+              evaluate.trained_classes(method.state_dict()) == 10)
+    assert not missing, "missing places (README 'Adding a method'):\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_a_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
+    import torchvision
+    plain = [torchvision.models.resnet18(num_classes=5) for _ in range(3)]
+    with pytest.raises(TypeError, match=r"must return \(logits, \[stage outputs\]\).*create_feature_extractor") as info:
+        module.stage_shapes(plain[0], (32, 32))
+    assert len(str(info.value).splitlines()) == 1
+    assert "common" not in str(info.value)  # a copied file names nothing its copy lacks
+    cls = method_class(module)
+    parameters = inspect.signature(cls).parameters
+    extra = [5] if "num_classes" in parameters else []
+    options = {"pretrained": plain} if "pretrained" in parameters else {}  # FFCL's frozen copies
+    with pytest.raises(TypeError, match="`stages`.*`classifier`" if module is one else "create_feature_extractor"):
+        cls(plain, *extra, **options)
+
+
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_every_loss_part_is_weighted_and_they_sum_to_the_loss(tmp_path, module):
+    method = default_method(module, tmp_path).train()
+    if hasattr(method, "set_epoch"):
+        method.set_epoch(0)  # a ramp-up below full weight, so that an unweighted part would show
+    views = [torch.randn(4, 3, 32, 32) for _ in range(getattr(method, "num_views", 1))]
+    loss, parts = method(views, torch.arange(4) % 10)
+    assert torch.allclose(loss, sum(parts.values()), rtol=1e-6)
+
+
+def test_ffcl_and_mkb_parts_carry_their_weights(tmp_path):
+    method = build_method(ffcl, ["--arch", "resnet20", "--no-regularization", "--lambda-feature", "0.5",
+                                 "--lambda-response", "2"], tmp_path).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    _, parts = method([x], y)
+    z, z_f = method.logits(x)
+    assert parts["fk_s0"].item() == pytest.approx(0.5 * ffcl.kd_loss(z[0], z_f, 3.0).item(), rel=1e-5)
+    assert parts["rk_s1"].item() == pytest.approx(2 * ffcl.kd_loss(z[1], z[0], 1.0).item(), rel=1e-5)
+    m = mkb_method(["resnet20", "resnet20"], alpha=0.2).train()
+    _, parts = m([x], y)
+    (_, e0), (_, e1) = [net(x, with_embeddings=True) for net in m.students]
+    assert parts["metric_s0"].item() == pytest.approx(0.2 * mkb_cl.metric_loss(e0[0], e1[0]).item(), rel=1e-4)
+    assert parts["verif_s1"].item() == pytest.approx(
+        0.2 * F.cross_entropy(m.verifiers[1][0](e1[0]), y).item(), rel=1e-4)
 
 
 @pytest.mark.slow
-def test_reproduce_ffsd_quick_prints_verdicts_and_names_ens_any_student_correct(tmp_path):
-    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "ffsd", "--table", "I", "--quick",
-                             "--jobs", "2", "--out-dir", str(tmp_path))
-    assert status == 0, output[-3000:]
-    header = next(line for line in output.splitlines() if line.startswith("| table |"))
-    assert "| verdict |" in header and "| ran |" in header
-    ens = [line for line in output.splitlines() if "| ResNet-56 Ens [" in line]
-    assert len(ens) == 1 and "any-student-correct top-1" in ens[0] and "our ens " in ens[0]
-    assert "resnet20" in ens[0] and "not judged: --quick" in ens[0]  # what ran, and no verdict on it
-    assert "an image counts when either common student is right" in output
-    found = list(tmp_path.glob("*/ffsd/seed0/results.json"))
-    assert len(found) == 1  # under --quick every network is resnet20: one FFSD run serves the five of Table I
-    results = json.loads(found[0].read_text())
-    assert "any" in results["final"] and results["args"]["students"] == 3
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_method_file_copied_alone_trains_a_torchvision_student_in_a_plain_loop(copied_alone, module):
+    reports, stderr = copied_alone
+    report = reports.get(module.__name__, stderr)
+    assert report.startswith("trained "), report.replace("\\n", "\n")
 
 
-def test_published_rows_cite_only_papers():
-    import re
-    for name in ("published.py", "reproduce.py"):
-        text = open(os.path.join(HERE, "scripts", name)).read()
-        assert not re.search(FORBIDDEN + "|papers[/]", text), name
-    for citation in published.PAPERS.values():
-        assert re.search(r"20\d\d", citation) and ('"' in citation) and len(citation) > 80, citation
-    assert all(r["paper"] in published.PAPERS for r in published.ROWS)
+@pytest.mark.slow
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_exports_of_a_file_copied_alone_reload_into_the_users_own_students(copied_alone, module, tmp_path):
+    reports, stderr = copied_alone
+    report = reports.get(module.__name__, stderr)
+    exported = re.search(r"exported:(\S+)", report)
+    assert exported, report.replace("\\n", "\n")
+    # what the file's own export() gives in the project, for as many students as the copy trains (without one,
+    # the copy exports nothing: common's default export serves the project)
+    expected = default_method(module, tmp_path).export() if "export" in vars(method_class(module)) else {}
+    assert set(exported.group(1).split(",")) - {"-"} == set(expected), report
 
 
-# ================================================================================================
-# The run folder: one run at a time, resume checks, interrupts, checksums
-# ================================================================================================
-
-def write_lock(out, pid, host=None, process_start=None):
-    """OUT/run.lock as a run writes it, held by `pid` (on this machine unless `host` is given)."""
-    import socket
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run.lock").write_text(json.dumps({
-        "pid": pid, "host": host or socket.gethostname(), "started": "2026-12-01 10:00:00",
-        "process_start": process_start or common.process_start(pid), "command": "dml.py --epochs 200"}))
-
-
-def files_of(folder):
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
-def test_a_folder_in_use_is_refused_and_a_killed_runs_lock_is_taken_over(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "run"
-    run_main(vanilla, SMOKE, out)
-    assert not (out / "run.lock").exists()  # released at the end of a run
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        write_lock(out, live.pid)
-        before = files_of(out)
-        for argv in (["--epochs", "2", "--resume"], ["--lr", "0.05"], []):  # whatever the command: nothing touched
-            err = one_line_error(capsys, lambda: vanilla(SMOKE + argv + ["--out-dir", str(out)]))
-            assert (f"{out} is in use by another run (pid {live.pid}, started 2026-12-01 10:00:00, `dml.py --epochs "
-                    f"200`); wait for it to end, or pass another --out-dir") in err, err
-        with pytest.raises(common.UsageError, match="is in use by another run"):  # two runs that start together
-            common.claim_out_dir(str(out))
-        assert files_of(out) == before
-        # the pid of a live process that is not the one that took the lock (its start time differs): a killed run's
-        write_lock(out, live.pid, process_start=1)
-        assert common.holder_state(json.loads((out / "run.lock").read_text()), str(out / "run.lock")) == "ended"
-    finally:
-        live.kill()
-        live.wait()
-    write_lock(out, 4242, host="another-machine")  # its process cannot be checked from here
-    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", "2", "--resume", "--out-dir", str(out)]))
-    assert "is in use by a run on another-machine (pid 4242" in err and f"delete {out / 'run.lock'} and" in err
-    # a lock whose process has ended (a killed run): taken over with a line, and released at the end
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    write_lock(out, int(ended.stdout), process_start=1)
-    run_main(vanilla, SMOKE + ["--epochs", "2", "--resume"], out)
-    said = capsys.readouterr().out
-    assert f"note: {out / 'run.lock'} was left by a run that ended without releasing it (pid {ended.stdout.strip()}" \
-           in said and "); taken over" in said, said
-    assert not (out / "run.lock").exists() and [r["epoch"] for r in read_metrics(out)] == [1, 2]
-    # released when the run stops on an error after taking it
-    monkeypatch.setattr(common, "load_data", refuse(common.UsageError("no data today")))
-    one_line_error(capsys, lambda: vanilla(SMOKE + ["--epochs", "3", "--resume", "--out-dir", str(out)]))
-    assert not (out / "run.lock").exists()
-
-
-def test_resume_takes_the_runs_flags_refuses_others_by_name_and_says_what_more_epochs_change(tmp_path, capsys):
-    out = tmp_path / "run"
-    run_main(vanilla, SMOKE + ["--epochs", "2", "--lr", "0.05", "--lr-warmup", "0"], out)
-    before = files_of(out)
-    # the flags that change what is trained or how: each one that differs named, with both values
-    err = one_line_error(capsys, lambda: vanilla(["--resume", "--out-dir", str(out), "--epochs", "4", "--lr", "0.5",
-                                                  "--seed", "1", "--batch-size", "32", "--T", "3"]))
-    assert (f"--resume: {out} holds a run trained with --batch-size 64, --lr 0.05, --T not given, --seed 0 but this "
-            f"command gives --batch-size 32, --lr 0.5, --T 3.0, --seed 1; a resumed run keeps its flags") in err, err
-    err = one_line_error(capsys, lambda: dml.main(["--resume", "--out-dir", str(out), "--epochs", "4"]))
-    assert f"{out / 'last.pt'} was written by 'vanilla', not 'dml'" in err
-    assert files_of(out) == before  # refused before anything was written
-    # the same flags spelled otherwise, this machine's, --epochs: accepted; those left out are the run's
-    results = run_main(vanilla, ["--resume", "--epochs", "4", "--arch", "resnet20,resnet20", "--workers", "0",
-                                 "--quiet", "--device", "cpu", "--amp", "off"], out)
-    said = capsys.readouterr().out
-    assert (f"resumed {out / 'last.pt'} at epoch 2, with --epochs 4 (the run was started for 2): the learning-rate "
-            f"schedule is that of 4 epochs, milestones at epochs 2, 3 (were 1, 2); epoch 3 starts at lr 0.005 (it "
-            f"would have been 0.0005)") in said, said
-    assert results["args"]["lr"] == 0.05 and results["args"]["limit_train"] == 128 and results["args"]["quiet"]
-    # what is logged is what was applied: the lr of the last step, in metrics.jsonl and in the optimizer
-    ckpt = torch.load(out / "last.pt", weights_only=True)
-    assert ckpt["optimizers"][0]["param_groups"][0]["lr"] == pytest.approx(read_metrics(out)[-1]["lr"]) == 0.0005
-
-
-def test_resume_checks_that_its_data_is_the_runs(tmp_path, capsys):
-    first, other = write_image_folder(tmp_path / "a", splits=(("train", 4), ("test", 2))), tmp_path / "b"
-    write_image_folder(other, splits=(("train", 4), ("test", 2)), seed=1)  # other images, the same classes
-    argv = ["--dataset", "folder", "--arch", "resnet20", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
-            "--workers", "0"]
-    out = tmp_path / "run"
-    run_main(vanilla, argv + ["--data-dir", str(first)], out)
-    identity = json.loads((out / "args.json").read_text())["data"]
-    assert identity["classes"] == 3 and identity["train_images"] == 12 and identity["test_images"] == 6
-    err = one_line_error(capsys, lambda: vanilla(["--resume", "--epochs", "2", "--data-dir", str(other), "--out-dir",
-                                                  str(out)]))
-    assert (f"--resume: the data is not what {out / 'last.pt'} was trained on (3 classes, 12 train / 6 test images, "
-            f"fingerprint") in err and f"pass the run's --data-dir ({first}) with its images as they were" in err
-    # the same images elsewhere (a copy on a node's local disk): the run continues
-    moved = tmp_path / "moved"
-    shutil.copytree(first, moved, ignore=shutil.ignore_patterns(".okd-cache.pt"))
-    run_main(vanilla, ["--resume", "--epochs", "2", "--data-dir", str(moved)], out)
-    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
-
-
-def write_png_folder(root, seed=0):
-    """2 classes x (3 train, 2 test) random 32x32 PNG images (lossless: decoded exactly as written)."""
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", 3), ("test", 2)):
-        for c in range(2):
-            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(root / split / f"c{c}" / f"{i}.png")
-    return root
-
-
-def test_a_folder_data_set_edited_in_place_is_decoded_again(tmp_path, capsys):
-    import numpy as np
-    from PIL import Image
-    root = write_png_folder(tmp_path / "d")
-    first = common.load_folder(str(root), 1)
-    assert (root / ".okd-cache.pt").exists()
-    assert all(torch.equal(a, b) for a, b in zip(common.load_folder(str(root), 1)[:4], first[:4]))
-    assert "decoding" not in capsys.readouterr().out  # the cache, unchanged files: not decoded again
-    for image in root.rglob("*.png"):  # every image replaced by its negative, under the same name
-        Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
-    inverted = common.load_folder(str(root), 1)
-    assert (f"note: the images in {root} changed (their names, sizes or modification times) since "
-            f"{root / '.okd-cache.pt'} was decoded from them; decoding them again") in capsys.readouterr().out
-    assert torch.equal(inverted[0], 255 - first[0]) and torch.equal(inverted[2], 255 - first[2])
-    assert torch.equal(inverted[1], first[1])
-    # a cache written before the files were recorded, or a damaged one: decoded again, said
-    old = torch.load(root / ".okd-cache.pt", weights_only=True)
-    del old["files"]
-    torch.save(old, root / ".okd-cache.pt")
-    common.load_folder(str(root), 1)
-    assert "may have changed since" in capsys.readouterr().out
-    cache = bytearray((root / ".okd-cache.pt").read_bytes())
-    cache[len(cache) // 2:len(cache) // 2 + 64] = bytes(64)
-    (root / ".okd-cache.pt").write_bytes(cache)
-    assert torch.equal(common.load_folder(str(root), 1)[0], inverted[0])
-    assert "no longer matches the checksum written with it (a disk, copy or transfer fault); decoding the images " \
-           "again" in capsys.readouterr().out
-
-
-INTERRUPTED_SAVE = """
-import os, signal, sys
-sys.path.insert(0, {here!r})
-import torch
-import common
-signum, out, seen = int(sys.argv[1]), sys.argv[2], []
-signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even where a shell ignores it
-real_save = torch.save
-
-
-class Interrupting:  # the file being written: the signal arrives after its first write
-    def __init__(self, f):
-        self.f, self.sent = f, False
-
-    def write(self, data):
-        if not self.sent:
-            self.sent = True
-            os.kill(os.getpid(), signum)
-        return self.f.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self.f, name)
-
-
-def save(obj, f):
-    seen.append(os.path.basename(f.name))
-    second_last = seen.count(os.path.basename(f.name)) == 2 and ".tmp" in f.name and "last.pt" in f.name
-    return real_save(obj, Interrupting(f) if second_last else f)  # epoch 2's last.pt
-
-
-torch.save = save
-common.main(argv={argv!r} + ["--epochs", "2", "--out-dir", out])
-"""
-
-
-def test_sigterm_and_sigint_mid_save_end_in_one_sentence_with_the_checkpoint_whole(tmp_path, capsys):
-    script = tmp_path / "interrupted_save.py"
-    script.write_text(INTERRUPTED_SAVE.format(here=HERE, argv=SMOKE))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = {name: subprocess.Popen([sys.executable, str(script), str(int(signum)), str(tmp_path / name)], env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for name, signum in (("SIGTERM", 15), ("SIGINT", 2))}
-    for name, proc in runs.items():
-        out, (stdout, stderr) = tmp_path / name, proc.communicate(timeout=300)
-        assert proc.returncode == {"SIGTERM": 143, "SIGINT": 130}[name], stdout + stderr
-        said = "Ctrl-C" if name == "SIGINT" else "SIGTERM"
-        assert stderr == (f"interrupted ({said}): the last good checkpoint {out / 'last.pt'} (epoch 2) is untouched; "
-                          f"continue with --resume --out-dir {out}\n"), stderr
-        ckpt = common.load_checkpoint(str(out / "last.pt"))  # whole: its checksums verified
-        assert ckpt["epoch"] == 2 and common.load_checkpoint(str(out / "best.pt"))["epoch"] == ckpt["best_epoch"]["ens"]
-        assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pt", "last.pt", "metrics.jsonl"]
-    # the resumed run writes what the interrupted one did not, and trains nothing
-    run_main(vanilla, ["--resume"], tmp_path / "SIGTERM")
-    assert "writing what the run did not, results.json, s0.pt, s1.pt (nothing is trained)" in capsys.readouterr().out
-    assert [r["epoch"] for r in read_metrics(tmp_path / "SIGTERM")] == [1, 2]
-
-
-def damage(path, at=None):
-    """4 KiB of zeros inside the largest record of a torch archive (its bytes, not its directory)."""
-    import zipfile
-    with zipfile.ZipFile(path) as archive:
-        record = max(archive.infolist(), key=lambda r: r.file_size)
-    data = bytearray(path.read_bytes())
-    start = record.header_offset + 512 if at is None else at
-    data[start:start + 4096] = bytes(4096)
-    path.write_bytes(data)
-    return record.filename
-
-
-def test_a_damaged_checkpoint_or_export_is_refused_in_one_sentence_naming_it(tmp_path, capsys):
-    out = tmp_path / "run"
-    run_main(vanilla, SMOKE, out)
-    part = damage(out / "last.pt")
-    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1  # torch alone loads it
-    err = one_line_error(capsys, lambda: vanilla(["--resume", "--epochs", "2", "--out-dir", str(out)]))
-    assert err == (f"error: {out / 'last.pt'} is damaged: its part {part} no longer matches the checksum written "
-                   f"with it (a disk, copy or transfer fault); replace it with a good copy\n"), err
-    evaluate = script_module("evaluate")
-    err = usage_error(capsys, lambda: evaluate.main([str(out / "last.pt")]))
-    assert f"{out / 'last.pt'} is damaged" in err
-    damage(out / "s0.pt")
-    with pytest.raises(common.UsageError, match=re.escape(f"{out / 's0.pt'} is damaged")):
-        common.load_backbone(str(out / "s0.pt"))
-    # a file in torch's format before 1.6 has no checksums: it loads, and that is said once
-    torch.save(common.backbone_payload(common.build_model("resnet20", 10)), tmp_path / "old.pt",
-               _use_new_zipfile_serialization=False)
-    for _ in range(2):
-        assert isinstance(common.load_backbone(str(tmp_path / "old.pt")), common.Backbone)
-    assert capsys.readouterr().out.count(f"note: {tmp_path / 'old.pt'} has no checksums") == 1
-
-
-def test_a_finished_run_missing_an_export_is_completed_by_the_command_its_advice_gives(tmp_path, capsys, monkeypatch):
-    out = tmp_path / "run"
-    monkeypatch.setattr(common, "open", full_disk(("s1.pt.tmp", 1)), raising=False)  # the disk fills during s1.pt
-    err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(out)]), code=1)
-    advice = f"make room and continue with --resume --out-dir {out}"
-    assert err.rstrip().endswith(advice), err
-    monkeypatch.undo()
-    assert sorted(p.name for p in out.iterdir()) == ["args.json", "best.pt", "last.pt", "metrics.jsonl", "s0.pt"]
-    before = files_of(out)
-    vanilla(["--resume", "--out-dir", str(out)])  # the advice, exactly
-    assert (f"{out / 'last.pt'} has trained its 1 epoch: writing what the run did not, results.json, s1.pt "
-            f"(nothing is trained)") in capsys.readouterr().out
-    after = files_of(out)
-    assert all(after[name] == before[name] for name in ("last.pt", "best.pt", "metrics.jsonl", "s0.pt"))
-    student = common.load_backbone(str(out / "s1.pt"))
-    weights = torch.load(out / "last.pt", weights_only=True)["model"]
-    assert all(torch.equal(v, weights[f"students.1.{k}"]) for k, v in student.state_dict().items())
-    err = one_line_error(capsys, lambda: vanilla(["--resume", "--out-dir", str(out)]))  # now nothing is missing
-    assert "already finished 1 epoch; raise --epochs to train further" in err
-
-
-def test_leftovers_of_killed_writes_and_a_cut_metrics_line_are_cleared_when_the_run_resumes(tmp_path, capsys):
-    out = tmp_path / "run"
-    run_main(vanilla, SMOKE, out)
-    (out / "last.pt.tmp999999").write_bytes(b"half a checkpoint")  # a save killed by SIGKILL
-    (out / "run.lock.stale999999").write_text("{}")
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write('{"epoch": 2, "lr": 0.0')  # the second epoch's line, cut by a kill
-    capsys.readouterr()
-    run_main(vanilla, ["--resume", "--epochs", "3"], out)
-    said = capsys.readouterr().out
-    assert f"removed what killed writes left in {out}: last.pt.tmp999999, run.lock.stale999999" in said, said
-    assert f"{out / 'metrics.jsonl'}: line 2 cut mid-write (not a whole JSON record), dropped" in said
-    assert [r["epoch"] for r in read_metrics(out)] == [1, 2, 3]
-    assert not [p.name for p in out.iterdir() if ".tmp" in p.name or ".stale" in p.name]
-
-
-def test_a_constant_colour_channel_is_named_as_the_cause_and_normalises_to_finite_values(capsys):
-    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    x[:, 2] = 0  # no blue anywhere
-    data = common.Data(x, torch.arange(8) % 2, x[:2], torch.arange(2), 2, torch.device("cpu"))
-    assert ("note: the blue channel of the training images has one value in every pixel (standard deviation 0): it "
-            "is normalised with a standard deviation of 1 instead") in capsys.readouterr().out
-    assert torch.isfinite(data.normalize(x)).all() and data.std[0, 2].item() == 255
-
-
-class DeletesItsFolder(common.Vanilla):
-    """Vanilla whose folder is deleted after its first checkpoint (by a user, a clean-up job)."""
-
-    def epoch_end(self, epoch, data):
-        if epoch == 1:
-            shutil.rmtree(self.out_dir)
-
-
-def test_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_path, capsys, monkeypatch):
-    run = tmp_path / "run"
-    run_main(vanilla, SMOKE, run)
-    (tmp_path / "a-file").write_text("not a folder")
-    for dataset in ("folder", "cifar10"):
-        argv = SMOKE + ["--dataset", dataset, "--data-dir", str(tmp_path / "a-file"), "--out-dir",
-                        str(tmp_path / dataset)]
-        err = one_line_error(capsys, lambda: vanilla(argv))
-        assert f"--data-dir {tmp_path / 'a-file'} is a file, not a folder" in err, err
-    evaluate = script_module("evaluate")
-    err = usage_error(capsys, lambda: evaluate.main([str(run)]))
-    assert f"{run} is a folder; pass one of its files: best.pt, last.pt, s0.pt, s1.pt" in err, err
-    common.atomic_save(common.backbone_payload(TinyStudent()), str(tmp_path / "own.pt"))  # a student of one's own
-    err = usage_error(capsys, lambda: evaluate.main([str(tmp_path / "own.pt"), "--dataset", "synthetic"]))
-    assert "holds the weights of a TinyStudent, a network of your own that evaluate.py cannot rebuild" in err, err
-    # FFCL pre-training into another method's folder: refused before the data is even loaded
-    monkeypatch.setattr(common, "load_data", refuse(AssertionError("the data was loaded")))
-    err = one_line_error(capsys, lambda: ffcl.main(SMOKE + ["--pretrain-epochs", "1", "--epochs", "2", "--resume",
-                                                           "--out-dir", str(run)]))
-    assert f"{run / 'last.pt'} was written by 'vanilla', not 'ffcl'" in err and not (run / "pretrain").exists()
-    monkeypatch.undo()
-    # the folder deleted during the run, after its first checkpoint
-    def build(args, data):
-        method = DeletesItsFolder(common.build_students(args, data))
-        method.out_dir = args.out_dir
-        return method
-    gone = tmp_path / "gone"
-    err = one_line_error(capsys, lambda: common.main("deleting", None, build, SMOKE + ["--epochs", "3", "--out-dir",
-                                                                                      str(gone)]), code=1)
-    assert f"the folder {gone} was removed during the run, its checkpoints with it; start the run again" in err, err
-    # the run's output closed by the program reading it (`| head -1`)
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "common.py"), *SMOKE, "--epochs", "2", "--lr-warmup",
-                             "0.5", "--out-dir", str(tmp_path / "head")], stdout=subprocess.PIPE,  # one line first
-                            stderr=subprocess.PIPE, text=True,
-                            cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.stdout.readline().startswith("vanilla: ")
-    proc.stdout.close()
-    stderr = proc.stderr.read()
-    assert proc.wait(timeout=300) == 141
-    assert stderr.startswith("stopped: the output of this run was closed by the program reading it (such as `| head`;")
-    assert re.search(rf"the last good checkpoint {re.escape(str(tmp_path / 'head' / 'last.pt'))} \(epoch [12]\) is "
-                     rf"untouched; continue with --resume", stderr), stderr
-    assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr, stderr
-
-
-# ================================================================================================
-# Standing alone: copy-alone exports, preprocessing in exports, warm-up rule, machine record, output tools
-# ================================================================================================
-
-# what no file of the repository but .ci/run may name (written so that this line does not name them itself)
-FORBIDDEN = r"\.\.[/]shared|shared[/]papers|shared[/]METHODS|METHODS[.]md|[/]work[/]|[/]tmp[/]|carry[ ]it"
-
-
-def readme_snippet():
-    """The README's own-loop example: the first python block after its 'Use a method in your own loop'."""
-    text = open(os.path.join(HERE, "README.md")).read().split("## Use a method in your own loop", 1)[1]
-    return text.split("```python\n", 1)[1].split("```", 1)[0]
-
-
-def test_the_readme_snippet_runs_in_a_folder_holding_only_the_method_file(tmp_path):
-    """The snippet as printed, with only ffl.py beside it (no common.py, nothing of the project on the path): it
-    trains the user's own plain model, exports s0 and reloads it into that class, with the method's logits."""
-    shutil.copy(os.path.join(HERE, "ffl.py"), tmp_path)
-    check = ('\nassert torch.allclose(net(x)[0], heads["s0"], atol=1e-6)\nimport sys\n'
-             'assert not {"common", "dml"} & set(sys.modules)\nprint("snippet ok")\n')
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", readme_snippet() + check], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("snippet ok"), proc.stdout + proc.stderr
-    assert sorted(os.listdir(tmp_path)) == ["ffl.py", "s0.pt"]
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
 def test_a_method_file_alone_says_in_one_sentence_what_its_script_needs(tmp_path, module):
     shutil.copy(os.path.join(HERE, module.__name__ + ".py"), tmp_path)
@@ -3839,6 +3535,7 @@ for name in NAMES:
 """
 
 
+@pytest.mark.slow
 def test_every_methods_export_reloads_into_the_users_own_class_with_identical_logits(tmp_path):
     """Each method file alone in a folder, the user's own plain model as its students (FFSD: 3, ONE: 3 branches):
     after a step, every payload of export() saved, read back as plain data and loaded into a fresh instance of the
@@ -3858,164 +3555,66 @@ def test_every_methods_export_reloads_into_the_users_own_class_with_identical_lo
     assert reloaded == {name: expected.get(name, "s0,s1") for name in names}
 
 
-def old_lr_factor(args, settings, epoch, step, steps):
-    """The schedule before the warm-up rule (the whole --lr-warmup, however short the run)."""
-    factor = args.gamma ** sum(epoch >= m for m in settings.milestone_epochs)
-    warmup_steps, done = args.lr_warmup * steps, epoch * steps + step + 1
-    return factor * (args.lr_warmup_start + (1 - args.lr_warmup_start) * done / warmup_steps) \
-        if done < warmup_steps else factor
+@pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
+def test_every_recipe_sets_flags_its_script_has(module):
+    parser = script_parser(module)
+    dests = set(vars(parser.parse_args([])))
+    assert "paper" in module.RECIPES and set(module.RECIPES) <= {"paper", "paper-imagenet"}
+    for name, recipe in module.RECIPES.items():
+        assert set(recipe) <= dests, (name, set(recipe) - dests)
+        assert recipe["dataset"] == ("imagenet" if name == "paper-imagenet" else "cifar100")
+        args = parser.parse_args([])
+        for dest, value in recipe.items():  # every value is of its flag's type (as if given on the command line)
+            assert type(value) is type(getattr(args, dest)) or {type(value), type(getattr(args, dest))} <= {int, float}
 
 
-def test_a_short_run_warms_up_over_at_most_half_the_epochs_before_its_first_decay_and_says_so(tmp_path, capsys):
-    cases = [(["--epochs", "2"], 0.5), (["--epochs", "3"], 1.0), (["--epochs", "2", "--lr-warmup", "10"], 0.5),
-             (["--epochs", "7", "--milestones", "6"], 3.0), (["--epochs", "40"], 5.0),
-             (["--epochs", "10", "--milestones", "30"], 5.0), (["--epochs", "4", "--schedule", "cosine"], 2.0),
-             (["--epochs", "40", "--lr-warmup", "0"], 0.0)]
-    for argv, warmup in cases:  # min(--lr-warmup, half of the epochs before the first decay or the run's end)
-        assert common.derive_settings(common.make_parser().parse_args(argv)).warmup_epochs == warmup, argv
-    # the README table's regime (40 epochs, milestones 20 and 30, 5 epochs of warm-up): every step as before
-    args = common.make_parser().parse_args(["--epochs", "40"])
-    settings = common.derive_settings(args)
-    for steps in (31, 28):  # 2,000 images (1,800 with KDCL's hold-out) in batches of 64
-        assert [common.lr_factor(args, settings, e, g, steps) for e in range(40) for g in range(steps)] == \
-            [old_lr_factor(args, settings, e, g, steps) for e in range(40) for g in range(steps)]
-    # a 2-epoch default run (milestones 1, 2): half an epoch up to --lr, the rest of epoch 1 at it; said once
-    results = run_main(vanilla, SMOKE + ["--epochs", "2", "--limit-train", "256"], tmp_path / "run")  # 4 steps
-    out = capsys.readouterr().out
-    assert out.count("warning: --lr-warmup") == 1 and ("warning: --lr-warmup 5 shortened to 0.5 epochs, half of the "
-                                                       "1 epoch before the first lr decay") in out
-    assert [r["lr"] for r in read_metrics(tmp_path / "run")] == pytest.approx([0.1, 0.01])
-    assert results["args"]["warmup_epochs"] == 0.5 and results["args"]["lr_warmup"] == 5
-    assert json.loads((tmp_path / "run" / "args.json").read_text())["warmup_epochs"] == 0.5
-    # a warm-up that fits is not shortened and says nothing; a schedule that never reaches --lr says so
-    args = common.make_parser().parse_args(["--epochs", "40"])
-    common.warn_if_lr_unreached(args, common.derive_settings(args))
-    assert capsys.readouterr().out == ""
-    args = common.make_parser().parse_args(["--epochs", "4", "--schedule", "cosine"])
-    common.warn_if_lr_unreached(args, common.derive_settings(args))
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and "shortened to 2 epochs, half of the run (--schedule cosine)" in lines[0]
-    peak = 0.5 * (1 + math.cos(math.pi / 4))  # the warm-up ends in epoch 2, where the cosine is down to this
-    assert f"never reaches --lr 0.1: its highest lr is {0.1 * peak:.3g} ({100 * peak:.0f} % of it)" in lines[1]
+def test_every_recipe_value_has_one_source_shown_by_help_and_kept_in_results(tmp_path, capsys):
+    for module in METHOD_MODULES:
+        assert set(module.RECIPE_SOURCES) == set(module.RECIPES), module.__name__
+        for name, recipe in module.RECIPES.items():
+            listed = [d for dests in module.RECIPE_SOURCES[name].values() for d in dests]
+            assert sorted(listed) == sorted(recipe), (module.__name__, name)  # each value once
+            assert all(s.startswith(("paper", "official code", "FFL's official code", "project"))
+                       for s in module.RECIPE_SOURCES[name]), (module.__name__, name)
+    assert ffsd.RECIPES["paper"]["fusion_wd"] == 1e-4 and ffsd.RECIPES["paper"]["pad_mode"] == "reflect"
+    imagenet = ffsd.RECIPES["paper-imagenet"]
+    assert (imagenet["lr"], imagenet["milestones"], imagenet["lr_warmup"]) == (0.8, "30,60", 5)  # Sec. IV-A
+    assert "30, 60 and 80" in ffsd.__doc__ and "lr 0.1" in ffsd.__doc__  # the official code's, named
+    assert "paper-imagenet" not in fefr.RECIPES  # the paper names neither networks nor a recipe for ImageNet
+    with pytest.raises(SystemExit):
+        ffsd.main(["--recipe", "paper", "--baseline", "--help"])
+    assert "official code, data/cifar100.py: --augment crop+flip --pad-mode reflect" in capsys.readouterr().out
+    run_main(dml.main, ["--recipe", "paper", *SMOKE], tmp_path)
+    args = json.loads((tmp_path / "args.json").read_text())
+    assert "--batch-size 64: paper, Sec. 4 (implementation details)" in args["recipe_sources"]
+    assert "--wd 0.0005: project (the paper gives no weight decay)" in args["recipe_sources"]
 
 
-def test_an_export_copied_elsewhere_evaluates_to_the_runs_top1_and_top5_given_only_the_data(tmp_path, capsys):
-    """A folder data set of 100 classes trained on a subset (--limit-train): s0.pt copied into another folder and
-    evaluated with only --data-dir gives the run's final top-1 and top-5, normalised with the statistics of the
-    run's subset that it carries (those of every training image differ); its class names are the folders'."""
-    root = write_image_folder(tmp_path / "images", splits=(("train", 3), ("test", 1)), classes=100)
-    argv = ["--dataset", "folder", "--data-dir", str(root), "--limit-train", "200", "--epochs", "1", "--batch-size",
-            "50", "--arch", "resnet20", "--device", "cpu", "--workers", "1"]
-    results = run_main(vanilla, argv, tmp_path / "run")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    shutil.copy(tmp_path / "run" / "s0.pt", elsewhere / "s0.pt")
-    found = script_module("evaluate").main([str(elsewhere / "s0.pt"), "--data-dir", str(root), "--device", "cpu"])
-    top1, top5 = found[str(elsewhere / "s0.pt")]["s0"]
-    assert top1 == pytest.approx(results["final"]["s0"]) and top5 == pytest.approx(results["final_top5"]["s0"])
-    net = common.load_backbone(str(elsewhere / "s0.pt"))
-    args = common.check_args(common.make_parser().parse_args(argv + ["--out-dir", str(tmp_path / "x")]), "vanilla")
-    data = common.load_data(args, torch.device("cpu"))
-    every_image = common.load_data(common.check_args(common.make_parser().parse_args(
-        argv[:4] + argv[6:] + ["--out-dir", str(tmp_path / "x")]), "vanilla"), torch.device("cpu"))
-    assert net.preprocess["mean"] == data.stats[0] and net.preprocess["std"] == data.stats[1]
-    assert net.preprocess["mean"] != every_image.stats[0] and net.preprocess["image_size"] == [32, 32]
-    assert net.classes == sorted(f"class{c}" for c in range(100))  # the folder names, in label order
-    # an image file prepared by preprocess_image is exactly the run's test input
-    from PIL import Image
-    first = sorted(os.listdir(root / "test" / "class7"))[0]
-    x = common.preprocess_image(Image.open(root / "test" / "class7" / first), net.preprocess)
-    index = [i for i, (path, _) in enumerate(common.list_image_folder(str(root / "test"))[1])
-             if path.endswith(os.path.join("class7", first))][0]
-    assert torch.equal(x, data.normalize(data.test_x[index:index + 1]))
+# ================================================================================================
+# scripts/bench_speed.py
+# ================================================================================================
+
+BENCH_KEYS = ["bare_compute", "conventional", *common.METHODS]
 
 
-def test_results_record_the_machine_and_the_code_commit(tmp_path):
-    results = run_main(vanilla, SMOKE, tmp_path / "run")
-    machine, code = results["machine"], results["code"]
-    assert machine["threads"] == torch.get_num_threads() and machine["gpu"] is None and machine["processes"] == 1
-    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
-    if os.path.exists("/proc/cpuinfo"):
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        assert machine["cpu"] == (names[0] if names else machine["cpu"]) and machine["cpu"]
-    git = shutil.which("git") and subprocess.run(["git", "-C", HERE, "rev-parse", "HEAD"], capture_output=True,
-                                                 text=True).stdout.strip()
-    if git:
-        changes = subprocess.run(["git", "-C", HERE, "status", "--porcelain", "--untracked-files=no"],
-                                 capture_output=True, text=True).stdout
-        assert code == {"commit": git, "modified": bool(changes.strip())}
-    # outside a repository (a copy of common.py alone), or without git: None, said quietly
-    shutil.copy(os.path.join(HERE, "common.py"), tmp_path)
-    for env in ({}, {"PATH": str(tmp_path)}):
-        proc = subprocess.run([sys.executable, "-c", "import common; print(common.code_version())"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=120, env={**os.environ, **env})
-        assert proc.stdout.strip() == "{'commit': None, 'modified': None}" and proc.stderr == "", proc.stderr
+def bench_quick(out, *argv):
+    status, output = run_cli(os.path.join("scripts", "bench_speed.py"), "--quick", "--out", str(out), *argv)
+    assert status == 0, output[-2000:]
+    return json.loads(out.read_text()), output
 
 
-def git_status():
-    return subprocess.run(["git", "-C", HERE, "status", "--porcelain"], capture_output=True, text=True).stdout
+@pytest.mark.slow
+def test_bench_speed_quick_measures_every_method(tmp_path):
+    """The benchmark runs every method and both references; how fast is the benchmark's business, not the
+    suite's (a shared machine makes any timing assertion flaky)."""
+    bench, output = bench_quick(tmp_path / "all.json")
+    for key in BENCH_KEYS:
+        assert bench[key]["images_per_s"] > 0, key
 
 
-def test_render_prints_or_writes_a_path_given_and_leaves_git_status_clean(tmp_path):
-    """--render prints the committed table (no file written), --output writes another path, never a tracked one;
-    the collapse column re-applies the current check (FFL's seed-2 swing at epoch 16 is none), so it agrees with
-    the README."""
-    if shutil.which("git") is None or subprocess.run(["git", "-C", HERE, "rev-parse"], capture_output=True).returncode:
-        pytest.skip("not a git checkout")
-    before = git_status()
-    committed = os.path.join(HERE, "results", "cifar10_2k_resnet20")
-    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", committed)
-    assert status == 0 and git_status() == before
-    rows = {line.split("|")[1].strip(): line for line in output.splitlines() if line.startswith("| ")}
-    assert rows["ffl"].split("|")[9].strip() == "none" and "| collapses |" in rows["method"]
-    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", committed, "--output",
-                             os.path.join(committed, "table.md"))
-    assert status == 2 and "is a file git tracks" in output and len(output.strip().splitlines()) == 1
-    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", committed, "--output",
-                             str(tmp_path / "table.md"))
-    assert status == 0 and (tmp_path / "table.md").read_text().count("\n| ") == 10 and git_status() == before
-    # a head that gives one class to most images at chance after the warm-up is listed, at its first epoch
-    compare = script_module("compare")
-    run = {"num_classes": 10, "args": {"warmup_epochs": 1}, "collapsed": {}, "curve": [
-        {"epoch": e, "top1_s0": 10.0, "top_share_s0": 0.9, "top1_s1": 50.0, "top_share_s1": 0.9} for e in (1, 2, 3)]}
-    assert compare.collapses(run) == {"s0": 2}  # epoch 1 is the warm-up's; s1 is well above chance
-    assert compare.collapses({**run, "curve": [{"epoch": 1, "top1_s0": 10.0}], "collapsed": {"s0": 1}}) == {"s0": 1}
-
-
-def test_plot_writes_beside_its_input_with_whole_epochs_and_no_empty_zoom(tmp_path, monkeypatch, capsys):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    plot, figures = script_module("plot"), []
-    closed = plt.close
-    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), closed(fig)))
-    run = tmp_path / "run"
-    run_main(vanilla, SMOKE + ["--epochs", "2"], run)
-    assert plot.main([str(run)]) == str(run / "curves.png") and (run / "curves.png").exists()
-    axes = figures[-1].axes
-    assert len(axes) == 1  # 2 epochs: no zoom of a single epoch
-    assert all(float(t).is_integer() for t in axes[0].get_xticks())
-    committed = os.path.join(HERE, "results", "cifar10_2k_resnet20")
-    if shutil.which("git"):
-        err = usage_error(capsys, lambda: plot.main([committed]))  # its curves.png is committed
-        assert "is a committed figure; pass -o PATH" in err
-    plot.main([committed, "-o", str(tmp_path / "c.png")])
-    assert len(figures[-1].axes) == 2 and figures[-1].axes[1].get_title() == "epochs 31-40"
-
-
-def test_a_terminal_sees_the_run_eta_and_a_line_while_evaluating_and_recipe_help_lists_its_choices(
-        tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    vanilla(SMOKE + ["--out-dir", str(tmp_path / "run")])
-    out = capsys.readouterr().out
-    line = "epoch 1/1  evaluating on 60 test images ..."  # --limit-test 64: 6 of each of the 10 classes
-    assert "\r" + line + "\r" + " " * len(line) + "\r" in out and "run eta 0:00:00" in out
-    status, output = run_cli("dml.py", "--help")
-    help_text = " ".join(output.split()).split(" --recipe NAME ", 1)[1].split(" --baseline ", 1)[0]
-    assert status == 0 and help_text.endswith("choices: paper") and "(default: None)" not in help_text
-    status, output = run_cli("kdcl.py", "--help")
-    assert "choices: paper, paper-imagenet" in " ".join(output.split())
-
+# ================================================================================================
+# scripts/cifar10_jpeg.py
+# ================================================================================================
 
 def write_fake_cifar10(root, per_batch=12, seed=0):
     """torchvision's cifar-10-batches-py in the official format (pickled dicts of bytes keys), small: per_batch
@@ -4081,6 +3680,467 @@ def test_cifar10_jpeg_script_turns_a_fake_download_into_the_tables_layout(tmp_pa
     assert classes == names  # CIFAR-10's label order is the sorted folder order: the same label numbers
 
 
+# ================================================================================================
+# scripts/compare.py
+# ================================================================================================
+
+@pytest.mark.slow
+def test_compare_writes_a_table_and_reuses_finished_runs(tmp_path):
+    out = tmp_path / "compare"
+    argv = ["--methods", "vanilla,dml", "--seeds", "0", "--out-dir", str(out), "--dataset", "synthetic",
+            "--limit-train", "128", "--limit-test", "64", "--epochs", "1", "--batch-size", "64",
+            "--arch", "resnet20", "--device", "cpu"]
+    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv)
+    assert status == 0, output[-2000:]
+    rows = [line for line in (out / "table.md").read_text().splitlines()
+            if line.startswith("| ") and not line.startswith("| method ")]
+    assert [row.split("|")[1].strip() for row in rows] == ["vanilla", "dml"]
+    finished = {m: out / m / "seed0" / "results.json" for m in ("vanilla", "dml")}
+    mtimes = {m: path.stat().st_mtime_ns for m, path in finished.items()}
+    # a second identical call trains nothing: both runs are re-used as they are
+    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv)
+    assert status == 0, output[-2000:]
+    assert output.count("finished earlier, re-using") == 2, output
+    assert {m: path.stat().st_mtime_ns for m, path in finished.items()} == mtimes
+    assert (out / "table.md").exists()
+    # --results keeps each run's small summary; --render rebuilds the same table from them alone
+    results = tmp_path / "results"
+    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv, "--results", str(results))
+    assert status == 0, output[-2000:]
+    summary = json.loads((results / "dml" / "seed0.json").read_text())
+    assert summary["seed"] == 0 and summary["curve"][0]["epoch"] == 1 and "top_share_s0" in summary["curve"][0]
+    assert "kd_s0" in summary["curve"][0] and "seconds" not in summary["curve"][0]  # loss parts, no timings
+    assert not any(name.endswith(".pt") for _, _, files in os.walk(results) for name in files)
+    rows = lambda path: [line for line in path.read_text().splitlines() if line.startswith("| ")]  # noqa: E731
+    before = rows(results / "table.md")
+    shutil.rmtree(out)  # the runs are gone: only the summaries are left
+    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", str(results))  # printed
+    assert status == 0, output[-2000:]
+    assert [line for line in output.splitlines() if line.startswith("| ")] == before and len(before) == 3
+
+
+def git_status():
+    return subprocess.run(["git", "-C", HERE, "status", "--porcelain"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+def test_render_prints_or_writes_a_path_given_and_leaves_git_status_clean(tmp_path):
+    """--render prints the committed table (no file written), --output writes another path, never a tracked one;
+    the collapse column re-applies the current check (FFL's seed-2 swing at epoch 16 is none), so it agrees with
+    the README."""
+    if shutil.which("git") is None or subprocess.run(["git", "-C", HERE, "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    before = git_status()
+    committed = os.path.join(HERE, "results", "cifar10_2k_resnet20")
+    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", committed)
+    assert status == 0 and git_status() == before
+    rows = {line.split("|")[1].strip(): line for line in output.splitlines() if line.startswith("| ")}
+    assert rows["ffl"].split("|")[9].strip() == "none" and "| collapses |" in rows["method"]
+    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", committed, "--output",
+                             os.path.join(committed, "table.md"))
+    assert status == 2 and "is a file git tracks" in output and len(output.strip().splitlines()) == 1
+    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", committed, "--output",
+                             str(tmp_path / "table.md"))
+    assert status == 0 and (tmp_path / "table.md").read_text().count("\n| ") == 10 and git_status() == before
+    # a head that gives one class to most images at chance after the warm-up is listed, at its first epoch
+    compare = script_module("compare")
+    run = {"num_classes": 10, "args": {"warmup_epochs": 1}, "collapsed": {}, "curve": [
+        {"epoch": e, "top1_s0": 10.0, "top_share_s0": 0.9, "top1_s1": 50.0, "top_share_s1": 0.9} for e in (1, 2, 3)]}
+    assert compare.collapses(run) == {"s0": 2}  # epoch 1 is the warm-up's; s1 is well above chance
+    assert compare.collapses({**run, "curve": [{"epoch": 1, "top1_s0": 10.0}], "collapsed": {"s0": 1}}) == {"s0": 1}
+
+
+# ================================================================================================
+# scripts/evaluate.py
+# ================================================================================================
+
+def test_evaluate_script_gives_a_runs_final_top1_from_its_exports_and_its_checkpoint(tmp_path, capsys):
+    results = run_main(dml.main, SMOKE, tmp_path / "run")
+    assert "final_top5" not in results and not any(k.startswith("top5_") for k in read_metrics(tmp_path / "run")[-1])
+    evaluate = script_module("evaluate")
+    run = tmp_path / "run"
+    found = evaluate.main([str(run / "s0.pt"), str(run / "s1.pt"), str(run / "last.pt")])  # the run's data flags
+    for i in range(2):
+        assert found[str(run / f"s{i}.pt")][f"s{i}"][0] == pytest.approx(results["final"][f"s{i}"])
+    heads = found[str(run / "last.pt")]
+    assert set(heads) == {"s0", "s1", "ens"}
+    for head, (top1, top5) in heads.items():
+        assert top1 == pytest.approx(results["final"][head]) and top1 <= top5 <= 100
+    assert heads["s0"] == found[str(run / "s0.pt")]["s0"]  # the same network, read either way
+    assert "top-5" in capsys.readouterr().out
+    # what is not a network saved here, or does not fit the data, ends in one sentence
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "dict.pt")
+    torch.save(common.backbone_payload(common.build_model("resnet20", 100)), tmp_path / "c100.pt")
+    torch.save(common.backbone_payload(common.build_model("resnet20", 10, 64)), tmp_path / "px64.pt")
+    for name, says in [("notes.pt", "not a readable checkpoint"), ("dict.pt", "neither a network"),
+                       ("c100.pt", "trained for 100 classes"), ("px64.pt", "trained on 64x64 images")]:
+        err = usage_error(capsys, lambda: evaluate.main([str(tmp_path / name), "--dataset", "synthetic"]))
+        assert says in err, err
+
+
+# ================================================================================================
+# scripts/gpu_check.py: its CPU rehearsal (--quick), so that it still runs on a GPU machine
+# ================================================================================================
+
+GPU_CHECK = os.path.join(HERE, "scripts", "gpu_check.py")
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_on_cpu_reports_every_part(tmp_path):
+    data = ["--data-dir", CIFAR10_JPEG] if os.path.exists(CIFAR10_JPEG) else []
+    proc = subprocess.run([sys.executable, GPU_CHECK, "--quick", "--device", "cpu", "--out", str(tmp_path), *data],
+                          capture_output=True, text=True, cwd=HERE, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    markdown = (tmp_path / "gpu_check.md").read_text()
+    parts = report["parts"]
+    assert sorted(parts) == ["a", "b", "c", "d", "e", "f"]
+    assert all(f"## {p}. " in markdown for p in parts)
+    assert parts["e"]["status"] == "skipped" and "CUDA" in parts["e"]["reason"]  # NCCL, --sync-bn: GPUs only
+    assert parts["d"]["status"] == ("ok" if data else "skipped"), parts["d"]
+    assert all(parts[p]["status"] == "ok" for p in "abcf"), {p: parts[p].get("error") for p in parts}
+    assert parts["a"]["details"]["cuda_available"] in (True, False) and parts["a"]["details"]["torch"]
+    runs = parts["b"]["details"]["runs"]
+    assert [r["method"] for r in runs] == list(common.METHODS)  # gpu_check reads common.METHODS
+    assert all(r["exit"] == 0 and r["finite"] for r in runs)
+    assert set(parts["b"]["details"]["skipped_variants"]) == {"--amp off"}  # on CPU the defaults are fp32
+    speed = parts["c"]["details"]
+    assert set(speed["eager"]["rows"]) == {"bare_compute", "conventional", *common.METHODS}
+    assert speed["compile"]["status"] == "skipped" and speed["compile"]["reason"]
+    if data:
+        accuracy = parts["d"]["details"]["runs"]
+        assert set(accuracy) == {"vanilla", "dml", "ffl"} and all(r["exit"] == 0 for r in accuracy.values())
+        assert {"s0", "s1", "ens", "fused"} <= set(accuracy["ffl"]["best"])
+    assert parts["f"]["details"]["streamed"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_stopped_midway_keeps_the_reports_of_the_parts_it_finished(tmp_path):
+    import time
+    proc = subprocess.Popen([sys.executable, GPU_CHECK, "--quick", "--device", "cpu", "--out", str(tmp_path),
+                             "--parts", "a,b"], cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    report = tmp_path / "gpu_check.json"
+    for _ in range(1200):  # until part b has started (part a's report is written by then)
+        if report.exists() and json.loads(report.read_text())["parts"]["b"]["status"] == "running":
+            break
+        time.sleep(0.1)
+    proc.terminate()
+    assert proc.wait(timeout=60) == 124
+    parts = json.loads(report.read_text())["parts"]
+    assert parts["a"]["status"] == "ok" and parts["b"]["status"] == "failed" and "stopped" in parts["b"]["error"]
+    assert all(parts[p]["status"] == "skipped" for p in "cdef")  # not selected
+    assert "## b. " in (tmp_path / "gpu_check.md").read_text()
+
+
+# ================================================================================================
+# scripts/plot.py
+# ================================================================================================
+
+def test_plot_draws_the_committed_summaries_and_run_folders(tmp_path):
+    plot = script_module("plot")
+    out = plot.main([os.path.join(HERE, "results", "cifar10_2k_resnet20"), "--parts", "loss,ce_s*",
+                     "--out", str(tmp_path / "curves.png")])
+    with open(out, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    groups = plot.group_runs([os.path.join(HERE, "results", "cifar10_2k_resnet20")])
+    assert list(groups)[:2] == ["vanilla", "dml"] and all(len(runs) == 3 for runs in groups.values())
+    # a run folder (metrics.jsonl) given beside a folder of summaries: kept apart, labelled by where they are
+    run = tmp_path / "runs" / "dml_resnet20_synthetic_seed0"
+    run.mkdir(parents=True)
+    run.joinpath("metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "loss": 1.0 / e, "top1_s0": 10.0 * e,
+                                                                 "top1_s1": 20.0 * e, "top1_ens": 15.0 * e}) + "\n"
+                                                     for e in (1, 2)))
+    groups = plot.group_runs([str(run), os.path.join(HERE, "results", "pilot_cifar10_2k_120ep")])
+    assert set(groups) == {"dml (runs)", "dml (pilot_cifar10_2k_120ep)", "vanilla (pilot_cifar10_2k_120ep)"}
+    assert plot.band(groups["dml (runs)"], lambda r: plot.head_top1(r, "student"))[1] == [15.0, 30.0]
+    assert plot.main([str(run), "--out", str(tmp_path / "one.png"), "--head", "ens"]) == str(tmp_path / "one.png")
+
+
+def test_plot_without_matplotlib_says_so_in_one_sentence(monkeypatch, capsys):
+    plot = script_module("plot")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what an environment without it gives
+    err = usage_error(capsys, lambda: plot.main([os.path.join(HERE, "results", "cifar10_2k_resnet20"), "-o", "x.png"]))
+    assert "pip install matplotlib" in err
+
+
+def test_plot_writes_beside_its_input_with_whole_epochs_and_no_empty_zoom(tmp_path, monkeypatch, capsys):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plot, figures = script_module("plot"), []
+    closed = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), closed(fig)))
+    run = tmp_path / "run"
+    run_main(vanilla, SMOKE + ["--epochs", "2"], run)
+    assert plot.main([str(run)]) == str(run / "curves.png") and (run / "curves.png").exists()
+    axes = figures[-1].axes
+    assert len(axes) == 1  # 2 epochs: no zoom of a single epoch
+    assert all(float(t).is_integer() for t in axes[0].get_xticks())
+    committed = os.path.join(HERE, "results", "cifar10_2k_resnet20")
+    if shutil.which("git"):
+        err = usage_error(capsys, lambda: plot.main([committed]))  # its curves.png is committed
+        assert "is a committed figure; pass -o PATH" in err
+    plot.main([committed, "-o", str(tmp_path / "c.png")])
+    assert len(figures[-1].axes) == 2 and figures[-1].axes[1].get_title() == "epochs 31-40"
+
+
+# ================================================================================================
+# scripts/published.py, scripts/reproduce.py: published rows, the paper's statistic, verdicts, the runs a table needs
+# ================================================================================================
+
+def row_flags(row):
+    """{flag: value} of a row's own flags, read as its script reads them."""
+    return dict(reproduce.merged(row["method"], row["flags"]))
+
+
+def test_every_published_row_has_a_source_and_the_setting_of_its_recipe():
+    modules = {m.__name__: m for m in METHOD_MODULES}
+    assert {r["method"] for r in published.ROWS} - {"vanilla"} == set(modules)  # every method has rows
+    for row in published.ROWS:
+        assert set(row) == set(published.FIELDS), row["row"]
+        assert row["paper"] in published.PAPERS and len(row["place"]) > 10, row["row"]
+        for key in ("published", "spread", "published_gain"):
+            assert row[key] is None or isinstance(row[key], float), (row["row"], key)
+        if row["published"] is None:
+            assert row["provenance"] and (row["published_gain"] is not None or "not" in row["provenance"]), row["row"]
+        owner, recipe = row["setting"]
+        setting = modules[owner].RECIPES[recipe]  # the row runs a paper's recipe
+        flags = row_flags(row)
+        assert row["dataset"] == flags.get("--dataset", setting["dataset"]) == reproduce.dataset_of(row), row["row"]
+        assert row["archs"] == flags.get("--arch", setting["arch"]), row["row"]
+        if row["baseline"] is not None:
+            assert row["baseline"]["setting"][1] in modules[row["baseline"]["setting"][0]].RECIPES
+    assert len({(r["paper"], r["table"], r["row"]) for r in published.ROWS}) == len(published.ROWS)
+
+
+def test_published_rows_cite_only_papers():
+    import re
+    for name in ("published.py", "reproduce.py"):
+        text = open(os.path.join(HERE, "scripts", name)).read()
+        assert not re.search(FORBIDDEN + "|papers[/]", text), name
+    for citation in published.PAPERS.values():
+        assert re.search(r"20\d\d", citation) and ('"' in citation) and len(citation) > 80, citation
+    assert all(r["paper"] in published.PAPERS for r in published.ROWS)
+
+
+def fake_run(seed, curve, collapsed=None):
+    """A run's summary as compare.py keeps it: the per-epoch curve of every head's top-1."""
+    return {"seed": seed, "curve": [{"epoch": e + 1, **{f"top1_{h}": v for h, v in heads.items()}}
+                                    for e, heads in enumerate(curve)], "collapsed": collapsed or {}}
+
+
+def test_the_table_puts_published_and_measured_side_by_side():
+    leader, ens = (next(r for r in published.ROWS if r["row"] == f"ResNet-32 {name}") for name in ("leader", "Ens"))
+    rows = [leader, ens]
+    done = {reproduce.baseline_spec(leader): {s: fake_run(s, [{"s0": 69.0 + s}, {"s0": 68.0}]) for s in (0, 1, 2)},
+            reproduce.run_spec(leader): {s: fake_run(s, [{"leader": 74.0 + s, "any": 79.0, "ens": 76.0},
+                                                        {"leader": 73.0, "any": 80.0, "ens": 77.5}])
+                                         for s in (0, 1, 2)}}
+    measured = {i: reproduce.measure(row, done) for i, row in enumerate(rows)}
+    assert measured[0]["ours"] == 75.0 and measured[0]["n"] == 3  # best epochs 74, 75, 76
+    assert measured[0]["gain"] == 5.0  # paired by seed: 74 - 69, 75 - 70, 76 - 71
+    assert measured[1]["ours"] == 80.0 and measured[1]["beside"] == {"ens": 77.5}
+    verdicts = {i: reproduce.judge(row, measured[i]) for i, row in enumerate(rows)}
+    runs = reproduce.plan(rows, SimpleNamespace(quick=False, data_dir="data", imagenet_dir=None), [])
+    text = reproduce.render(rows, measured, verdicts, runs)
+    line = next(line for line in text.splitlines() if "| ResNet-32 leader [" in line)
+    cells = [c.strip() for c in line.split("|")[1:-1]]
+    assert cells[2:9] == ["leader top-1", "best epoch; mean ± pop. std of 3 runs", "74.85 ± 0.05",
+                          "75.00 ± 0.82 (n=3)", "reproduced", "+4.90 over vanilla", "+5.00 ± 0.00 (n=3)"]
+    assert cells[9] == "ffsd --arch resnet32"
+    ens_line = next(line for line in text.splitlines() if "| ResNet-32 Ens [" in line)
+    assert "any-student-correct top-1" in ens_line and "our ens 77.50" in ens_line and "| reproduced |" in ens_line
+    assert "Sources:" in text and published.PAPERS["ffsd"] in text
+
+
+def test_the_papers_statistic_best_epoch_median_and_population_std_by_hand():
+    import statistics
+    run = fake_run(0, [{"leader": 70.0, "s0": 60.0, "s1": 62.0}, {"leader": 74.0, "s0": 64.0, "s1": 58.0},
+                       {"leader": 72.0, "s0": 64.0, "s1": 56.0}])
+    assert reproduce.figure(run, "leader", epoch="best") == 74.0 and reproduce.figure(run, "leader") == 72.0
+    assert reproduce.figure(run, "mean", epoch="best") == 61.0 and reproduce.figure(run, "mean") == 60.0
+    assert reproduce.figure(run, "fused") is None  # not logged by this run
+    # FFSD's README: three ResNet-32 leaders, 74.92, 74.82, 74.82 -> Table I's 74.85 ± 0.05 (population std)
+    leaders = [74.92, 74.82, 74.82]
+    assert round(reproduce.paper_statistic(leaders, "mean"), 2) == 74.85
+    assert round(reproduce.paper_spread(leaders, "population"), 2) == 0.05  # sqrt(0.02 / 9)
+    assert round(reproduce.paper_spread(leaders, "sample"), 2) == 0.06  # sqrt(0.02 / 6): not the table's
+    assert reproduce.paper_spread([74.0], "population") is None
+    assert reproduce.paper_statistic([73.1, 74.6, 73.9, 74.3, 72.0], "median") == 73.9  # KDCL: median of 5
+    # a KDCL Table 7 row: the last epoch (not stated), the median of the seeds, gains paired by seed
+    row = next(r for r in published.ROWS if r["row"] == "ResNet-32 in the pair, General + ICL" and r["table"] == "7")
+    last = [73.0, 74.0, 75.0, 71.0, 76.0]
+    done = {reproduce.run_spec(row): {s: fake_run(s, [{"s0": 99.0}, {"s0": v}]) for s, v in enumerate(last)},
+            reproduce.baseline_spec(row): {s: fake_run(s, [{"s0": 80.0}, {"s0": 70.0 + s}]) for s in range(5)}}
+    m = reproduce.measure(row, done)
+    assert m["ours"] == 74.0 and m["n"] == 5 and m["spread"] == pytest.approx(statistics.stdev(last))
+    assert m["gain"] == 3.0  # gains 3, 3, 3, -2, 2: their median (their mean would be 1.8)
+    relative = next(r for r in published.ROWS if r["table"] == "7" and r["gain_kind"] == "relative")
+    assert reproduce.gain_of(73.74, 71.46, relative["gain_kind"]) == pytest.approx(3.19, abs=0.01)  # MKB-CL's Δ
+    assert reproduce.published_gain(relative) == relative["published_gain"]
+
+
+def test_the_verdict_rule():
+    assert reproduce.verdict(74.85, 74.40, 0.2, 0.05)[0] == "reproduced"  # within the 0.5-point floor
+    assert reproduce.verdict(74.85, 74.35, 0.2, 0.05)[0] == "reproduced"  # on the edge: inside
+    word, diff, tol = reproduce.verdict(74.85, 74.30, 0.2, 0.05)
+    assert (word, round(diff, 2), tol) == ("below", -0.55, 0.5)
+    assert reproduce.verdict(74.85, 74.30, 0.6, 0.05)[0] == "reproduced"  # our spread is wider than the floor
+    assert reproduce.verdict(70.0, 71.1, None, 1.2)[0] == "reproduced"  # the paper's spread is wider
+    assert reproduce.verdict(70.0, 71.1, None, None)[0] == "above"
+    leader = next(r for r in published.ROWS if r["row"] == "ResNet-32 leader")
+    m = {"n": 3, "ours": 74.0, "spread": 0.1, "gain": None, "n_gain": 0, "collapsed": []}
+    assert reproduce.judge(leader, m) == "below (-0.85, beyond ±0.50)"
+    assert reproduce.judge(leader, {**m, "n": 2}) == "not judged: n < paper's (2 of 3)"
+    assert reproduce.judge(leader, {**m, "collapsed": ["seed 1: s2 at epoch 3"]}) == \
+        "not judged: collapsed (seed 1: s2 at epoch 3)"
+    assert reproduce.judge(leader, m, "skipped (no data)") == "not judged: skipped (no data)"
+    ffcl_row = next(r for r in published.ROWS if r["method"] == "ffcl")
+    assert reproduce.judge(ffcl_row, m) == "not judged: no published figure"
+    fefr_row = next(r for r in published.ROWS if r["table"] == "4" and r["paper"] == "fefr")  # a gain, no figure
+    assert reproduce.judge(fefr_row, {**m, "gain": 2.0, "gain_spread": None, "n_gain": 1}) == "reproduced"
+    assert reproduce.judge(fefr_row, {**m, "gain": 1.0, "gain_spread": None, "n_gain": 1}) == \
+        "below (-1.18, beyond ±0.50)"
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "ffsd", "--help")
+    assert status == 0 and "reproduced: the published figure lies within ours +- max(our spread, the paper's " \
+        "spread, 0.5 points)" in " ".join(output.split())
+
+
+def distinct(runs):
+    return {(run.folder, run.script) for run in runs.values()}
+
+
+def test_one_run_serves_every_row_that_needs_it_and_ffsds_baseline_is_one_network():
+    opts = SimpleNamespace(quick=False, data_dir="data", imagenet_dir="imagenet")
+    imagenet = [r for r in published.ROWS if r["paper"] == "kdcl" and r["table"] == "2"]
+    runs = reproduce.plan(imagenet, opts, [])
+    assert len(distinct(runs)) == 7  # vanilla, DML, four ensembles and ONE: one baseline for all thirteen rows
+    assert len({id(runs[reproduce.baseline_spec(r)]) for r in imagenet if r["baseline"]}) == 1
+    ffsd_rows = [r for r in published.ROWS if r["paper"] == "ffsd" and r["table"] in ("I", "II")]
+    runs = reproduce.plan(ffsd_rows, opts, [])
+    assert len(distinct(runs)) == 5 + 5 + 2 + 2 + 2  # per network one FFSD run and one baseline; DML, FFL, ONE twice
+    baselines = [run for run in runs.values() if run.script == "vanilla"]
+    for run in baselines:  # FFSD's recipe's shared flags, given explicitly, and one network
+        flag = dict(zip(run.flags, run.flags[1:]))
+        assert flag["--students"] == "1" and flag["--milestones"] == "150,225" and "--recipe" not in run.flags
+    ffl = next(r for r in ffsd_rows if r["method"] == "ffl" and "ResNet-32" in r["row"])
+    leader = next(r for r in ffsd_rows if r["row"] == "ResNet-32 leader")
+    assert runs[reproduce.baseline_spec(ffl)] is runs[reproduce.baseline_spec(leader)]
+    assert runs[reproduce.baseline_spec(leader)].folder == "vanilla_ffsd-paper_students_1"
+    quick = reproduce.plan(ffsd_rows, SimpleNamespace(quick=True), ["--lr-warmup", "1"])
+    assert len(distinct(quick)) == 5  # every network is resnet20 under --quick: ffsd, its baseline, dml, ffl, one
+    for run in quick.values():
+        assert run.flags.count("--arch") == 1 and run.arch == "resnet20" and "--lr-warmup" in run.flags
+        assert run.flags[run.flags.index("--lr-warmup") + 1] == "1"  # the user's flag beats the recipe's 0
+
+
+def test_reproduce_exits_non_zero_in_one_sentence_when_a_row_is_skipped_or_fails(tmp_path, monkeypatch, capsys):
+    def trained(runs, opts):  # every run finished, without training
+        return {spec: {0: fake_run(0, [{"s0": 70.0, "s1": 72.0}])} for spec in runs}, []
+    monkeypatch.setattr(reproduce, "train", trained)
+    monkeypatch.setattr(reproduce, "missing_data", lambda opts, row: "CIFAR-100 is not here" if "Naive" in row["row"]
+                        else None)
+    argv = ["--paper", "kdcl", "--table", "7", "--seeds", "0", "--out-dir", str(tmp_path)]
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(argv)
+    captured = capsys.readouterr()
+    assert stop.value.code == 1 and len(captured.err.strip().splitlines()) == 1
+    assert captured.err.startswith("error: 4 of 21 rows did not run (4 skipped for missing data, 0 with a failed run)")
+    table = (tmp_path / "kdcl-7.md").read_text()
+    assert table.count("not judged: skipped (CIFAR-100 is not here)") == 4 and "| reproduced |" not in table
+    assert table.count("not judged: n < paper's (1 of 5)") == 17  # the others ran once; the paper's median is of 5
+    monkeypatch.setattr(reproduce, "missing_data", lambda opts, row: None)
+    monkeypatch.setattr(reproduce, "train", lambda runs, opts: (trained(runs, opts)[0], [next(iter(runs))]))
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(argv)
+    assert stop.value.code == 1 and "0 skipped for missing data, " in capsys.readouterr().err
+    assert "not judged: a run failed (see its log.txt)" in (tmp_path / "kdcl-7.md").read_text()
+
+
+def test_reproduce_dml_without_data_exits_in_one_sentence(tmp_path):
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--data-dir", str(tmp_path),
+                             "--out-dir", str(tmp_path / "out"))
+    assert status != 0 and len(output.strip().splitlines()) == 1, output
+    assert output.startswith("error: no row of dml can run here: CIFAR-100 is not in") and "ImageNet" in output
+
+
+@pytest.mark.slow
+def test_reproduce_skips_a_row_whose_data_is_missing_in_one_sentence(tmp_path):
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "mkb_cl", "--data-dir",
+                             str(tmp_path), "--out-dir", str(tmp_path / "out"))
+    assert status == 2 and len(output.strip().splitlines()) == 1, output[-2000:]  # no row can run: one sentence
+    assert f"CIFAR-10 is not in {tmp_path} (torchvision's cifar-10-batches-py/): put it there or pass --data-dir" \
+        in output and "ImageNet rows need --imagenet-dir" in output
+    assert not (tmp_path / "out").exists()  # nothing trained
+
+
+@pytest.mark.slow
+def test_reproduce_quick_runs_a_papers_table_and_renders_it_again(tmp_path):
+    out, results = tmp_path / "out", tmp_path / "results"
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--table", "7", "--quick",
+                             "--jobs", "2", "--out-dir", str(out), "--results", str(results))
+    assert status == 0, output[-2000:]
+    table = (out / "dml-7.md").read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| 7 |")]
+    assert len(lines) == 2 and all("(n=1)" in line and "not judged: --quick" in line for line in lines), table
+    method = json.loads((results / "dml_kdcl-paper" / "dml" / "seed0.json").read_text())
+    assert method["args"]["milestones"] == "100,150" and method["args"]["epochs"] == 1  # KDCL's setting, shrunk
+    baseline = json.loads((results / "vanilla_kdcl-paper" / "vanilla" / "seed0.json").read_text())
+    assert baseline["args"]["milestones"] == "100,150" and baseline["args"]["batch_size"] == 50  # KDCL's, given
+    assert baseline["args"]["recipe"] is None and baseline["args"]["T"] is None  # explicitly, for vanilla
+    shutil.rmtree(out)  # the runs are gone: the summaries give the same rows
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "dml", "--table", "7", "--render",
+                             str(results))
+    assert status == 0, output[-2000:]
+    rendered = [line for line in (results / "dml-7.md").read_text().splitlines() if line.startswith("| 7 |")]
+    assert all("not judged: trained on synthetic, not cifar100" in line for line in rendered)
+    assert [line.split("|")[:7] for line in rendered] == [line.split("|")[:7] for line in lines]
+
+
+@pytest.mark.slow
+def test_reproduce_ffsd_quick_prints_verdicts_and_names_ens_any_student_correct(tmp_path):
+    status, output = run_cli(os.path.join("scripts", "reproduce.py"), "--paper", "ffsd", "--table", "I", "--quick",
+                             "--jobs", "2", "--out-dir", str(tmp_path))
+    assert status == 0, output[-3000:]
+    header = next(line for line in output.splitlines() if line.startswith("| table |"))
+    assert "| verdict |" in header and "| ran |" in header
+    ens = [line for line in output.splitlines() if "| ResNet-56 Ens [" in line]
+    assert len(ens) == 1 and "any-student-correct top-1" in ens[0] and "our ens " in ens[0]
+    assert "resnet20" in ens[0] and "not judged: --quick" in ens[0]  # what ran, and no verdict on it
+    assert "an image counts when either common student is right" in output
+    found = list(tmp_path.glob("*/ffsd/seed0/results.json"))
+    assert len(found) == 1  # under --quick every network is resnet20: one FFSD run serves the five of Table I
+    results = json.loads(found[0].read_text())
+    assert "any" in results["final"] and results["args"]["students"] == 3
+
+
+# ================================================================================================
+# The repository: no sibling folder or machine path, the README's own-loop snippet
+# ================================================================================================
+
+def readme_snippet():
+    """The README's own-loop example: the first python block after its 'Use a method in your own loop'."""
+    text = open(os.path.join(HERE, "README.md")).read().split("## Use a method in your own loop", 1)[1]
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+def test_the_readme_snippet_runs_in_a_folder_holding_only_the_method_file(tmp_path):
+    """The snippet as printed, with only ffl.py beside it (no common.py, nothing of the project on the path): it
+    trains the user's own plain model, exports s0 and reloads it into that class, with the method's logits."""
+    shutil.copy(os.path.join(HERE, "ffl.py"), tmp_path)
+    check = ('\nassert torch.allclose(net(x)[0], heads["s0"], atol=1e-6)\nimport sys\n'
+             'assert not {"common", "dml"} & set(sys.modules)\nprint("snippet ok")\n')
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", readme_snippet() + check], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("snippet ok"), proc.stdout + proc.stderr
+    assert sorted(os.listdir(tmp_path)) == ["ffl.py", "s0.pt"]
+
+
 def test_the_repository_names_no_sibling_folder_or_machine_path():
     """git grep finds none of FORBIDDEN in the tracked files but .ci/run (which points CIFAR10_JPEG at its machine's
     copy)."""
@@ -4090,6 +4150,7 @@ def test_the_repository_names_no_sibling_folder_or_machine_path():
                            capture_output=True, text=True).stdout.splitlines()
     assert found == [], found
     assert "CIFAR10_JPEG=" in open(os.path.join(HERE, ".ci", "run")).read()
+
 
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])
