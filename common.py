@@ -24,7 +24,7 @@ alone into another project: a method file needs nothing from here for its module
                               images, each augmented on its own; returns (loss, {name: part}), every part already
                               weighted, so that loss = sum(parts) and `kd_s0` means the same in every method
     method(x)                 evaluation: {head: logits}: s0, s1, ... (each student), ens (log of the mean of
-                              their softmax), and the method's own heads (fused, leader)
+                              their softmax), and the method's own heads (fused, leader, gate)
     optional:
     method.num_views          how many independently augmented views a step gets (default 1)
     method.primary_head       the head whose best epoch is saved as best.pt (default `ens`)

@@ -11,8 +11,8 @@
 - the repository's own checks, then the torchrun driver (`python test_methods.py MODE OUT`).
 
 Run: python -m pytest -q test_methods.py -m "not slow"   (the fast subset: 85 seconds on 2 quiet CPU cores)
-     python -m pytest -q test_methods.py                  (the whole suite: 39 minutes on 2 busy CPU cores)
-     measured 2026-12-02 on a 2-core AMD EPYC, the whole suite beside another full run (load 4 to 6)
+     python -m pytest -q test_methods.py                  (the whole suite: 14 minutes on 2 quiet CPU cores)
+     measured 2026-12-02 on a 2-core AMD EPYC (the whole suite with CIFAR10_JPEG set, as .ci/run runs it)
 Marked `slow` (pyproject.toml): end-to-end runs, real-data tests, torchrun, the scripts' --quick runs, each test
 of more than about 5 seconds.
 """
