@@ -111,23 +111,21 @@ class DML(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults (a flag given explicitly still wins), each
+# value once, under its source: the paper, the official code, or this project where both are silent
 RECIPES = {
-    "paper": {"arch": "resnet32", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 64, "lr": 0.1,
-              "momentum": 0.9, "nesterov": True, "wd": 5e-4, "milestones": "60,120,180", "lr_warmup": 0, "T": 1.0},
-}
-# where each value comes from: the paper, the official code, or this project where both are silent
-RECIPE_SOURCES = {
-    "paper": {"paper, Sec. 4 (CIFAR-100, ResNet-32 pairs)": ("arch", "students", "dataset"),
-              "paper, Sec. 4 (implementation details)": ("epochs", "batch_size", "lr", "momentum", "nesterov",
-                                                          "milestones", "lr_warmup"),
-              "paper, Sec. 3 (KL between the peers' probabilities, no temperature)": ("T",),
-              "project (the paper gives no weight decay)": ("wd",)},
+    "paper": {
+        "paper, Sec. 4 (CIFAR-100, ResNet-32 pairs)": dict(arch="resnet32", students=2, dataset="cifar100"),
+        "paper, Sec. 4 (implementation details)": dict(
+            epochs=200, batch_size=64, lr=0.1, momentum=0.9, nesterov=True, milestones="60,120,180", lr_warmup=0),
+        "paper, Sec. 3 (KL between the peers' probabilities, no temperature)": dict(T=1.0),
+        "project (the paper gives no weight decay)": dict(wd=5e-4),
+    },
 }
 
 
 def add_arguments(parser):
-    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
+    parser.recipes = RECIPES  # for common.main's --recipe
     parser.set_defaults(T=1.0)  # the paper's plain KL between the peers' probabilities
 
 

@@ -250,24 +250,21 @@ class FEFR(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults (a flag given explicitly still wins), each
+# value once, under its source: the paper, the official code, or this project where both are silent
 RECIPES = {
-    "paper": {"arch": "resnet32", "students": 2, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
-              "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
-              "augment": "crop+flip", "pad_mode": "reflect", "fusion_wd": 1e-5, "T": 3.0, "rampup": 80},
-}
-# where each value comes from: the paper states no recipe; FFL's official code, whose loss FEFR keeps
-RECIPE_SOURCES = {
-    "paper": {"paper, Table 7 (ablation on ResNet-32, CIFAR-100)": ("arch", "students", "dataset"),
-              "FFL's official code, train_FFL.py (the FEFR paper states no recipe)": (
-                  "epochs", "batch_size", "lr", "momentum", "nesterov", "wd", "milestones", "lr_warmup", "fusion_wd",
-                  "rampup"),
-              "FFL's official code, utils.py (data loaders, KLLoss)": ("augment", "pad_mode", "T")},
+    "paper": {
+        "paper, Table 7 (ablation on ResNet-32, CIFAR-100)": dict(arch="resnet32", students=2, dataset="cifar100"),
+        "FFL's official code, train_FFL.py (the FEFR paper states no recipe)": dict(
+            epochs=300, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, wd=1e-4, milestones="150,225", lr_warmup=0,
+            fusion_wd=1e-5, rampup=80),
+        "FFL's official code, utils.py (data loaders, KLLoss)": dict(augment="crop+flip", pad_mode="reflect", T=3.0),
+    },
 }
 
 
 def add_arguments(parser):
-    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
+    parser.recipes = RECIPES  # for common.main's --recipe
     a = parser.add_argument
     a("--groups", type=int, default=4, help="p, channel groups of the reconstruction")
     a("--early-fusion", action=argparse.BooleanOptionalAction, default=True, help="sum early fusion (FE)")

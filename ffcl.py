@@ -217,24 +217,22 @@ class FFCL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults (a flag given explicitly still wins), each
+# value once, under its source: the paper, the official code, or this project where both are silent
 RECIPES = {
-    "paper": {"arch": "resnet18", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128, "lr": 0.1,
-              "momentum": 0.9, "nesterov": False, "wd": 5e-4, "milestones": "60,120,160", "lr_warmup": 0,
-              "pretrain_epochs": 200},
-}
-# where each value comes from: the paper, or this project where it is silent (no official code)
-RECIPE_SOURCES = {
-    "paper": {"paper, Table 5 (ablation on a ResNet18 pair, CIFAR-100)": ("arch", "students", "dataset"),
-              "paper, 'Data sets and settings' (every experiment)": ("momentum", "wd"),
-              "paper, 'Baselines' (stated for the baselines, the peers' pre-training; assumed for FFCL)": (
-                  "epochs", "batch_size", "lr", "milestones", "pretrain_epochs"),
-              "project (the paper names neither Nesterov nor a warm-up)": ("nesterov", "lr_warmup")},
+    "paper": {
+        "paper, Table 5 (ablation on a ResNet18 pair, CIFAR-100)": dict(
+            arch="resnet18", students=2, dataset="cifar100"),
+        "paper, 'Data sets and settings' (every experiment)": dict(momentum=0.9, wd=5e-4),
+        "paper, 'Baselines' (stated for the baselines, the peers' pre-training; assumed for FFCL)": dict(
+            epochs=200, batch_size=128, lr=0.1, milestones="60,120,160", pretrain_epochs=200),
+        "project (the paper names neither Nesterov nor a warm-up)": dict(nesterov=False, lr_warmup=0),
+    },
 }
 
 
 def add_arguments(parser):
-    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
+    parser.recipes = RECIPES  # for common.main's --recipe
     parser.set_defaults(T=3.0)  # --T: temperature of the feature (fusion) knowledge
     a = parser.add_argument
     a("--T-resp", type=float, default=1.0, help="temperature of the response knowledge between peers")
@@ -255,22 +253,20 @@ def add_arguments(parser):
 
 
 def pretrain(args, data, arch_names):
-    """Train fresh peers with one-hot labels into OUT/pretrain (reused on --resume); return them loaded."""
-    import copy
+    """Train fresh peers alone, on one-hot labels, into OUT/pretrain, a folder of the run that is continued where
+    it stopped (by --resume, or by the same command again); return them, loaded."""
     import os
     import common
     out_dir = os.path.join(args.out_dir, "pretrain")
-    paths = [os.path.join(out_dir, f"s{i}.pt") for i in range(args.students)]
-    if not (args.resume and all(os.path.exists(p) for p in paths)):
-        pre_args = copy.copy(args)
-        pre_args.epochs, pre_args.out_dir = args.pretrain_epochs, out_dir
-        pre_args.resume = args.resume and os.path.exists(os.path.join(out_dir, "last.pt"))  # interrupted
-        pre_args.tensorboard = getattr(args, "tensorboard", None) and os.path.join(args.tensorboard, "pretrain")
-        pre_args = common.check_args(pre_args, "vanilla")
-        print(f"ffcl: pre-training {args.students} peers for {args.pretrain_epochs} epochs -> {out_dir}")
-        settings = common.derive_settings(pre_args)  # milestones as fractions of the pre-training
-        common.fit(common.Vanilla(common.build_students(args, data)), data, pre_args, settings)
-    return [common.load_backbone(p, arch, data.num_classes) for p, arch in zip(paths, arch_names)]
+    pre = argparse.Namespace(**{**vars(args), "epochs": args.pretrain_epochs, "out_dir": out_dir,
+                                "resume": os.path.exists(os.path.join(out_dir, "last.pt")),
+                                "tensorboard": args.tensorboard and os.path.join(args.tensorboard, "pretrain")})
+    settings = common.derive_settings(pre)  # milestones as fractions of the pre-training
+    print(f"ffcl: pre-training {args.students} peers for {args.pretrain_epochs} epochs -> {out_dir}")
+    with common.RunFolder(pre, settings, "vanilla", nested=True) as run:
+        common.fit(common.Vanilla(common.build_students(args, data)), data, pre, settings, run)
+    return [common.load_backbone(os.path.join(out_dir, f"s{i}.pt"), arch, data.num_classes)
+            for i, arch in enumerate(arch_names)]
 
 
 def build(args, data):

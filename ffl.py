@@ -164,23 +164,20 @@ class FFL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults (a flag given explicitly still wins), each
+# value once, under its source: the paper, the official code, or this project where both are silent
 RECIPES = {
-    "paper": {"arch": "resnet32", "students": 2, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
-              "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
-              "augment": "crop+flip", "pad_mode": "reflect", "fusion_wd": 1e-5, "T": 3.0, "rampup": 80},
-}
-# where each value comes from: the official code (the paper is not what this recipe was read from)
-RECIPE_SOURCES = {
-    "paper": {"official code, train_FFL.py (its README's command: --depth 32)": (
-                  "arch", "students", "dataset", "epochs", "lr", "momentum", "nesterov", "wd", "milestones",
-                  "lr_warmup", "fusion_wd", "rampup", "batch_size"),
-              "official code, utils.py (data loaders, KLLoss)": ("augment", "pad_mode", "T")},
+    "paper": {
+        "official code, train_FFL.py (its README's command: --depth 32)": dict(
+            arch="resnet32", students=2, dataset="cifar100", epochs=300, lr=0.1, momentum=0.9, nesterov=True, wd=1e-4,
+            milestones="150,225", lr_warmup=0, fusion_wd=1e-5, rampup=80, batch_size=128),
+        "official code, utils.py (data loaders, KLLoss)": dict(augment="crop+flip", pad_mode="reflect", T=3.0),
+    },
 }
 
 
 def add_arguments(parser):
-    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
+    parser.recipes = RECIPES  # for common.main's --recipe
     parser.set_defaults(T=3.0)
     a = parser.add_argument
     a("--rampup", type=float, default=80, help="epochs R of the KD ramp-up w(e) (0: off)")

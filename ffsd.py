@@ -357,39 +357,33 @@ class FFSD(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults (a flag given explicitly still wins), each
+# value once, under its source: the paper, the official code, or this project where both are silent
 RECIPES = {
-    "paper": {"arch": "resnet32", "students": 3, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
-              "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "150,225", "lr_warmup": 0,
-              "augment": "crop+flip", "pad_mode": "reflect", "fusion_wd": 1e-4, "sd_lr": 1e-3, "sd_wd": 1e-4,
-              "T": 2.0, "lambda_div": 1e-5, "lambda_fusion": 10.0, "lambda_sd": 1000.0, "lambda_kl": 1.0, "rampup": 5},
-    "paper-imagenet": {"arch": "resnet18", "students": 3, "dataset": "imagenet", "epochs": 90, "batch_size": 256,
-                       "lr": 0.8, "momentum": 0.9, "nesterov": True, "wd": 1e-4, "milestones": "30,60",
-                       "lr_warmup": 5, "fusion_wd": 1e-4, "sd_lr": 1e-3, "sd_wd": 1e-4, "T": 2.0,
-                       "lambda_div": 1e-5, "lambda_fusion": 10.0, "lambda_sd": 1000.0, "lambda_kl": 1.0, "rampup": 5},
-}
-# where each value comes from: the paper, the official code where the paper is silent, this project where both are
-RECIPE_SOURCES = {
-    "paper": {"paper, Table I (ResNet-32)": ("arch",),
-              "paper, Sec. IV-A (implementation details; a leader and 2 common students)": (
-                  "students", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov", "wd", "milestones",
-                  "lr_warmup", "fusion_wd", "sd_lr", "sd_wd", "T"),
-              "paper, Sec. IV-A (grid-searched on ResNet-32, below Table I)": (
-                  "lambda_div", "lambda_fusion", "lambda_sd", "lambda_kl"),
-              "official code, data/cifar100.py": ("augment", "pad_mode"),
-              "official code, CIFARTrainer.py (lambda_warmup)": ("rampup",)},
-    "paper-imagenet": {"paper, Table III (ResNet-18)": ("arch",),
-                       "paper, Sec. IV-A (implementation details; a leader and 2 common students)": (
-                           "students", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov", "wd",
-                           "milestones", "lr_warmup", "fusion_wd", "sd_lr", "sd_wd", "T"),
-                       "paper, Sec. IV-A (grid-searched on CIFAR-100, applied to every data set)": (
-                           "lambda_div", "lambda_fusion", "lambda_sd", "lambda_kl"),
-                       "official code, ImageNetTrainer.py (lambda_warmup)": ("rampup",)},
+    "paper": {
+        "paper, Table I (ResNet-32)": dict(arch="resnet32"),
+        "paper, Sec. IV-A (implementation details; a leader and 2 common students)": dict(
+            students=3, dataset="cifar100", epochs=300, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, wd=1e-4,
+            milestones="150,225", lr_warmup=0, fusion_wd=1e-4, sd_lr=1e-3, sd_wd=1e-4, T=2.0),
+        "paper, Sec. IV-A (grid-searched on ResNet-32, below Table I)": dict(
+            lambda_div=1e-5, lambda_fusion=10.0, lambda_sd=1000.0, lambda_kl=1.0),
+        "official code, data/cifar100.py": dict(augment="crop+flip", pad_mode="reflect"),
+        "official code, CIFARTrainer.py (lambda_warmup)": dict(rampup=5),
+    },
+    "paper-imagenet": {
+        "paper, Table III (ResNet-18)": dict(arch="resnet18"),
+        "paper, Sec. IV-A (implementation details; a leader and 2 common students)": dict(
+            students=3, dataset="imagenet", epochs=90, batch_size=256, lr=0.8, momentum=0.9, nesterov=True, wd=1e-4,
+            milestones="30,60", lr_warmup=5, fusion_wd=1e-4, sd_lr=1e-3, sd_wd=1e-4, T=2.0),
+        "paper, Sec. IV-A (grid-searched on CIFAR-100, applied to every data set)": dict(
+            lambda_div=1e-5, lambda_fusion=10.0, lambda_sd=1000.0, lambda_kl=1.0),
+        "official code, ImageNetTrainer.py (lambda_warmup)": dict(rampup=5),
+    },
 }
 
 
 def add_arguments(parser):
-    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
+    parser.recipes = RECIPES  # for common.main's --recipe
     parser.set_defaults(T=2.0, students=3)  # the paper: a leader and two common students
     a = parser.add_argument
     a("--lambda-div", type=float, default=1e-5, help="lambda_div: diversity loss and its SD transfer (Eq. 9, 11)")

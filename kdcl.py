@@ -253,33 +253,29 @@ class KDCL(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults (a flag given explicitly still wins), each
+# value once, under its source: the paper, the official code, or this project where both are silent
 RECIPES = {
-    "paper": {"arch": "resnet32,wrn_16_2", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128,
-              "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 5e-4, "milestones": "100,150", "lr_warmup": 0,
-              "augment": "crop+flip", "T": 2.0, "lambda_kd": 1.0, "ensemble": "general", "icl": True,
-              "holdout_per_class": 50},
-    "paper-imagenet": {"arch": "resnet50,resnet18", "students": 2, "dataset": "imagenet", "epochs": 200,
-                       "batch_size": 2048, "lr": 0.8, "lr_warmup": 5, "lr_warmup_start": 0.125, "momentum": 0.9,
-                       "nesterov": False, "wd": 1e-4, "milestones": "60,120,180", "holdout_per_class": 20},
-}
-# where each value comes from: the paper, or this project where it is silent (no official code)
-RECIPE_SOURCES = {
-    "paper": {"paper, Table 7 (the pair; General + ICL, its best)": ("arch", "students", "ensemble", "icl"),
-              "paper, Sec. 4.2 (CIFAR training details)": ("dataset", "epochs", "batch_size", "lr", "momentum", "wd",
-                                                          "milestones", "lr_warmup", "augment", "T", "lambda_kd",
-                                                          "holdout_per_class"),
-              "project (the paper names momentum, not Nesterov)": ("nesterov",)},
-    "paper-imagenet": {"paper, Table 2 (the pair)": ("arch", "students"),
-                       "paper, Sec. 4.1 (ImageNet training details)": ("dataset", "epochs", "batch_size", "lr",
-                                                                       "lr_warmup", "lr_warmup_start", "momentum",
-                                                                       "wd", "milestones", "holdout_per_class"),
-                       "project (the paper names momentum, not Nesterov)": ("nesterov",)},
+    "paper": {
+        "paper, Table 7 (the pair; General + ICL, its best)": dict(
+            arch="resnet32,wrn_16_2", students=2, ensemble="general", icl=True),
+        "paper, Sec. 4.2 (CIFAR training details)": dict(
+            dataset="cifar100", epochs=200, batch_size=128, lr=0.1, momentum=0.9, wd=5e-4, milestones="100,150",
+            lr_warmup=0, augment="crop+flip", T=2.0, lambda_kd=1.0, holdout_per_class=50),
+        "project (the paper names momentum, not Nesterov)": dict(nesterov=False),
+    },
+    "paper-imagenet": {
+        "paper, Table 2 (the pair)": dict(arch="resnet50,resnet18", students=2),
+        "paper, Sec. 4.1 (ImageNet training details)": dict(
+            dataset="imagenet", epochs=200, batch_size=2048, lr=0.8, lr_warmup=5, lr_warmup_start=0.125, momentum=0.9,
+            wd=1e-4, milestones="60,120,180", holdout_per_class=20),
+        "project (the paper names momentum, not Nesterov)": dict(nesterov=False),
+    },
 }
 
 
 def add_arguments(parser):
-    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
+    parser.recipes = RECIPES  # for common.main's --recipe
     import argparse
     parser.set_defaults(T=2.0)  # the paper's CIFAR temperature
     parser.add_argument("--ensemble", default="general", choices=["naive", "linear", "minlogit", "general"],

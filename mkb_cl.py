@@ -316,34 +316,30 @@ def load_network(path):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): a paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults (a flag given explicitly still wins), each
+# value once, under its source: the paper, the official code, or this project where both are silent
 RECIPES = {
-    "paper": {"arch": "resnet32,mobilenetv2", "students": 2, "dataset": "cifar100", "epochs": 200, "batch_size": 128,
-              "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 1e-4, "milestones": "100,150", "lr_warmup": 0,
-              "augment": "none", "alpha": 0.2},
-    "paper-imagenet": {"arch": "resnet34,densenet121", "students": 2, "dataset": "imagenet", "epochs": 300,
-                       "batch_size": 256, "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 1e-4,
-                       "milestones": "100,200", "lr_warmup": 0, "augment": "crop+flip", "alpha": 0.2,
-                       "embed_dim": 3136},
-}
-# where each value comes from: the paper, or this project where it is silent (no official code)
-RECIPE_SOURCES = {
-    "paper": {"paper, Tables 1-2 (the CIFAR ResNet-32 of Table 1; MobileNet v1, for which mobilenetv2 stands in)": (
-                  "arch", "students", "dataset"),
-              "paper, Sec. IV-A (settings, CIFAR-100 without augmentation)": (
-                  "epochs", "batch_size", "lr", "momentum", "wd", "lr_warmup", "augment", "alpha"),
-              "project (the paper: 'divided by 10 when the error plateaus'; no Nesterov named)": (
-                  "milestones", "nesterov")},
-    "paper-imagenet": {"paper, Table 7 (DenseNet-121 with ResNet-34)": ("arch", "students", "dataset"),
-                       "paper, Sec. IV-A (settings; ImageNet augmented as in ResNet's paper)": (
-                           "epochs", "batch_size", "lr", "momentum", "wd", "lr_warmup", "augment", "alpha"),
-                       "project (the paper: 'divided by 10 when the error plateaus'; no Nesterov named; the "
-                       "embedding at 224 px)": ("milestones", "nesterov", "embed_dim")},
+    "paper": {
+        "paper, Tables 1-2 (the CIFAR ResNet-32 of Table 1; MobileNet v1, for which mobilenetv2 stands in)": dict(
+            arch="resnet32,mobilenetv2", students=2, dataset="cifar100"),
+        "paper, Sec. IV-A (settings, CIFAR-100 without augmentation)": dict(
+            epochs=200, batch_size=128, lr=0.1, momentum=0.9, wd=1e-4, lr_warmup=0, augment="none", alpha=0.2),
+        "project (the paper: 'divided by 10 when the error plateaus'; no Nesterov named)": dict(
+            milestones="100,150", nesterov=False),
+    },
+    "paper-imagenet": {
+        "paper, Table 7 (DenseNet-121 with ResNet-34)": dict(
+            arch="resnet34,densenet121", students=2, dataset="imagenet"),
+        "paper, Sec. IV-A (settings; ImageNet augmented as in ResNet's paper)": dict(
+            epochs=300, batch_size=256, lr=0.1, momentum=0.9, wd=1e-4, lr_warmup=0, augment="crop+flip", alpha=0.2),
+        "project (the paper: 'divided by 10 when the error plateaus'; no Nesterov named; the embedding at 224 px)":
+            dict(milestones="100,200", nesterov=False, embed_dim=3136),
+    },
 }
 
 
 def add_arguments(parser):
-    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
+    parser.recipes = RECIPES  # for common.main's --recipe
     a = parser.add_argument
     a("--mkb-at", default="1", help="stage indices (0-based, comma list) whose outputs get an MKB; 1 = conv2_x")
     a("--embed-dim", type=int, default=1024, help="size of the embedding in the mutual space")

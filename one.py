@@ -259,39 +259,30 @@ class ONE(nn.Module):
 # Flags and entry point
 # ==================================================================================================
 
-# --recipe NAME (common.main): the paper's settings as flag defaults; a flag given explicitly still wins
+# --recipe NAME (common.main): a paper's settings as flag defaults (a flag given explicitly still wins), each
+# value once, under its source: the paper, the official code, or this project where both are silent
 RECIPES = {
-    # the official code (scripts/ONE_ResNet32.sh, cifar_one.py, KLLoss): CIFAR-100, ResNet-32, 3 branches on the
-    # last stage, 300 epochs, batch 128, SGD momentum 0.9 without Nesterov, lr 0.1 x0.1 at epochs 151 and 225 (from
-    # 0), wd 1e-4, T = 3, kd ramp-up 80 epochs, no lr warm-up
-    "paper": {"arch": "resnet32", "students": 3, "dataset": "cifar100", "epochs": 300, "batch_size": 128, "lr": 0.1,
-              "momentum": 0.9, "nesterov": False, "wd": 1e-4, "milestones": "151,225", "lr_warmup": 0, "T": 3.0,
-              "rampup": 80.0},
-    # no ImageNet script in the official code: ResNet-18, 3 branches on its last stage (KDCL's Table 3: "3 branches
-    # (Res4 block)"); torchvision's reference ResNet recipe (our choice); the code's T; no ramp-up (the paper's loss)
-    "paper-imagenet": {"arch": "resnet18", "students": 3, "dataset": "imagenet", "epochs": 90, "batch_size": 256,
-                       "lr": 0.1, "momentum": 0.9, "nesterov": False, "wd": 1e-4, "milestones": "30,60",
-                       "lr_warmup": 0, "T": 3.0, "rampup": 0.0},
-}
-
-# where each recipe value comes from (--help lists it; results.json keeps it)
-RECIPE_SOURCES = {
-    "paper": {"official code, scripts/ONE_ResNet32.sh and cifar_one.py": (
-                  "arch", "students", "dataset", "epochs", "batch_size", "lr", "momentum", "nesterov", "wd",
-                  "milestones", "rampup"),
-              "official code, KLLoss (T = 3)": ("T",),
-              "project (the code has no warm-up; the paper states none)": ("lr_warmup",)},
-    "paper-imagenet": {"paper: KDCL (Guo et al., CVPR 2020), Table 3, ONE's '3 branches (Res4 block)'": (
-                           "arch", "students", "dataset"),
-                       "official code, KLLoss (T = 3)": ("T",),
-                       "paper: ONE's objective has no ramp-up": ("rampup",),
-                       "project (no ImageNet script in the official code: torchvision's reference ResNet recipe)": (
-                           "epochs", "batch_size", "lr", "momentum", "nesterov", "wd", "milestones", "lr_warmup")},
+    "paper": {
+        "official code, scripts/ONE_ResNet32.sh and cifar_one.py": dict(
+            arch="resnet32", students=3, dataset="cifar100", epochs=300, batch_size=128, lr=0.1, momentum=0.9,
+            nesterov=False, wd=1e-4, milestones="151,225", rampup=80.0),
+        "official code, KLLoss (T = 3)": dict(T=3.0),
+        "project (the code has no warm-up; the paper states none)": dict(lr_warmup=0),
+    },
+    "paper-imagenet": {
+        "paper: KDCL (Guo et al., CVPR 2020), Table 3, ONE's '3 branches (Res4 block)'": dict(
+            arch="resnet18", students=3, dataset="imagenet"),
+        "official code, KLLoss (T = 3)": dict(T=3.0),
+        "paper: ONE's objective has no ramp-up": dict(rampup=0.0),
+        "project (no ImageNet script in the official code: torchvision's reference ResNet recipe)": dict(
+            epochs=90, batch_size=256, lr=0.1, momentum=0.9, nesterov=False, wd=1e-4, milestones="30,60",
+            lr_warmup=0),
+    },
 }
 
 
 def add_arguments(parser):
-    parser.recipes, parser.recipe_sources = RECIPES, RECIPE_SOURCES  # for common.main's --recipe
+    parser.recipes = RECIPES  # for common.main's --recipe
     a = parser.add_argument
     a("--branches", dest="students", type=int, metavar="M",
       help="m, the number of branches; each with the trunk is a student s<i> (--students under ONE's name)")

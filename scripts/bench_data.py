@@ -73,8 +73,11 @@ def main():
                "batch_size": a.batch_size, "image_size": a.image_size, "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         root = a.data_dir or write_jpegs(tmp, need)
-        data = common.StreamedData(os.path.join(root, "train"), os.path.join(root, "val"), device, a.image_size,
-                                   a.workers)
+        try:
+            data = common.StreamedData(*common.split_folders(common.image_folder(root), ("val",)), device,
+                                       a.image_size, a.workers)
+        except common.UsageError as e:
+            sys.exit(f"error: {e}")
         steps = min(a.batches + 1, len(data.train_y) // a.batch_size)
         results["streamed"] = rate(data.train_batches(gen, a.batch_size, steps), steps - 1)
     for size in (32, a.image_size):

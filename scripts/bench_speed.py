@@ -96,7 +96,8 @@ def method_args(name, opts, students, out_dir, extra=()):
             "--batch-size", str(opts.batch_size), "--out-dir", out_dir, *extra]
     if opts.compile:
         argv.append("--compile")
-    args = common.check_args(parser.parse_args(argv), name)
+    args = parser.parse_args(argv)
+    common.check_args(args)
     return module, args, common.derive_settings(args)
 
 
@@ -125,10 +126,11 @@ def measure_method(name, opts, data, tmp):
         method.set_epoch(10)  # past every warm-up, so each term is computed
     method.train()
 
-    def run(steps):
-        names, sums = common.train_epoch(step_fn, optimizers, data, args, settings, gen, views, opts.batch_size, steps,
-                                         epoch=10)  # past the lr warm-up too
-        float(sums.sum())
+    def run(steps):  # at epoch 10: past the lr warm-up too
+        batches, lr_at = data.train_batches(gen, opts.batch_size, steps, views), lambda i: 1.0
+        losses = common.train_epoch(step_fn, optimizers, batches, lr_at, settings,
+                                    common.Progress(False, 10, args.epochs, steps, opts.batch_size))
+        float(losses.totals().sum())
 
     run(opts.warmup)
     seconds, peak = best_round(lambda: run(opts.steps), data.device, opts.rounds)

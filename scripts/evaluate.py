@@ -85,7 +85,8 @@ def data_args(opts, saved):
     args.device, args.amp = opts.device, opts.amp
     if opts.workers is not None:
         args.workers = opts.workers
-    return common.check_args(args, "evaluate")
+    common.check_args(args)
+    return args
 
 
 def check_fit(path, num_classes, image_size, data, args):
@@ -195,7 +196,7 @@ def evaluate_file(path, opts, datasets):
     module.to(settings.device)
     if settings.channels_last:
         module.to(memory_format=torch.channels_last)
-    top1, top5 = common.evaluate(module, data, settings, opts.batch_size, with_top5=True)
+    top1, _, top5 = common.evaluate(module, data, settings, opts.batch_size)
     print(f"{path}: {what}; test split of {args.dataset} ({len(data.test_y)} images, {data.num_classes} classes), "
           f"{common.device_name(settings.device)}{', bf16' if settings.bf16 else ''}")
     print(f"  {'head':<8} {'top-1':>7} {'top-5':>7}")

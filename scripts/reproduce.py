@@ -119,8 +119,14 @@ def shared_recipe_flags(setting):
     """A paper's recipe ((owner, recipe)) as the shared flags it sets, e.g. ['--epochs', '300', ...]."""
     import common
     owner, recipe = setting
-    shared = common.baseline_recipe(importlib.import_module(owner).RECIPES[recipe])
+    shared = common.recipe_values(common.baseline_recipe(importlib.import_module(owner).RECIPES[recipe]))
     return [t for flag in common.recipe_flags(shared) for t in flag.split(" ", 1)]
+
+
+def recipe_of(module_name, recipe_name):
+    """A method file's recipe as {flag dest: value} (RECIPES holds the values under their sources)."""
+    import common
+    return common.recipe_values(importlib.import_module(module_name).RECIPES[recipe_name])
 
 
 def script_parser(script):
@@ -189,7 +195,7 @@ def plan(rows, opts, user_flags):
                 runs[spec] = by_flags[key]
                 continue
             arch = next((v for f, v in pairs if f == "--arch"), None) or \
-                importlib.import_module(spec[1][0]).RECIPES[recipe]["arch"]  # a recipe named by --recipe
+                recipe_of(spec[1][0], recipe)["arch"]  # a recipe named by --recipe
             runs[spec] = by_flags[key] = SimpleNamespace(folder=folder_name(spec), script=script, arch=arch,
                                                          flags=[t for f, v in pairs for t in (f, v) if t is not None])
     for row in rows:  # FFCL pre-trains from the vanilla run of its seed, in its own folder (compare.py's rule)
@@ -207,7 +213,7 @@ def dataset_of(row):
     if "--dataset" in flags:
         return flags[flags.index("--dataset") + 1]
     owner, recipe = row["setting"]
-    return importlib.import_module(owner).RECIPES[recipe]["dataset"]
+    return recipe_of(owner, recipe)["dataset"]
 
 
 def missing_data(opts, row):
