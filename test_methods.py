@@ -495,8 +495,9 @@ def test_lr_warmup_is_linear_per_step_for_every_optimizer(tmp_path):
 
     gen = torch.Generator().manual_seed(0)
     for epoch in range(2):  # 4 steps an epoch: a 6-step warm-up ends in the second epoch
-        common.set_lr(optimizers, common.lr_factor(args, settings, epoch, 0, 4))
-        common.train_epoch(step_fn, optimizers, data, args, settings, gen, 1, 64, 4, epoch)
+        common.train_epoch(step_fn, optimizers, data.train_batches(gen, 64, 4),
+                           lambda i: common.lr_factor(args, settings, epoch, i, 4), settings,
+                           common.Progress(False, epoch, 20, 4, 64))
     expected = [1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1, 1, 1]
     assert [row[0] for row in seen] == pytest.approx(expected)
     assert all(row == pytest.approx([row[0]] * len(row)) for row in seen)  # every group of both optimizers
