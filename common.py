@@ -762,17 +762,21 @@ class RunFolder:
         done = record["epoch"]
         changed = {k: [before[k], self.saved[k]] for k in RECORDED if before.get(k, self.saved[k]) != self.saved[k]}
         record["changes"] = record["changes"] + ([{"epoch": done, **changed}] if changed else [])
-        said = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
-        said = f"; changed from the run so far (recorded): {said}{schedule(self.args, done)}" if said else ""
-        missing = [f for f in ["results.json"] + [f"{n}.pt" for n in exports(method)]
-                   if not os.path.exists(os.path.join(self.args.out_dir, f))]
+        said = "; changed from the run so far (results.json records it): " + ", ".join(
+            f"{k} {a} -> {b}" for k, (a, b) in changed.items()) if changed else ""
+        writes = [f"{n}.pt" for n in exports(method)] + ["results.json"]
+        missing = [f for f in writes if not os.path.exists(os.path.join(self.args.out_dir, f))]
         if done >= self.args.epochs and not missing and not self.nested:
             raise UsageError(f"{path} already finished {done} epoch{'s' * (done != 1)}; raise --epochs to train "
                              f"further")
-        if done < self.args.epochs or missing:
-            print(f"resumed {path} at epoch {done}{said}" if done < self.args.epochs else f"{path} has trained its "
-                  f"{done} epoch{'s' * (done != 1)}{said}: writing what the run did not, {', '.join(missing)} "
-                  f"(nothing is trained)", flush=True)
+        if done < self.args.epochs:
+            print(f"resumed {path} at epoch {done}{said}" + schedule(self.args, done) * ("epochs" in changed),
+                  flush=True)
+        elif changed and self.out is not None:  # nothing to train: last.pt takes the change itself
+            atomic_save({**ckpt, "changes": record["changes"], "args": self.saved}, path)
+        if done >= self.args.epochs and missing:
+            print(f"{path} has trained its {done} epoch{'s' * (done != 1)}{said}; {', '.join(missing)} missing: "
+                  f"writing {', '.join(writes)} (nothing is trained)", flush=True)
         best, epoch = os.path.join(self.args.out_dir, "best.pt"), record["best_epoch"].get(best_head(method, record))
         held = (peek_checkpoint(best) or {}).get("epoch") if os.path.exists(best) else None
         if self.out is not None and epoch not in (None, held) and (epoch == done or held is not None):
@@ -1087,7 +1091,7 @@ def results_record(method, data, record, args, settings, name, saved, images_per
         cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     elapsed, top5 = record["elapsed"], record.get("final_top5")
     return {"method": name, "final": record["final"], **({"final_top5": top5} if top5 else {}), "best": record["best"],
-            "best_epoch": record["best_epoch"], "epochs": args.epochs, "collapsed": record["collapsed"],
+            "best_epoch": record["best_epoch"], "epochs": record["epoch"], "collapsed": record["collapsed"],
             "train_seconds": elapsed, "images_per_s": args.epochs * images_per_epoch / elapsed if elapsed else None,
             "params": {**{f"s{i}": count_params(s) for i, s in enumerate(getattr(method, "students", []))},
                        "total": count_params(method),

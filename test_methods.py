@@ -25,6 +25,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -1051,9 +1052,9 @@ def test_resume_takes_the_runs_flags_refuses_others_by_name_and_says_what_more_e
     results = run_main(vanilla, ["--resume", "--epochs", "4", "--arch", "resnet20,resnet20", "--workers", "0",
                                  "--quiet", "--device", "cpu", "--amp", "off"], out)
     said = capsys.readouterr().out
-    assert (f"resumed {out / 'last.pt'} at epoch 2; changed from the run so far (recorded): epochs 2 -> 4; the "
-            f"learning-rate schedule is that of 4 epochs (milestones at epochs 2, 3), epoch 3 starts at lr 0.005") \
-        in said, said
+    assert (f"resumed {out / 'last.pt'} at epoch 2; changed from the run so far (results.json records it): epochs "
+            f"2 -> 4; the learning-rate schedule is that of 4 epochs (milestones at epochs 2, 3), epoch 3 starts at "
+            f"lr 0.005") in said, said
     assert results["changes"] == [{"epoch": 2, "epochs": [2, 4]}]
     assert results["args"]["lr"] == 0.05 and results["args"]["limit_train"] == 128 and results["args"]["quiet"]
     # what is logged is what was applied: the lr of the last step, in metrics.jsonl and in the optimizer
@@ -1201,8 +1202,8 @@ def test_a_finished_run_missing_an_export_is_completed_by_the_command_its_advice
                                                      "s0.pt"]
     before = files_of(out)
     vanilla(["--resume", "--out-dir", str(out)])  # the advice, exactly
-    assert (f"{out / 'last.pt'} has trained its 1 epoch: writing what the run did not, results.json, s1.pt "
-            f"(nothing is trained)") in capsys.readouterr().out
+    assert (f"{out / 'last.pt'} has trained its 1 epoch; s1.pt, results.json missing: writing s0.pt, s1.pt, "
+            f"results.json (nothing is trained)") in capsys.readouterr().out
     after = files_of(out)
     assert all(after[name] == before[name] for name in ("last.pt", "best.pt", "metrics.jsonl", "s0.pt"))
     student = common.load_backbone(str(out / "s1.pt"))
@@ -1316,6 +1317,224 @@ def test_a_damaged_checkpoint_or_export_is_refused_in_one_sentence_naming_it(tmp
     for _ in range(2):
         assert isinstance(common.load_backbone(str(tmp_path / "old.pt")), common.Backbone)
     assert f"note: {tmp_path / 'old.pt'} has no checksums" in capsys.readouterr().out
+
+
+KILLED_AT_BEST = """
+import os, signal, sys
+sys.path.insert(0, {here!r})
+import common
+calls = []
+
+
+def evaluate(module, data, settings=None, batch_size=None):  # every epoch better than the last: each one best.pt
+    calls.append(1)
+    top1 = {{"s0": 10.0 * len(calls), "s1": 10.0, "ens": 10.0 * len(calls)}}
+    return top1, {{h: 0.1 for h in top1}}, dict(top1)
+
+
+def same_file(src, dst):  # killed (as by an OOM kill) between epoch 2's last.pt and its best.pt
+    if len(calls) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_same_file(src, dst)
+
+
+common.evaluate, real_same_file, common.same_file = evaluate, common.same_file, same_file
+common.main(argv={argv!r} + ["--epochs", "2", "--out-dir", sys.argv[1]])
+"""
+
+
+@pytest.mark.slow
+def test_common_a_kill_between_last_pt_and_best_pt_is_mended_by_the_resume(tmp_path, capsys):
+    """#34 class 1: every file a run writes matches what results.json says, or is named stale and rewritten."""
+    script, out = tmp_path / "killed.py", tmp_path / "run"
+    script.write_text(KILLED_AT_BEST.format(here=HERE, argv=SMOKE))
+    proc = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2  # epoch 2 was the best ...
+    assert torch.load(out / "best.pt", weights_only=True)["epoch"] == 1  # ... but best.pt is epoch 1's
+    results = run_main(vanilla, ["--resume"], out)
+    assert f"{out / 'best.pt'} held epoch 1, not the run's best epoch 2: written again from last.pt" in \
+        capsys.readouterr().out
+    assert results["best_epoch"]["ens"] == 2 == torch.load(out / "best.pt", weights_only=True)["epoch"]
+
+
+class StopsAt(common.Vanilla):
+    """Vanilla interrupted (as by Ctrl-C) when its epoch `at` (from 0) ends, before that epoch is saved."""
+    at = 3
+
+    def epoch_end(self, epoch, data):
+        if epoch == self.at:
+            raise common.Interrupted(signal.SIGINT)
+
+
+def test_common_a_resume_that_changes_what_results_depend_on_records_each_change(tmp_path, capsys):
+    """#34 class 2 (--resume --epochs N, N the epochs done) and 6 (another precision, another torch): said, and
+    recorded with its epoch in args.json and results.json."""
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit):  # started for 5 epochs, interrupted after 3
+        common.main("vanilla", None, lambda args, data: StopsAt(common.build_students(args, data)),
+                    SMOKE + ["--epochs", "5", "--out-dir", str(out)])
+    results = run_main(vanilla, ["--resume", "--epochs", "3"], out)
+    said = capsys.readouterr().out
+    assert "has trained its 3 epochs; changed from the run so far (results.json records it): epochs 5 -> 3" in said
+    assert results["changes"] == [{"epoch": 3, "epochs": [5, 3]}] == json.loads((out / "args.json").read_text())[
+        "changes"] and results["epochs"] == 3
+    ckpt = torch.load(out / "last.pt", weights_only=True)  # as if torch 2.11 had trained it
+    ckpt["args"]["torch"] = "2.11.0"
+    common.atomic_save(ckpt, str(out / "last.pt"))
+    results = run_main(vanilla, ["--resume", "--epochs", "4", "--amp", "bf16"], out)
+    assert results["changes"][1] == {"epoch": 3, "epochs": [3, 4], "bf16": [False, True],
+                                     "torch": ["2.11.0", str(torch.__version__)]}
+
+
+def test_common_streamed_images_edited_in_place_are_refused_on_resume(tmp_path, capsys):
+    """#34 class 3: a streamed data set's identity covers its files' bytes, not only their names."""
+    root = write_image_folder(tmp_path / "d", splits=(("train", 2), ("val", 1)))
+    argv = STREAMED + ["--data-dir", str(root), "--arch", "resnet20", "--image-size", "32", "--batch-size", "2"]
+    run_main(vanilla, argv, tmp_path / "run")
+    first, second = root / "train" / "class0" / "0.jpg", root / "train" / "class1" / "0.jpg"
+    first.write_bytes(second.read_bytes())  # another image under the same name
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--epochs", "2", "--out-dir", str(tmp_path / "run")]))
+    assert "--resume: the data is not what" in err, err
+
+
+def write_ppm_folder(root):
+    """2 classes x (3 train, 2 test) random 32x32 PPM images: raw pixels, so an edited image keeps its size."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("test", 2)):
+        for c in range(2):
+            (root / split / f"c{c}").mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / f"c{c}" /
+                                                                                        f"{i}.ppm")
+    return root
+
+
+def test_common_a_folder_edited_keeping_sizes_and_times_is_decoded_again_and_refused_on_resume(tmp_path, capsys):
+    """#34 class 4: what `cp -p`, `rsync -a` or a tarball extracted again leave: other bytes, the same sizes and
+    modification times. The cache is decoded again and the resumed run refused."""
+    import numpy as np
+    from PIL import Image
+    root = write_ppm_folder(tmp_path / "d")
+    argv = ["--dataset", "folder", "--data-dir", str(root), "--arch", "resnet20", "--batch-size", "4", "--epochs",
+            "1", "--device", "cpu", "--workers", "0"]
+    run_main(vanilla, argv, tmp_path / "run")
+    image = root / "train" / "c0" / "0.ppm"
+    stat = image.stat()
+    Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert image.stat().st_size == stat.st_size and image.stat().st_mtime_ns == stat.st_mtime_ns
+    capsys.readouterr()
+    x = common.load_folder(str(root), 0)[0]
+    assert f"the images in {root} changed since" in capsys.readouterr().out  # decoded again, not read stale
+    assert torch.equal(x[0], torch.from_numpy(np.asarray(Image.open(image).convert("RGB"))).permute(2, 0, 1))
+    err = one_line_error(capsys, lambda: vanilla(["--resume", "--epochs", "2", "--out-dir", str(tmp_path / "run")]))
+    assert "--resume: the data is not what" in err, err
+
+
+RESUMED_KILLED = """
+import sys
+sys.path.insert(0, {here!r})
+import common
+common.main(argv=["--resume", "--epochs", "4", "--out-dir", sys.argv[1]])
+"""
+
+
+@pytest.mark.slow
+def test_common_kill_9_of_a_resumed_run_in_its_first_epoch_loses_no_epoch(tmp_path, capsys):
+    """#33 item 5: metrics.jsonl is appended, never rewritten: a resumed run killed before its first epoch ends
+    keeps every line of the epochs before, and the next resume continues them."""
+    out = tmp_path / "run"
+    run_main(vanilla, SMOKE + ["--epochs", "2", "--limit-train", "512"], out)
+    before = (out / "metrics.jsonl").read_text()
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "common.py"), "--resume", "--epochs", "4",
+                             "--out-dir", str(out)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:
+        if line.startswith("resumed "):
+            break
+    proc.kill()
+    proc.wait()
+    assert (out / "metrics.jsonl").read_text() == before
+    run_main(vanilla, ["--resume", "--epochs", "4"], out)
+    assert [r["epoch"] for r in common.read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def interrupt(method, epoch, data):
+    raise common.Interrupted(signal.SIGINT)
+
+
+class StopsPretraining(common.Vanilla):
+    """FFCL's pre-training interrupted (Ctrl-C) when its epoch `at` ends."""
+    at = 1
+
+    def epoch_end(self, epoch, data):
+        if epoch == self.at:
+            raise common.Interrupted(signal.SIGINT)
+
+
+@pytest.mark.slow
+def test_ffcl_interrupted_in_or_after_its_pre_training_continues_by_either_command(tmp_path, capsys, monkeypatch):
+    """#34 class 7: no dead end. FFCL interrupted during its --pretrain-epochs, or just after them, continues from
+    the pre-training's checkpoint by the command it is told (--resume) and by the same command again."""
+    argv = SMOKE + ["--pretrain-epochs", "2", "--epochs", "1"]
+    for again in (["--resume"], []):
+        out = tmp_path / f"run{len(again)}"
+        monkeypatch.setattr(common, "Vanilla", StopsPretraining)  # pre-training stops at the end of its epoch 2
+        with pytest.raises(SystemExit) as stop:
+            ffcl.main(argv + ["--out-dir", str(out)])
+        assert stop.value.code == 130
+        assert (f"interrupted (Ctrl-C): the last good checkpoint {out / 'pretrain' / 'last.pt'} (epoch 1) is "
+                f"untouched; continue with --resume --out-dir {out}") in capsys.readouterr().err
+        monkeypatch.undo()
+        results = run_main(ffcl.main, (argv if not again else []) + again, out)
+        assert f"resumed {out / 'pretrain' / 'last.pt'} at epoch 1" in capsys.readouterr().out
+        assert [r["epoch"] for r in common.read_metrics(out / "pretrain" / "metrics.jsonl")] == [1, 2]
+        assert results["epochs"] == 1 and "fused" in results["final"]
+    # just after the pre-training (FFCL's own first epoch interrupted): the pre-training is kept and reused
+    out = tmp_path / "after"
+    monkeypatch.setattr(ffcl.FFCL, "epoch_end", interrupt, raising=False)
+    with pytest.raises(SystemExit):
+        ffcl.main(argv + ["--out-dir", str(out)])
+    assert f"{out / 'pretrain' / 'last.pt'} (epoch 2) is untouched" in capsys.readouterr().err
+    monkeypatch.undo()
+    run_main(ffcl.main, ["--resume"], out)
+    assert [r["epoch"] for r in common.read_metrics(out / "pretrain" / "metrics.jsonl")] == [1, 2]  # not again
+
+
+def test_ffcl_pretrained_networks_moved_elsewhere_are_the_same_run(tmp_path, capsys):
+    """#34 class 8: a flag naming files (--pretrained) may name the same bytes elsewhere on --resume."""
+    run_main(vanilla, SMOKE, tmp_path / "peers")
+    argv = SMOKE + ["--pretrained", f"{tmp_path / 'peers' / 's0.pt'},{tmp_path / 'peers' / 's1.pt'}"]
+    run_main(ffcl.main, argv, tmp_path / "run")
+    shutil.move(tmp_path / "peers", tmp_path / "moved")
+    moved = f"{tmp_path / 'moved' / 's0.pt'},{tmp_path / 'moved' / 's1.pt'}"
+    results = run_main(ffcl.main, ["--resume", "--epochs", "2", "--pretrained", moved], tmp_path / "run")
+    assert results["epochs"] == 2
+    swapped = f"{tmp_path / 'moved' / 's1.pt'},{tmp_path / 'moved' / 's0.pt'}"  # other bytes for each peer
+    err = one_line_error(capsys, lambda: ffcl.main(["--resume", "--epochs", "3", "--pretrained", swapped,
+                                                    "--out-dir", str(tmp_path / "run")]))
+    assert "holds a run trained with --pretrained" in err, err
+
+
+def test_common_a_torchvision_built_for_another_torch_ends_in_one_sentence(tmp_path, capsys, monkeypatch):
+    """#34 class 13: pip can pair a torch with a torchvision built for another; importing it then fails inside
+    torchvision (`operator torchvision::nms does not exist`). One sentence names both versions and the fix."""
+    import builtins
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name.startswith("torchvision"):
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    err = one_line_error(capsys, lambda: dml.main(SMOKE + ["--arch", "resnet18", "--out-dir", str(tmp_path / "r")]))
+    assert f"does not work with torch {torch.__version__} (operator torchvision::nms does not exist); install a " \
+           f"matching pair" in err, err
 
 
 class DeletesItsFolder(common.Vanilla):
@@ -1922,6 +2141,28 @@ def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path):
     assert status == 0, output[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["args"]["distributed"] and results["device"].startswith("1 x cpu")
+
+
+@pytest.mark.slow
+def test_common_a_second_torchrun_launch_into_a_folder_in_use_stops_every_rank_at_once(tmp_path):
+    """#33 item 5: every rank learns that rank 0 was refused the folder (no rank left waiting for it); only rank 0
+    says it."""
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(300)",
+                               str(out / "run.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        import time
+        start = time.perf_counter()
+        status, output = torchrun("common.py", *DDP, "--out-dir", str(out))
+        seconds = time.perf_counter() - start
+    finally:
+        holder.kill()
+        holder.wait()
+    assert status != 0 and output.count(f"{out} is in use by another run") == 1, output[-3000:]
+    assert seconds < 25, seconds  # the rank waiting for rank 0 used to give up after 30 s
 
 
 @pytest.mark.slow
