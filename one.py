@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The online-distillation reference authors
 """ONE: On-the-fly Native Ensemble, one network with several branches whose gated ensemble teaches each branch.
 
 Paper: Xu Lan, Xiatian Zhu, Shaogang Gong, "Knowledge Distillation by On-the-Fly Native Ensemble", NeurIPS 2018

@@ -4152,5 +4152,17 @@ def test_the_repository_names_no_sibling_folder_or_machine_path():
     assert "CIFAR10_JPEG=" in open(os.path.join(HERE, ".ci", "run")).read()
 
 
+
+@pytest.mark.parametrize("name", ["common", *(m.__name__ for m in METHOD_MODULES)])
+def test_license_header_in_every_method_file_and_common_names_the_license_files_copyright(name):
+    """A file copied alone carries its license: the SPDX line and LICENSE's copyright line in its first five lines,
+    above the module docstring (which stays the module's __doc__)."""
+    text = open(os.path.join(HERE, "LICENSE")).read()
+    assert text.startswith("MIT License\n")
+    copyright_line = re.search(r"^Copyright \(c\) \d{4} \S.*$", text, re.M).group()
+    head = open(os.path.join(HERE, name + ".py")).read().splitlines()[:5]
+    assert "# SPDX-License-Identifier: MIT" in head and "# " + copyright_line in head, head
+    assert importlib.import_module(name).__doc__
+
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])
