@@ -4164,5 +4164,27 @@ def test_license_header_in_every_method_file_and_common_names_the_license_files_
     assert "# SPDX-License-Identifier: MIT" in head and "# " + copyright_line in head, head
     assert importlib.import_module(name).__doc__
 
+
+def test_citation_cff_holds_the_required_keys_and_agrees_with_the_readme_and_license():
+    """CITATION.cff read line by line (no YAML parser needed): the keys CFF 1.2.0 requires and ours, the README's
+    title, LICENSE's license and holder as its author; where PyYAML is installed, it parses to the same."""
+    lines = open(os.path.join(HERE, "CITATION.cff")).read().splitlines()
+    assert all(re.match(r"([a-z-]+:( \S.*)?|  - [a-z-]+: \S.*|    [a-z-]+: \S.*)$", line) for line in lines), lines
+    top = {m[1]: m[2].strip('"') for m in (re.match(r"([a-z-]+):\s*(.*)$", line) for line in lines) if m}
+    assert {"cff-version", "message", "title", "authors", "license", "date-released"} <= set(top), top
+    assert top["cff-version"] == "1.2.0" and top["message"] and top["license"] == "MIT"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", top["date-released"]), top["date-released"]
+    readme = open(os.path.join(HERE, "README.md")).read()
+    assert readme.startswith(f"# {top['title']}\n"), top["title"]
+    license_text = open(os.path.join(HERE, "LICENSE")).read()
+    holder = re.search(r"^Copyright \(c\) \d{4} (.+)$", license_text, re.M)[1]
+    assert license_text.startswith("MIT License\n") and lines[lines.index("authors:") + 1] == f'  - name: "{holder}"'
+    try:
+        import yaml
+    except ImportError:
+        return
+    parsed = yaml.safe_load(open(os.path.join(HERE, "CITATION.cff")))
+    assert parsed["title"] == top["title"] and parsed["authors"] == [{"name": holder}] and parsed["license"] == "MIT"
+
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])
