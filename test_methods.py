@@ -4141,6 +4141,31 @@ def test_the_readme_snippet_runs_in_a_folder_holding_only_the_method_file(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["ffl.py", "s0.pt"]
 
 
+def test_readme_methods_table_cites_each_paper_as_its_method_files_docstring():
+    """Each method's row in the README's table cites the paper of the file's `Paper:` paragraph: its first author
+    ("Zhang et al., ") or, where the docstring names no authors, its DOI; a venue whose every word begins a word of
+    the docstring's citation after the title (Int. J. -> International Journal); the year."""
+    readme = open(os.path.join(HERE, "README.md")).read()
+    for module in METHOD_MODULES:
+        row = re.search(rf"^\| `{module.__name__}\.py` \| [^|]+ \| ([^|]+) \|", readme, re.M)
+        assert row, f"no row for {module.__name__}.py"
+        cell, doc = row[1].strip(), module.__doc__
+        paper = " ".join(doc[doc.index("Paper:") + len("Paper:"):].split("\n\n")[0].split())
+        authors, after_title = paper.split('"')[0].strip(" ,"), paper.split('"', 2)[2]
+        year = re.search(r"\b(?:19|20)\d\d\b", after_title)[0]
+        assert re.findall(r"\b(?:19|20)\d\d\b", cell) == [year], (module.__name__, cell, year)
+        if authors:
+            cited = f"{authors.split(',')[0].split()[-1]} et al., "
+            assert cell.startswith(cited), (module.__name__, cell, cited)
+            venue = cell[len(cited):cell.index(year)]
+        else:
+            doi = re.search(r"doi:10\.\d+/[^\s,;)]+", paper)[0]
+            assert doi in cell, (module.__name__, cell, doi)
+            venue = cell[:cell.index(year)]
+        words, cited_words = re.findall(r"[A-Za-z]+", venue), re.findall(r"[A-Za-z]+", after_title)
+        assert words and all(any(c.lower().startswith(w.lower()) for c in cited_words) for w in words), \
+            (module.__name__, venue, after_title)
+
 def test_the_repository_names_no_sibling_folder_or_machine_path():
     """git grep finds none of FORBIDDEN in the tracked files but .ci/run (which points CIFAR10_JPEG at its machine's
     copy)."""
