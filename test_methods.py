@@ -3199,6 +3199,47 @@ def test_one_refuses_a_network_it_cannot_cut_in_one_sentence():
         assert len(str(info.value).splitlines()) == 1 and "common" not in str(info.value)
 
 
+POOLS_IN_FORWARD = """
+import torch, torch.nn as nn
+import one
+
+
+class Net(nn.Module):  # a common way to write one: the classifier a Linear, the pooling in forward
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList([nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU()),
+                                     nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())])
+        self.classifier = nn.Linear(16, 5)
+
+    def forward(self, x):
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return self.classifier(x.mean((2, 3))), features
+
+
+try:
+    one.ONE([Net(), Net()], image_size=(8, 8))
+except TypeError as e:
+    print("refused:", e)
+"""
+
+
+def test_one_copied_alone_explains_in_one_sentence_a_classifier_whose_pooling_is_in_forward(tmp_path):
+    """one.py alone around a network whose forward pools before a Linear `classifier` (issue 34, 11): the contract
+    check says what ONE runs and what its classifier must do, in one sentence, not a matmul shape error."""
+    shutil.copy(os.path.join(HERE, "one.py"), tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", POOLS_IN_FORWARD], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("refused: "), proc.stdout + proc.stderr[-2000:]
+    sentence = proc.stdout[len("refused: "):].strip()
+    assert len(sentence.splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "ONE runs Net's `stages` in order and then `classifier` on the last stage's output (16x4x4 per " \
+        "image)" in sentence, sentence
+    assert "make `classifier` do all forward does after the last stage" in sentence and "AdaptiveAvgPool2d" in sentence
+
 @pytest.mark.slow
 def test_one_copied_alone_trains_a_users_own_stage_structured_network(copied_alone):
     reports, stderr = copied_alone
