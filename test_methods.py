@@ -4182,6 +4182,28 @@ def test_the_readme_snippet_runs_in_a_folder_holding_only_the_method_file(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["ffl.py", "s0.pt"]
 
 
+def test_readme_own_loop_student_fits_every_method():
+    """The README snippet's `Net`, as printed, is a student of every method: each one (ONE cut from it) builds on
+    such students and trains a step, so the example holds whichever file is copied."""
+    snippet = readme_snippet()
+    scope = {"torch": torch, "nn": nn}
+    exec(snippet[snippet.index("class Net("):snippet.index("\ntrain_loader")], scope)
+
+    def nets(k):
+        return [scope["Net"]() for _ in range(k)]
+    build = {"dml": lambda: dml.DML(nets(2)), "kdcl": lambda: kdcl.KDCL(nets(2)), "ffl": lambda: ffl.FFL(nets(2), 10),
+             "ffcl": lambda: ffcl.FFCL(nets(2), 10, pretrained=nets(2)), "fefr": lambda: fefr.FEFR(nets(2), 10),
+             "ffsd": lambda: ffsd.FFSD(nets(3), 10), "mkb_cl": lambda: mkb_cl.MKBCL(nets(2), 10),
+             "one": lambda: one.ONE(nets(3))}
+    assert sorted(build) == sorted(m.__name__ for m in METHOD_MODULES)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    for name, make in build.items():
+        torch.manual_seed(0)
+        method = make().train()
+        loss, parts = method([x] * method.num_views, y)
+        loss.backward()
+        assert torch.isfinite(loss) and parts, name
+
 def test_readme_methods_table_cites_each_paper_as_its_method_files_docstring():
     """Each method's row in the README's table cites the paper of the file's `Paper:` paragraph: its first author
     ("Zhang et al., ") or, where the docstring names no authors, its DOI; a venue whose every word begins a word of
