@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The online-distillation reference authors
 """Deep Mutual Learning (DML): K students of any architectures teach each other while they train.
 
 Paper: Ying Zhang, Tao Xiang, Timothy M. Hospedales, Huchuan Lu, "Deep Mutual Learning", CVPR 2018

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The online-distillation reference authors
 """FEFR: feature early fusion and reconstruction, FFL with each student's maps enriched before the fusion.
 
 Paper: "Feature early fusion and reconstruction for online knowledge distillation" (FEFR), Journal of

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The online-distillation reference authors
 """FFCL: feature fusion-based collaborative learning, peers taught by a fused classifier, by each other and by
 their own pre-trained copies.
 

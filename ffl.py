@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The online-distillation reference authors
 """FFL: Feature Fusion Learning, a fused classifier over the students' feature maps that they teach and learn from.
 
 Paper: Jangho Kim, Minsung Hyun, Inseop Chung, Nojun Kwak, "Feature Fusion for Online Mutual Knowledge

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The online-distillation reference authors
 """KDCL: Online Knowledge Distillation via Collaborative Learning.
 
 Paper: Qiushan Guo, Xinjiang Wang, Yichao Wu, Zhipeng Yu, Ding Liang, Xiaolin Hu, Ping Luo, "Online Knowledge

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The online-distillation reference authors
 """MKB-CL: collaborative learning with a mutual knowledge base.
 
 Paper: Jinzhuo Wang, Wenmin Wang, Wen Gao, "Beyond Knowledge Distillation: Collaborative Learning for

@@ -1,3 +1,5 @@
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The online-distillation reference authors
 """ONE: On-the-fly Native Ensemble, one network with several branches whose gated ensemble teaches each branch.
 
 Paper: Xu Lan, Xiatian Zhu, Shaogang Gong, "Knowledge Distillation by On-the-Fly Native Ensemble", NeurIPS 2018
@@ -163,11 +165,21 @@ def stage_structure(network, image_size):
     shapes = stage_shapes(network, image_size)
     mode, p = network.training, next(network.parameters())
     x = torch.randn(2, 3, *image_size, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
-    logits, h = network.eval()(x)[0], x
-    for stage in stages:
-        h = stage(h)
-    same = torch.allclose(classifier(h), logits, atol=1e-5)
-    network.train(mode)
+    try:  # what ONE will run: the stages, then the classifier on the last one's output as it is (4-D)
+        logits, h = network.eval()(x)[0], x
+        for stage in stages:
+            h = stage(h)
+        out = classifier(h)
+        if out.shape != logits.shape:
+            raise ValueError(f"it gives {tuple(out.shape)}, forward's logits are {tuple(logits.shape)}")
+        same = torch.allclose(out, logits, atol=1e-5)
+    except Exception as e:  # e.g. a Linear classifier whose pooling is done in forward: a shape error
+        raise TypeError(f"ONE runs {name}'s `stages` in order and then `classifier` on the last stage's output "
+                        f"({'x'.join(map(str, shapes[-1]))} per image), which fails ({str(e).splitlines()[0][:150]}); "
+                        f"make `classifier` do all forward does after the last stage, e.g. nn.Sequential("
+                        f"nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(C, classes))") from None
+    finally:
+        network.train(mode)
     if not same or len(shapes) != len(stages):
         raise TypeError(f"{name}'s forward must run its `stages` in order, return each one's output and apply "
                         f"`classifier` to the last, so that a branch with the trunk is the network it was cut from")

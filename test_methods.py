@@ -3437,6 +3437,47 @@ def test_one_refuses_a_network_it_cannot_cut_in_one_sentence():
         assert len(str(info.value).splitlines()) == 1 and "common" not in str(info.value)
 
 
+POOLS_IN_FORWARD = """
+import torch, torch.nn as nn
+import one
+
+
+class Net(nn.Module):  # a common way to write one: the classifier a Linear, the pooling in forward
+    def __init__(self):
+        super().__init__()
+        self.stages = nn.ModuleList([nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU()),
+                                     nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())])
+        self.classifier = nn.Linear(16, 5)
+
+    def forward(self, x):
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return self.classifier(x.mean((2, 3))), features
+
+
+try:
+    one.ONE([Net(), Net()], image_size=(8, 8))
+except TypeError as e:
+    print("refused:", e)
+"""
+
+
+def test_one_copied_alone_explains_in_one_sentence_a_classifier_whose_pooling_is_in_forward(tmp_path):
+    """one.py alone around a network whose forward pools before a Linear `classifier` (issue 34, 11): the contract
+    check says what ONE runs and what its classifier must do, in one sentence, not a matmul shape error."""
+    shutil.copy(os.path.join(HERE, "one.py"), tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", POOLS_IN_FORWARD], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("refused: "), proc.stdout + proc.stderr[-2000:]
+    sentence = proc.stdout[len("refused: "):].strip()
+    assert len(sentence.splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+    assert "ONE runs Net's `stages` in order and then `classifier` on the last stage's output (16x4x4 per " \
+        "image)" in sentence, sentence
+    assert "make `classifier` do all forward does after the last stage" in sentence and "AdaptiveAvgPool2d" in sentence
+
 @pytest.mark.slow
 def test_one_copied_alone_trains_a_users_own_stage_structured_network(copied_alone):
     reports, stderr = copied_alone
@@ -4380,6 +4421,53 @@ def test_the_readme_snippet_runs_in_a_folder_holding_only_the_method_file(tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["ffl.py", "s0.pt"]
 
 
+def test_readme_own_loop_student_fits_every_method():
+    """The README snippet's `Net`, as printed, is a student of every method: each one (ONE cut from it) builds on
+    such students and trains a step, so the example holds whichever file is copied."""
+    snippet = readme_snippet()
+    scope = {"torch": torch, "nn": nn}
+    exec(snippet[snippet.index("class Net("):snippet.index("\ntrain_loader")], scope)
+
+    def nets(k):
+        return [scope["Net"]() for _ in range(k)]
+    build = {"dml": lambda: dml.DML(nets(2)), "kdcl": lambda: kdcl.KDCL(nets(2)), "ffl": lambda: ffl.FFL(nets(2), 10),
+             "ffcl": lambda: ffcl.FFCL(nets(2), 10, pretrained=nets(2)), "fefr": lambda: fefr.FEFR(nets(2), 10),
+             "ffsd": lambda: ffsd.FFSD(nets(3), 10), "mkb_cl": lambda: mkb_cl.MKBCL(nets(2), 10),
+             "one": lambda: one.ONE(nets(3))}
+    assert sorted(build) == sorted(m.__name__ for m in METHOD_MODULES)
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
+    for name, make in build.items():
+        torch.manual_seed(0)
+        method = make().train()
+        loss, parts = method([x] * method.num_views, y)
+        loss.backward()
+        assert torch.isfinite(loss) and parts, name
+
+def test_readme_methods_table_cites_each_paper_as_its_method_files_docstring():
+    """Each method's row in the README's table cites the paper of the file's `Paper:` paragraph: its first author
+    ("Zhang et al., ") or, where the docstring names no authors, its DOI; a venue whose every word begins a word of
+    the docstring's citation after the title (Int. J. -> International Journal); the year."""
+    readme = open(os.path.join(HERE, "README.md")).read()
+    for module in METHOD_MODULES:
+        row = re.search(rf"^\| `{module.__name__}\.py` \| [^|]+ \| ([^|]+) \|", readme, re.M)
+        assert row, f"no row for {module.__name__}.py"
+        cell, doc = row[1].strip(), module.__doc__
+        paper = " ".join(doc[doc.index("Paper:") + len("Paper:"):].split("\n\n")[0].split())
+        authors, after_title = paper.split('"')[0].strip(" ,"), paper.split('"', 2)[2]
+        year = re.search(r"\b(?:19|20)\d\d\b", after_title)[0]
+        assert re.findall(r"\b(?:19|20)\d\d\b", cell) == [year], (module.__name__, cell, year)
+        if authors:
+            cited = f"{authors.split(',')[0].split()[-1]} et al., "
+            assert cell.startswith(cited), (module.__name__, cell, cited)
+            venue = cell[len(cited):cell.index(year)]
+        else:
+            doi = re.search(r"doi:10\.\d+/[^\s,;)]+", paper)[0]
+            assert doi in cell, (module.__name__, cell, doi)
+            venue = cell[:cell.index(year)]
+        words, cited_words = re.findall(r"[A-Za-z]+", venue), re.findall(r"[A-Za-z]+", after_title)
+        assert words and all(any(c.lower().startswith(w.lower()) for c in cited_words) for w in words), \
+            (module.__name__, venue, after_title)
+
 def test_the_repository_names_no_sibling_folder_or_machine_path():
     """git grep finds none of FORBIDDEN in the tracked files but .ci/run (which points CIFAR10_JPEG at its machine's
     copy)."""
@@ -4390,6 +4478,40 @@ def test_the_repository_names_no_sibling_folder_or_machine_path():
     assert found == [], found
     assert "CIFAR10_JPEG=" in open(os.path.join(HERE, ".ci", "run")).read()
 
+
+
+@pytest.mark.parametrize("name", ["common", *(m.__name__ for m in METHOD_MODULES)])
+def test_license_header_in_every_method_file_and_common_names_the_license_files_copyright(name):
+    """A file copied alone carries its license: the SPDX line and LICENSE's copyright line in its first five lines,
+    above the module docstring (which stays the module's __doc__)."""
+    text = open(os.path.join(HERE, "LICENSE")).read()
+    assert text.startswith("MIT License\n")
+    copyright_line = re.search(r"^Copyright \(c\) \d{4} \S.*$", text, re.M).group()
+    head = open(os.path.join(HERE, name + ".py")).read().splitlines()[:5]
+    assert "# SPDX-License-Identifier: MIT" in head and "# " + copyright_line in head, head
+    assert importlib.import_module(name).__doc__
+
+
+def test_citation_cff_holds_the_required_keys_and_agrees_with_the_readme_and_license():
+    """CITATION.cff read line by line (no YAML parser needed): the keys CFF 1.2.0 requires and ours, the README's
+    title, LICENSE's license and holder as its author; where PyYAML is installed, it parses to the same."""
+    lines = open(os.path.join(HERE, "CITATION.cff")).read().splitlines()
+    assert all(re.match(r"([a-z-]+:( \S.*)?|  - [a-z-]+: \S.*|    [a-z-]+: \S.*)$", line) for line in lines), lines
+    top = {m[1]: m[2].strip('"') for m in (re.match(r"([a-z-]+):\s*(.*)$", line) for line in lines) if m}
+    assert {"cff-version", "message", "title", "authors", "license", "date-released"} <= set(top), top
+    assert top["cff-version"] == "1.2.0" and top["message"] and top["license"] == "MIT"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", top["date-released"]), top["date-released"]
+    readme = open(os.path.join(HERE, "README.md")).read()
+    assert readme.startswith(f"# {top['title']}\n"), top["title"]
+    license_text = open(os.path.join(HERE, "LICENSE")).read()
+    holder = re.search(r"^Copyright \(c\) \d{4} (.+)$", license_text, re.M)[1]
+    assert license_text.startswith("MIT License\n") and lines[lines.index("authors:") + 1] == f'  - name: "{holder}"'
+    try:
+        import yaml
+    except ImportError:
+        return
+    parsed = yaml.safe_load(open(os.path.join(HERE, "CITATION.cff")))
+    assert parsed["title"] == top["title"] and parsed["authors"] == [{"name": holder}] and parsed["license"] == "MIT"
 
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])
