@@ -3719,6 +3719,105 @@ def test_compare_writes_a_table_and_reuses_finished_runs(tmp_path):
     assert [line for line in output.splitlines() if line.startswith("| ")] == before and len(before) == 3
 
 
+
+def script_compare():
+    return reproduce.compare  # scripts/compare.py as reproduce.py imports it
+
+
+COMPARE_TINY = ["--methods", "vanilla", "--seeds", "0", "--dataset", "synthetic", "--limit-train", "200",
+                "--limit-test", "100", "--batch-size", "50", "--arch", "resnet20", "--device", "cpu"]
+
+
+def test_compare_refuses_a_finished_run_of_other_flags_and_keeps_it(tmp_path):
+    """Issue 34's case 5: a finished 1-epoch run, then the same command with --epochs 3 --lr 0.05: refused before
+    anything trains, in one sentence naming both flags; the run is kept as it was."""
+    compare = script_compare()
+    run = tmp_path / "out" / "vanilla" / "seed0"
+    run.mkdir(parents=True)
+    args = compare.planned_args("vanilla", COMPARE_TINY[4:] + ["--epochs", "1", "--seed", "0"])
+    results = {"args": args, "final": {"s0": 50.0}, "seed": 0}
+    (run / "results.json").write_text(json.dumps(results))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "top1_s0": 50.0}) + "\n")
+    status, output = run_cli(os.path.join("scripts", "compare.py"), *COMPARE_TINY, "--epochs", "3", "--lr", "0.05",
+                             "--out-dir", str(tmp_path / "out"))
+    assert status == 2 and len(output.strip().splitlines()) == 1, output
+    assert output.startswith(f"error: {run} holds a run trained with --epochs 1 where this command plans --epochs 3, "
+                             f"--lr 0.1 where this command plans --lr 0.05; it is kept: pass another --out-dir")
+    assert json.loads((run / "results.json").read_text()) == results and sorted(os.listdir(run)) == [
+        "metrics.jsonl", "results.json"]
+    # the flags it was trained with, or those that may differ (--device, --quiet), re-use it
+    assert compare.differing_flags(args, compare.planned_args("vanilla", COMPARE_TINY[4:] + [
+        "--epochs", "1", "--seed", "0", "--quiet", "--device", "cuda"])) == []
+
+
+def test_compare_writes_summaries_whole_and_names_a_cut_one(tmp_path, monkeypatch):
+    """A summary is written to a temporary file, then renamed: a write that fails halfway leaves the old one
+    whole (and no temporary file); a summary cut by an older version makes --render say one sentence."""
+    compare = script_compare()
+    opts = SimpleNamespace(results=str(tmp_path))
+    (tmp_path / "vanilla").mkdir()
+    whole = tmp_path / "vanilla" / "seed0.json"
+    whole.write_text('{"seed": 0}')
+    monkeypatch.setattr(compare, "run_summary", lambda opts, method, seed: {"seed": seed, "curve": [object()]})
+    with pytest.raises(TypeError):  # not JSON: the write fails after it began
+        compare.save_summary(opts, "vanilla", 0)
+    assert whole.read_text() == '{"seed": 0}' and os.listdir(tmp_path / "vanilla") == ["seed0.json"]
+    whole.write_text('{"seed": 0, "curve": [{"epoch": 1, "top1_s')  # as a write cut in place left it
+    status, output = run_cli(os.path.join("scripts", "compare.py"), "--render", str(tmp_path))
+    assert status == 2 and len(output.strip().splitlines()) == 1, output
+    assert output.startswith(f"error: {whole} is not readable JSON (JSONDecodeError: cut mid-write, or edited); "
+                             f"delete it")
+
+
+def processes_mentioning(text):
+    """The pids of live processes whose command line holds `text` (Linux /proc)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def interrupt_and_check(script, argv, out, signal_name):
+    """Start `script` (its own session), signal it alone once its first run has started, and check: one sentence,
+    no traceback, exit status 128 + the signal, no process of the run left. Returns the sentence."""
+    import signal
+    import time
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc to find the processes left")
+    with open(out / "parent.log", "w") as log:
+        parent = subprocess.Popen([sys.executable, os.path.join(HERE, script), *argv], cwd=HERE, stdout=log,
+                                  stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not list(out.glob("**/args.json")) and time.time() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # inside its first epoch
+    assert parent.poll() is None, "the run ended before it was interrupted"
+    signum = getattr(signal, signal_name)
+    parent.send_signal(signum)  # the parent alone: its children must be ended by it, not by the terminal
+    _, err = parent.communicate(timeout=180)
+    assert parent.returncode == 128 + signum and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"interrupted ({signal_name}): ended 1 run(s) in "
+                                                                  f"progress"), err
+    time.sleep(0.5)
+    assert processes_mentioning(str(out)) == [], "a run was left running"
+    return err
+
+
+@pytest.mark.slow
+def test_compare_interrupted_ends_its_runs_and_the_same_command_continues(tmp_path):
+    """Issue 34's case 10: SIGTERM (or Ctrl-C) to compare.py alone mid-run ends its child run, says so in one
+    sentence, and the same command then finishes the comparison (no orphan holding the run's lock)."""
+    argv = COMPARE_TINY + ["--epochs", "12", "--out-dir", str(tmp_path / "out")]
+    interrupt_and_check(os.path.join("scripts", "compare.py"), argv, tmp_path, "SIGTERM")
+    status, output = run_cli(os.path.join("scripts", "compare.py"), *argv)
+    assert status == 0 and (tmp_path / "out" / "vanilla" / "seed0" / "results.json").exists(), output[-2000:]
+
+
 def git_status():
     return subprocess.run(["git", "-C", HERE, "status", "--porcelain"], capture_output=True, text=True).stdout
 
