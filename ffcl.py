@@ -58,9 +58,10 @@ Without FK the fusion module still trains, on detached features, so the `fused` 
 that never touches the peers. Without NRK no pre-training is needed (and --pretrained is refused).
 
 Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source: SGD momentum 0.9 and wd 5e-4 are stated
-for every experiment; 200 epochs, batch 128, lr 0.1 /10 at 60, 120, 160 are stated for the baselines (assumed for
-FFCL, whose own schedule the text does not give), which are also the pre-training; ResNet18 pair (Table 5);
-mean of three runs; no Nesterov, no warm-up named (--no-nesterov, --lr-warmup 0):
+for every experiment; 200 epochs, batch 128, lr 0.1 "divided at the 60th, 120th, and 160th epochs" are stated for
+the baselines (by how much is not: /10 is ours, --gamma 0.1; assumed for FFCL, whose own schedule the text does
+not give), which are also the pre-training; ResNet18 pair (Table 5); mean of three runs; no Nesterov, no warm-up
+named (--no-nesterov, --lr-warmup 0):
 
     python ffcl.py --recipe paper                      # resnet18 x2, pre-trained first for 200 epochs
     python scripts/reproduce.py --paper ffcl           # (its tables' numbers are not in the text we have)

@@ -42,16 +42,17 @@ Picture (m = 3 branches; [v] = v detached: a target, no gradient flows back thro
 Gradient flow: the gate learns from ce_gate alone (kd's teacher is detached); branch i from ce_s<i>, kd_s<i>
 and, through z_e, ce_gate; the trunk from every part, through the branches and through the gate.
 
-Official code recipe (CIFAR-100: scripts/ONE_ResNet32.sh and ONE_ResNet110.sh over cifar_one.py's defaults):
-ResNet-32 (or -110), 3 branches on the last stage (layer3), 300 epochs, batch 128, SGD momentum 0.9 (no
+Official code recipe (CIFAR-100: scripts/ONE_ResNet32.sh over cifar_one.py's defaults): ResNet-32, 3 branches
+on the last stage (layer3), 300 epochs, batch 128, SGD momentum 0.9 (no
 Nesterov), lr 0.1 x0.1 at epochs 151 and 225, wd 1e-4, T = 3, ramp-up 80 epochs, no lr warm-up (--lr-warmup 0):
 RECIPES["paper"] below. Reproduce with:
 
-    python one.py --recipe paper                       # --arch resnet110 for the paper's deeper network
+    python one.py --recipe paper                       # ResNet-32 (see below for ResNet-110)
     python scripts/reproduce.py --paper one --seeds 0,1,2        # beside the seed papers' ONE rows
 
 (without a warm-up the branches can collapse in their first steps, README 'Learning-rate warm-up'; add
---lr-warmup 5 for the project's default)
+--lr-warmup 5 for the project's default). `--arch resnet110` is the CIFAR zoo's ResNet-110 of basic blocks, not
+the official code's depth-110 network (ONE_ResNet110.sh), built of bottleneck blocks: no network here is that one.
 
 ImageNet: the official code has none, so the schedule is ours, torchvision's reference ResNet recipe (90 epochs,
 batch 256, lr 0.1 /10 at 30 and 60, wd 1e-4); ResNet-18 with 3 branches on its last stage (Res4, as KDCL's
@@ -71,7 +72,7 @@ Decisions where the paper is silent or the official code departs from it (we fol
   scripts); the paper's objective has no ramp-up. --rampup 0 turns it off.
 - The code adds 1e-7 to the teacher's probabilities inside its KL; omitted here.
 - Branch point: --branch-at k, the first stage a branch owns, 1 <= k < the number of stages; default the last
-  stage: layer3 of the code's ResNet-32/110 (3 stages), Res4 of KDCL's ResNet-18 (4 stages).
+  stage: layer3 of the code's ResNet-32 (3 stages), Res4 of KDCL's ResNet-18 (4 stages).
 - Each branch (stages and classifier) comes from its own freshly built network, so the branches start apart, as
   the code's layer3_1..3 are initialised independently; the trunk is the first network's, the other trunks dropped.
 - --branches is --students under ONE's name (one flag: the last given wins); one --arch for all branches.

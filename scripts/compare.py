@@ -9,7 +9,10 @@
 Every other flag is passed unchanged to every script (common flags such as --limit-train or --lr).
 Per-method extras: `--extra ffsd=--students=3 --extra "kdcl=--ensemble naive"`.
 Each run goes to OUT/<method>/seed<S>; a run with a results.json is re-used, one with only a last.pt is
-resumed, so an interrupted comparison continues where it stopped. `--jobs N` runs N at once, each on
+resumed, so an interrupted comparison continues where it stopped; a run there trained with other flags than the
+command plans is refused before anything trains, in one sentence naming them (it is kept: pass another --out-dir).
+Ctrl-C or SIGTERM ends the runs in progress (their last.pt kept) and says so in one sentence (exit status 130 /
+143); the same command continues them. `--jobs N` runs N at once, each on
 cores/N threads unless OMP_NUM_THREADS says otherwise. FFCL's regularization knowledge needs pre-trained
 peers: unless its extras say otherwise it takes the vanilla run of the same seed (the paper's baselines are
 its pre-training), so that run comes first.
@@ -27,9 +30,11 @@ the test images and top-1 at most twice chance) to every evaluation after the wa
 `head@epoch` for the first; a summary without top shares keeps the collapses its run recorded.
 """
 import argparse
+import importlib
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -122,13 +127,172 @@ def save_summary(opts, method, seed):
     """With --results, the run's summary goes there as soon as the run has finished."""
     if opts.results:
         os.makedirs(os.path.join(opts.results, method), exist_ok=True)
-        with open(os.path.join(opts.results, method, f"seed{seed}.json"), "w") as f:
-            json.dump(run_summary(opts, method, seed), f, indent=1)
+        write_file(os.path.join(opts.results, method, f"seed{seed}.json"),
+                   json.dumps(run_summary(opts, method, seed), indent=1))
+
+
+def write_file(path, text):
+    """Written whole or not at all: a temporary file beside it, then renamed over it (os.replace is atomic), so
+    that an interrupt or a full disk never leaves a summary or a table cut mid-write."""
+    temporary = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def read_json(path):
+    """A JSON file (a run summary, a run's results.json or args.json), or one sentence naming one that is not."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        die(f"{path} is not readable JSON ({e.__class__.__name__}: cut mid-write, or edited); delete it, and the "
+            f"command that wrote it writes it again (a summary: from its run folder)")
+
+
+# ================================================================================================
+# A finished run is re-used only when it is the run the command plans: the same flags as recorded
+# ================================================================================================
+
+# what may differ between a run's recorded flags and the same run planned again: where things are (the paths:
+# the same files), how it reports (--quiet, --tensorboard) and what this machine runs it with (--device, --amp,
+# --compile, --workers); FFCL's --pretrained is the vanilla run of its folder, itself compared
+MAY_DIFFER = ("out_dir", "resume", "data_dir", "pretrained", "quiet", "tensorboard", "device", "amp", "compile",
+              "workers")
+NOWHERE = os.path.join(os.devnull, "planned")  # an --out-dir that cannot exist: planning reads no run folder
+PLANNED = {}  # (method, flags): planned_args' answer
+
+
+def planned_args(method, flags):
+    """The run's recorded flags, as results.json['args'] keeps them ({flag dest: value}), for `method` (a script
+    of common.METHODS) run with `flags`: what common.py's parse_flags makes of them, its recipe's values included.
+    No run folder is read (--out-dir and --resume are left out, and --device: this machine's)."""
+    import common
+    key = (method, tuple(flags))
+    if key not in PLANNED:
+        tokens, value_follows = [], False
+        for t in flags:  # without --out-dir DIR, --device D and --resume
+            name = t.split("=")[0]
+            if value_follows:
+                value_follows = False
+            elif name in ("--out-dir", "--device"):
+                value_follows = "=" not in t
+            elif name != "--resume":
+                tokens.append(t)
+        module = None if method == "vanilla" else importlib.import_module(method)
+        args, _ = common.parse_flags(method, module and module.add_arguments,
+                                     tokens + ["--out-dir", NOWHERE, "--device", "cpu"])
+        PLANNED[key] = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, list, type(None)))}
+    return PLANNED[key]
+
+
+def differing_flags(recorded, planned):
+    """The flags where a run's record and the plan differ (those both hold, but MAY_DIFFER): [(flag, recorded
+    value, planned value)]."""
+    return [(f"--{k.replace('_', '-')}", recorded[k], v) for k, v in planned.items()
+            if k in recorded and k not in MAY_DIFFER and recorded[k] != v]
+
+
+def said_flags(differ, most=4):
+    """'--wd 0.0001 where this command plans --wd 0.0005, ...': the first `most` of differing_flags()."""
+    shown = [f"{flag} {old} where this command plans {flag} {new}" for flag, old, new in differ[:most]]
+    return ", ".join(shown) + (f" (and {len(differ) - most} more)" if len(differ) > most else "")
+
+
+def recorded_args(out):
+    """The flags a run folder's run was trained with (results.json's, else args.json's), or None without either."""
+    for name in ("results.json", "args.json"):
+        path = os.path.join(out, name)
+        if os.path.exists(path):
+            record = read_json(path)
+            return record.get("args", {}) if name == "results.json" else record
+    return None
+
+
+def stale_runs(opts, common_flags):
+    """Sentences, one per run folder holding a run (finished, or with a last.pt to resume) whose recorded flags
+    differ from what this command plans for it."""
+    found = []
+    for seed in opts.seeds:
+        for method in opts.methods:
+            out = run_dir(opts, method, seed)
+            if not any(os.path.exists(os.path.join(out, f)) for f in ("results.json", "last.pt")):
+                continue
+            recorded = recorded_args(out)
+            planned = planned_args(method, [*common_flags, *opts.extras.get(method, []), "--seed", str(seed)])
+            differ = differing_flags(recorded or {}, planned)
+            if differ:
+                found.append(f"{out} holds a run trained with {said_flags(differ)}")
+    return found
+
+
+def refuse_stale_runs(opts, common_flags):
+    """One sentence and exit status 2 when a run folder holds a run of other flags: nothing trains, nothing is
+    overwritten."""
+    stale = stale_runs(opts, common_flags)
+    if stale:
+        die(f"{stale[0]}{f' (and {len(stale) - 1} more run(s) of other flags)' if len(stale) > 1 else ''}; it is "
+            f"kept: pass another --out-dir to train this command's runs, or give the flags it was trained with")
+
+
+# ================================================================================================
+# Ctrl-C and SIGTERM: the runs in progress are ended (their last.pt kept), then one sentence
+# ================================================================================================
+
+class Interrupted(Exception):
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum, self.ended = signum, []
+
+
+def on_signal(signum, frame):
+    raise Interrupted(signum)
+
+
+def catch_interrupts():
+    """From here SIGINT and SIGTERM raise Interrupted (one left ignored by the caller stays ignored)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, on_signal)
+
+
+def end_runs(running, signum):
+    """Send each run in progress the signal received (each leads its own process group: its workers get it too),
+    then wait for it to save what it can and stop; a run still there after a minute is killed. Returns their
+    names."""
+    for s in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C does not cut this short
+        signal.signal(s, signal.SIG_IGN)
+    for proc, _ in running.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signum)
+    for proc, log in running.values():
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    return [f"{method} seed {seed}" for method, seed in running]
+
+
+def interrupted(error):
+    """The one sentence, and exit status 128 + the signal."""
+    ended = f"ended {len(error.ended)} run(s) in progress ({', '.join(error.ended)}), their last.pt kept" \
+        if error.ended else "no run was in progress"
+    print(f"interrupted ({signal.Signals(error.signum).name}): {ended}; the same command continues the comparison "
+          f"(finished runs are re-used)", file=sys.stderr)
+    sys.exit(128 + error.signum)
 
 
 def run_all(opts, common_flags):
     """Every (method, seed) not finished yet, up to --jobs at once; FFCL waits for its vanilla run.
-    Returns the runs that failed."""
+    Returns the runs that failed. A run folder holding a run of other flags stops it before anything trains
+    (refuse_stale_runs); Ctrl-C or SIGTERM ends the runs in progress (end_runs) and raises Interrupted."""
+    refuse_stale_runs(opts, common_flags)
     todo, running, failed = [], {}, []
     for seed in opts.seeds:
         for method in opts.methods:
@@ -139,6 +303,17 @@ def run_all(opts, common_flags):
                 todo.append((method, seed))
     env = dict(os.environ)  # an OMP_NUM_THREADS already set wins; otherwise the cores are shared out
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // opts.jobs)))
+    try:
+        run_queue(opts, common_flags, todo, running, failed, env)
+    except Interrupted as e:
+        e.ended = end_runs(running, e.signum)
+        raise
+    return failed
+
+
+def run_queue(opts, common_flags, todo, running, failed, env):
+    """run_all's loop: start runs up to --jobs, each in a process group of its own (a Ctrl-C at the terminal
+    reaches this process alone, which ends them: end_runs), and collect them as they end."""
     while todo or running:
         for run in list(todo):
             if len(running) >= opts.jobs:
@@ -155,7 +330,8 @@ def run_all(opts, common_flags):
             cmd = command(opts, common_flags, method, seed)
             print(f"{method} seed {seed}: {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
             log = open(os.path.join(out, "log.txt"), "a")
-            running[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            running[run] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                             start_new_session=True), log)
         time.sleep(0.2)
         for run, (proc, log) in list(running.items()):
             if proc.poll() is None:
@@ -170,7 +346,6 @@ def run_all(opts, common_flags):
             else:
                 print(f"{run[0]} seed {run[1]}: done", flush=True)
                 save_summary(opts, *run)
-    return failed
 
 
 def run_summary(opts, method, seed):
@@ -324,10 +499,8 @@ def plot(path, runs_by_method):
 def write_table(folder, header, runs_by_method):
     summary = summarise(runs_by_method)
     text = table(summary)
-    with open(os.path.join(folder, "table.md"), "w") as f:
-        f.write(header + "\n\n" + text)
-    with open(os.path.join(folder, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_file(os.path.join(folder, "table.md"), header + "\n\n" + text)
+    write_file(os.path.join(folder, "summary.json"), json.dumps(summary, indent=2))
     return text, summary
 
 
@@ -338,7 +511,7 @@ def render(folder, output=None):
     for method in METHODS:
         sub = os.path.join(folder, method)
         if os.path.isdir(sub):
-            runs_by_method[method] = sorted((json.load(open(os.path.join(sub, f))) for f in os.listdir(sub)
+            runs_by_method[method] = sorted((read_json(os.path.join(sub, f)) for f in os.listdir(sub)
                                              if f.startswith("seed") and f.endswith(".json")), key=lambda r: r["seed"])
     if not any(runs_by_method.values()):
         die(f"{folder} holds no run summaries (<method>/seed<S>.json)")
@@ -347,8 +520,7 @@ def render(folder, output=None):
     if output is None:
         print(text, end="")
         return
-    with open(output, "w") as f:
-        f.write(text)
+    write_file(output, text)
     print(f"wrote {output}")
 
 
@@ -371,4 +543,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    catch_interrupts()
+    try:
+        main()
+    except Interrupted as e:
+        interrupted(e)

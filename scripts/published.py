@@ -23,9 +23,11 @@ which fills the defaults and checks the fields (a new method's rows: its publica
     flags               the run's further flags
     baseline            the run a gain is measured against: dict(method, setting, flags, head, published)
     published_gain      the gain the paper prints (None: published - the baseline's published)
+    gain_spread         the ± the paper prints beside its gain (None where it prints none)
     gain_kind           points, or relative (%, MKB-CL's Table 7)
     beside              our heads printed beside the row under their own names (our `ens` beside FFSD's Ens)
     provenance          None when the paper ran it; else where the figure comes from and what is unknown
+    not_compared        None, or why the row is shown but not judged (a figure no run here measures)
 
 Left out (no flag here runs them): FFSD's GoogLeNet and DenseNet-40-12 rows, its Tables IV-VI ablations (their
 leader and SD variants), its Table II rows for KD, AT, AFD, AMLN, OKDDip and its KDCL row (KDCL's Table 7
@@ -55,12 +57,13 @@ PAPERS = {
 
 FIELDS = ("paper", "table", "row", "place", "method", "head", "metric", "definition", "published", "spread", "epoch",
           "runs", "statistic", "spread_kind", "measured", "networks", "archs", "setting", "flags", "dataset",
-          "baseline", "published_gain", "gain_kind", "beside", "provenance")
+          "baseline", "published_gain", "gain_spread", "gain_kind", "beside", "provenance", "not_compared")
 
 
 def row(paper, table, label, method, head, published, *, place, networks, archs, setting, flags=(), metric="top1",
         definition=None, spread=None, epoch=None, runs=None, statistic=None, spread_kind=None, measured=None,
-        dataset="cifar100", baseline=None, published_gain=None, gain_kind="points", beside=(), provenance=None):
+        dataset="cifar100", baseline=None, published_gain=None, gain_spread=None, gain_kind="points", beside=(),
+        provenance=None, not_compared=None):
     """One published figure (the fields: this module's docstring), checked."""
     assert paper in PAPERS and metric in ("top1", "top5") and epoch in (None, "best", "last")
     assert statistic in (None, "mean", "median", "single") and spread_kind in (None, "population", "sample")
@@ -70,7 +73,8 @@ def row(paper, table, label, method, head, published, *, place, networks, archs,
                 definition=definition, published=published, spread=spread, epoch=epoch, runs=runs,
                 statistic=statistic, spread_kind=spread_kind, measured=measured, networks=networks, archs=archs,
                 setting=tuple(setting), flags=list(flags), dataset=dataset, baseline=baseline,
-                published_gain=published_gain, gain_kind=gain_kind, beside=list(beside), provenance=provenance)
+                published_gain=published_gain, gain_spread=gain_spread, gain_kind=gain_kind, beside=list(beside),
+                provenance=provenance, not_compared=not_compared)
 
 
 def base(method, setting, flags, head, published):
@@ -127,7 +131,7 @@ def ffsd_table_i():
         rows.append(row("ffsd", "I", f"{name} Ens", "ffsd", "any", ens[0], spread=ens[1], definition=ANY_CORRECT,
                         beside=["ens"], **{**kw, "baseline": None}))  # a bound, not a network: no gain
         rows.append(row("ffsd", "I", f"{name} leader", "ffsd", "leader", leader[0], spread=leader[1],
-                        published_gain=gain[0], **kw))
+                        published_gain=gain[0], gain_spread=gain[1], **kw))
     return rows
 
 
@@ -231,8 +235,11 @@ MKB_2 = [  # data set, flags, IL, EL (one figure), DML, MKB (w/o CL), CL; each a
     ("CIFAR-100", [], (68.99, 73.65), 71.45, (71.10, 76.13), (69.16, 73.52), (74.83, 74.75)),
     ("CIFAR-10", ["--dataset", "cifar10", "--augment", "crop"], (91.82, 92.47), 91.98, (91.98, 92.59),
      (91.95, 92.54), (94.79, 93.57))]
-EL = ("EL, 'simply using ensemble model of two deep neural networks' (Sec. IV-B): how they are combined is not "
-      "said; ours: log of the mean softmax of the two independent networks")
+EL = ("EL, 'Combining the final predictions of each networks, followed by a trainable fully connected layer linked "
+      "to semantic label' (Sec. IV-B's list of methods); ours (shown, not compared): the log of the two independent "
+      "networks' mean softmax, another quantity")
+EL_NOT_COMPARED = ("EL is a fully-connected layer trained on the two networks' predictions; no script here trains "
+                   "one, and our mean softmax shown in its row is not that figure")
 
 
 def mkb_rows():
@@ -256,7 +263,8 @@ def mkb_rows():
                             baseline=baseline, **{**kw, "flags": flags + ["--alpha", "0"]}))
             rows.append(row("mkb_cl", "2", f"{data}, {name}, CL (Ours)", "mkb_cl", f"s{k}", cl[k], baseline=baseline,
                             **kw))
-        rows.append(row("mkb_cl", "2", f"{data}, EL", "vanilla", "ens", el, definition=EL, **kw))
+        rows.append(row("mkb_cl", "2", f"{data}, EL", "vanilla", "ens", el, definition=EL,
+                        not_compared=EL_NOT_COMPARED, **kw))
     imagenet = dict(place="Sec. IV-A (settings), Sec. IV-D, Table 7", networks="ResNet-34 + DenseNet-121",
                     archs="resnet34,densenet121", setting=("mkb_cl", "paper-imagenet"), dataset="imagenet",
                     definition="Table 7's caption: 'top-1 and top-5 accuracy; single-model and 10-crop', without "
@@ -335,10 +343,11 @@ def one_rows():
     rows.append(row("kdcl", "2", "ONE, ResNet-18, a branch", "one", "mean", 72.2,
                     place="Sec. 4.1 (ImageNet training details), Table 2; Table 3: '3 branches (Res4 block)'",
                     networks="ResNet-18, 3 branches on Res4", archs="resnet18", setting=("kdcl", "paper-imagenet"),
-                    flags=["--arch", "resnet18", "--students", "3"], dataset="imagenet",
+                    flags=["--arch", "resnet18", "--students", "3", "--rampup", "0"], dataset="imagenet",
                     baseline=base("vanilla", ("kdcl", "paper-imagenet"), [], "s1", 71.2),
                     provenance="'all the models are reimplemented with our training procedure' (Table 2's caption); "
-                               "which branch is reported is not said (the branches' mean here)"))
+                               "which branch is reported is not said (the branches' mean here); no kd ramp-up "
+                               "(--rampup 0: ONE's objective has none, as in one.py's paper-imagenet recipe)"))
     return rows
 
 
