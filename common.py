@@ -45,6 +45,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -320,6 +321,46 @@ class Vanilla(nn.Module):
 # last stage's output to logits; forward(x) -> (logits, [stage outputs]). A method that changes a stage's output
 # before the next stage reads it (MKB-CL) runs `stages` itself.
 
+def build_students(args, data) -> list:
+    """One backbone per student from --arch (one name, or a comma list as long as --students), for the data's
+    classes and image size (what a method's build() reads of `data`: num_classes, image_size)."""
+    return [build_model(arch, data.num_classes, tuple(data.image_size)) for arch in student_archs(args)]
+
+
+def student_archs(args) -> list:
+    """--arch as one name per student: a single name is every student's."""
+    archs = [a.strip() for a in args.arch.split(",")]
+    return archs * args.students if len(archs) == 1 else archs
+
+
+def build_model(arch: str, num_classes: int, image_size=32) -> "Backbone":
+    """A backbone by zoo name for inputs of image_size px (an int or (H, W)); forward(x) -> (logits, [stage
+    outputs]). From IMAGENET_SIZE px up, torchvision's networks keep their ImageNet stem."""
+    if arch not in ARCHS:
+        raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
+    size = min(image_size) if isinstance(image_size, (tuple, list)) else image_size
+    model = tv_backbone(arch, num_classes, small=False) if size >= IMAGENET_SIZE and arch in TV_IMAGENET \
+        else ARCHS[arch](num_classes)
+    model.image_size = int(size)  # recorded in the exported payload, so load_backbone rebuilds the same shape
+    return model
+
+
+ARCHS = {  # the zoo's names; torchvision's networks (Part II) adapted to 32 px, or native from IMAGENET_SIZE px
+    "resnet20": lambda nc: cifar_resnet(20, nc, "resnet20"),
+    "resnet32": lambda nc: cifar_resnet(32, nc, "resnet32"),
+    "resnet56": lambda nc: cifar_resnet(56, nc, "resnet56"),
+    "resnet110": lambda nc: cifar_resnet(110, nc, "resnet110"),
+    "wrn_16_2": lambda nc: wide_resnet(16, 2, nc, "wrn_16_2"),
+    "wrn_40_2": lambda nc: wide_resnet(40, 2, nc, "wrn_40_2"),
+    "wrn_28_10": lambda nc: wide_resnet(28, 10, nc, "wrn_28_10"),
+    **{name: (lambda nc, name=name: tv_backbone(name, nc, small=True)) for name in
+       ("resnet18", "resnet34", "resnet50", "mobilenetv2", "shufflenetv2", "vgg16", "densenet121")},
+}
+
+
+IMAGENET_SIZE = 64  # inputs at least this large (shorter side, px) get torchvision's native ImageNet shape
+
+
 class Backbone(nn.Module):
     def __init__(self, stages, classifier, arch, num_classes):
         super().__init__()
@@ -339,24 +380,6 @@ def pool_fc(channels, num_classes):
     return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
 
 
-class BasicBlock(nn.Module):
-    """CIFAR ResNet block (post-activation), 1x1-conv + BN shortcut where the shape changes."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 def cifar_resnet(depth, num_classes, arch):
     n = (depth - 2) // 6
     stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(inplace=True))
@@ -374,19 +397,22 @@ def cifar_resnet(depth, num_classes, arch):
     return model
 
 
-class WideBlock(nn.Module):
-    """Pre-activation wide-ResNet block (BN-ReLU-conv twice), 1x1-conv shortcut where the shape changes."""
+class BasicBlock(nn.Module):
+    """CIFAR ResNet block (post-activation), 1x1-conv + BN shortcut where the shape changes."""
 
     def __init__(self, cin, cout, stride):
         super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride, bias=False)
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x):
-        act = F.relu(self.bn1(x))
-        out = self.conv2(F.relu(self.bn2(self.conv1(act))))
-        return out + (x if self.shortcut is None else self.shortcut(act))
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
 def wide_resnet(depth, k, num_classes, arch):
@@ -409,42 +435,19 @@ def wide_resnet(depth, k, num_classes, arch):
     return model
 
 
-ARCHS = {  # the zoo's names; torchvision's networks (Part II) adapted to 32 px, or native from IMAGENET_SIZE px
-    "resnet20": lambda nc: cifar_resnet(20, nc, "resnet20"),
-    "resnet32": lambda nc: cifar_resnet(32, nc, "resnet32"),
-    "resnet56": lambda nc: cifar_resnet(56, nc, "resnet56"),
-    "resnet110": lambda nc: cifar_resnet(110, nc, "resnet110"),
-    "wrn_16_2": lambda nc: wide_resnet(16, 2, nc, "wrn_16_2"),
-    "wrn_40_2": lambda nc: wide_resnet(40, 2, nc, "wrn_40_2"),
-    "wrn_28_10": lambda nc: wide_resnet(28, 10, nc, "wrn_28_10"),
-    **{name: (lambda nc, name=name: tv_backbone(name, nc, small=True)) for name in
-       ("resnet18", "resnet34", "resnet50", "mobilenetv2", "shufflenetv2", "vgg16", "densenet121")},
-}
-IMAGENET_SIZE = 64  # inputs at least this large (shorter side, px) get torchvision's native ImageNet shape
+class WideBlock(nn.Module):
+    """Pre-activation wide-ResNet block (BN-ReLU-conv twice), 1x1-conv shortcut where the shape changes."""
 
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = None if (cin == cout and stride == 1) else nn.Conv2d(cin, cout, 1, stride, bias=False)
 
-def build_model(arch: str, num_classes: int, image_size=32) -> Backbone:
-    """A backbone by zoo name for inputs of image_size px (an int or (H, W)); forward(x) -> (logits, [stage
-    outputs]). From IMAGENET_SIZE px up, torchvision's networks keep their ImageNet stem."""
-    if arch not in ARCHS:
-        raise UsageError(f"unknown architecture '{arch}'; choose from {', '.join(ARCHS)}")
-    size = min(image_size) if isinstance(image_size, (tuple, list)) else image_size
-    model = tv_backbone(arch, num_classes, small=False) if size >= IMAGENET_SIZE and arch in TV_IMAGENET \
-        else ARCHS[arch](num_classes)
-    model.image_size = int(size)  # recorded in the exported payload, so load_backbone rebuilds the same shape
-    return model
-
-
-def build_students(args, data) -> list:
-    """One backbone per student from --arch (one name, or a comma list as long as --students), for the data's
-    classes and image size (what a method's build() reads of `data`: num_classes, image_size)."""
-    return [build_model(arch, data.num_classes, tuple(data.image_size)) for arch in student_archs(args)]
-
-
-def student_archs(args) -> list:
-    """--arch as one name per student: a single name is every student's."""
-    archs = [a.strip() for a in args.arch.split(",")]
-    return archs * args.students if len(archs) == 1 else archs
+    def forward(self, x):
+        act = F.relu(self.bn1(x))
+        out = self.conv2(F.relu(self.bn2(self.conv1(act))))
+        return out + (x if self.shortcut is None else self.shortcut(act))
 
 
 def count_params(module: nn.Module) -> int:
@@ -459,6 +462,87 @@ def count_params(module: nn.Module) -> int:
 # image; --augment none or crop drops them) and normalisation are batched tensor ops there: no DataLoader, no
 # Python per image. ImageNet and --stream read JPEG files instead (StreamedData, Part II), behind the same calls:
 # train_batches() yields ([num_views normalised views], y) for an epoch, test_batches() (x, y).
+
+def load_data(args, device):
+    """The data set of --dataset: held whole on the device (Data), or streamed from disk (StreamedData, Part II:
+    imagenet, and a folder data set with --stream)."""
+    if args.dataset == "imagenet" or args.stream:
+        return load_streamed(args, device)
+    if args.image_size:
+        raise UsageError(f"--image-size is for streamed data (--dataset imagenet, or --stream); {args.dataset} is "
+                         f"used at its own size")
+    classes, border, stats = None, 0, (None, None)
+    if args.dataset == "synthetic":
+        train_x, train_y, test_x, test_y, nc = synthetic()
+    elif args.dataset in CIFAR_STATS:
+        train_x, train_y, test_x, test_y, nc, classes = load_cifar(args.dataset, args.data_dir)
+        stats = CIFAR_STATS[args.dataset]
+    else:  # folder, cinic10, mnist, stl10 (Part II)
+        (train_x, train_y, test_x, test_y, nc, classes), border, stats = load_other(args)
+    train, test = subset(train_y, args.limit_train, "--limit-train"), subset(test_y, args.limit_test, "--limit-test")
+    return Data(train_x[train], train_y[train], test_x[test], test_y[test], nc, device, *stats,
+                flip=args.augment == "crop+flip" and args.dataset != "mnist",  # digits are not mirror-symmetric
+                crop=args.augment != "none", pad_mode=args.pad_mode, classes=classes, border=border)
+
+
+DATASETS = ("cifar10", "cifar100", "cinic10", "folder", "mnist", "stl10", "synthetic", "imagenet")
+
+
+def synthetic(n_train=5000, n_test=1000, num_classes=10, size=32, seed=0):
+    """Learnable images from a seed: each class is a smooth random pattern, each image that pattern scaled
+    and drowned in pixel noise. The same images for every run (`--seed` changes the training only)."""
+    g = torch.Generator().manual_seed(seed)
+    protos = F.interpolate(torch.randn(num_classes, 3, 4, 4, generator=g), size=size, mode="bicubic")
+
+    def draw(n):
+        y = torch.arange(n) % num_classes
+        x = protos[y] * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g))
+        x = x + 0.6 * torch.randn(n, 3, size, size, generator=g)
+        return (128 + 50 * x).clamp(0, 255).to(torch.uint8), y
+
+    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
+    return xtr, ytr, xte, yte, num_classes
+
+
+CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
+
+
+def load_cifar(name, data_dir):
+    """CIFAR-10/100 from torchvision's files (downloaded where missing): train and test images and labels, the
+    number of classes and their names."""
+    sets = []
+    for train in (True, False):
+        ds = torchvision_set(name.upper(), data_dir, train=train)
+        sets += [torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                 torch.as_tensor(ds.targets, dtype=torch.int64)]
+    return (*sets, len(ds.classes), list(ds.classes))
+
+
+def subset(labels, n, flag):
+    """The indices of a class-balanced subset of n of these labels (the same for every run); all for n = 0."""
+    y = torch.as_tensor(labels).cpu()
+    num_classes = int(y.max()) + 1
+    if not n:
+        return slice(None)
+    if n < num_classes:
+        raise UsageError(f"{flag} {n} is below the number of classes ({num_classes}); "
+                         f"a balanced subset needs one per class")
+    return balanced_indices(y, n // num_classes, num_classes).tolist()
+
+
+def balanced_indices(y, per_class: int, num_classes: int, seed: int = 0):
+    """`per_class` indices of every class, drawn with a fixed seed (the same subset for every run)."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(y), generator=g)
+    picked = []
+    for c in range(num_classes):
+        members = order[y[order] == c]
+        if len(members) < per_class:
+            raise UsageError(f"class {c} has only {len(members)} images, fewer than the {per_class} asked for")
+        picked.append(members[:per_class])
+    return torch.cat(picked).sort().values
+
 
 class Data:
     def __init__(self, train_x, train_y, test_x, test_y, num_classes, device, mean=None, std=None, flip=True,
@@ -553,87 +637,6 @@ def normalisation(mean, std, device="cpu"):
     return tuple(255 * torch.as_tensor(v, dtype=torch.float32, device=device).view(1, 3, 1, 1) for v in (mean, std))
 
 
-def synthetic(n_train=5000, n_test=1000, num_classes=10, size=32, seed=0):
-    """Learnable images from a seed: each class is a smooth random pattern, each image that pattern scaled
-    and drowned in pixel noise. The same images for every run (`--seed` changes the training only)."""
-    g = torch.Generator().manual_seed(seed)
-    protos = F.interpolate(torch.randn(num_classes, 3, 4, 4, generator=g), size=size, mode="bicubic")
-
-    def draw(n):
-        y = torch.arange(n) % num_classes
-        x = protos[y] * (0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g))
-        x = x + 0.6 * torch.randn(n, 3, size, size, generator=g)
-        return (128 + 50 * x).clamp(0, 255).to(torch.uint8), y
-
-    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
-    return xtr, ytr, xte, yte, num_classes
-
-
-CIFAR_STATS = {"cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-               "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))}
-
-
-def load_cifar(name, data_dir):
-    """CIFAR-10/100 from torchvision's files (downloaded where missing): train and test images and labels, the
-    number of classes and their names."""
-    sets = []
-    for train in (True, False):
-        ds = torchvision_set(name.upper(), data_dir, train=train)
-        sets += [torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
-                 torch.as_tensor(ds.targets, dtype=torch.int64)]
-    return (*sets, len(ds.classes), list(ds.classes))
-
-
-DATASETS = ("cifar10", "cifar100", "cinic10", "folder", "mnist", "stl10", "synthetic", "imagenet")
-
-
-def load_data(args, device):
-    """The data set of --dataset: held whole on the device (Data), or streamed from disk (StreamedData, Part II:
-    imagenet, and a folder data set with --stream)."""
-    if args.dataset == "imagenet" or args.stream:
-        return load_streamed(args, device)
-    if args.image_size:
-        raise UsageError(f"--image-size is for streamed data (--dataset imagenet, or --stream); {args.dataset} is "
-                         f"used at its own size")
-    classes, border, stats = None, 0, (None, None)
-    if args.dataset == "synthetic":
-        train_x, train_y, test_x, test_y, nc = synthetic()
-    elif args.dataset in CIFAR_STATS:
-        train_x, train_y, test_x, test_y, nc, classes = load_cifar(args.dataset, args.data_dir)
-        stats = CIFAR_STATS[args.dataset]
-    else:  # folder, cinic10, mnist, stl10 (Part II)
-        (train_x, train_y, test_x, test_y, nc, classes), border, stats = load_other(args)
-    train, test = subset(train_y, args.limit_train, "--limit-train"), subset(test_y, args.limit_test, "--limit-test")
-    return Data(train_x[train], train_y[train], test_x[test], test_y[test], nc, device, *stats,
-                flip=args.augment == "crop+flip" and args.dataset != "mnist",  # digits are not mirror-symmetric
-                crop=args.augment != "none", pad_mode=args.pad_mode, classes=classes, border=border)
-
-
-def subset(labels, n, flag):
-    """The indices of a class-balanced subset of n of these labels (the same for every run); all for n = 0."""
-    y = torch.as_tensor(labels).cpu()
-    num_classes = int(y.max()) + 1
-    if not n:
-        return slice(None)
-    if n < num_classes:
-        raise UsageError(f"{flag} {n} is below the number of classes ({num_classes}); "
-                         f"a balanced subset needs one per class")
-    return balanced_indices(y, n // num_classes, num_classes).tolist()
-
-
-def balanced_indices(y, per_class: int, num_classes: int, seed: int = 0):
-    """`per_class` indices of every class, drawn with a fixed seed (the same subset for every run)."""
-    g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(y), generator=g)
-    picked = []
-    for c in range(num_classes):
-        members = order[y[order] == c]
-        if len(members) < per_class:
-            raise UsageError(f"class {c} has only {len(members)} images, fewer than the {per_class} asked for")
-        picked.append(members[:per_class])
-    return torch.cat(picked).sort().values
-
-
 # ##################################################################################################
 # Part II: what Part I calls, behind the names it uses there. Nothing below is needed to understand a method or
 # the loop. Sections: the run folder (lock, args.json, checkpoints, metrics, results, exports); checkpoint files;
@@ -646,14 +649,12 @@ def balanced_indices(y, per_class: int, num_classes: int, seed: int = 0):
 # ==================================================================================================
 
 class RunFolder:
-    """--out-dir as one run's. Entered, it joins torchrun's processes and locks the folder (rank 0; an flock, which
-    the system releases however the process ends), refusing a folder another run holds, or one holding a run this
-    command does not --resume. begin() writes args.json and with --resume loads last.pt; end_epoch() appends the
-    epoch to metrics.jsonl and writes last.pt (and best.pt); finish() writes the exports, then results.json. Every
-    file is written whole or not at all (a temporary file renamed over it), so a signal may stop the run anywhere:
-    leaving the `with` on an error ends the run in one sentence (stop()), what was written kept. Only rank 0
-    writes; files=False writes nothing (tests); nested (FFCL's pre-training, a folder of the run) continues what
-    its folder holds and leaves errors to the outer run."""
+    """--out-dir as one run's. Entered, it joins torchrun's processes and locks the folder (rank 0: an flock, which
+    the system releases however the process ends); begin() writes args.json and, with --resume, loads last.pt;
+    end_epoch() appends to metrics.jsonl and writes last.pt (and best.pt); finish() writes the exports, then
+    results.json. Every file is written whole or not at all (a temporary file renamed over it), so a signal may stop
+    the run anywhere; an error leaving the `with` ends it in one sentence (stop()). Only rank 0 writes; files=False:
+    nothing (tests); nested (FFCL's pre-training, a folder of the run) continues its folder, errors left to the run."""
 
     def __init__(self, args, settings, name="vanilla", files=True, nested=False):
         self.args, self.settings, self.name, self.nested = args, settings, name, nested
@@ -675,8 +676,8 @@ class RunFolder:
         for f in (self.lock, self.board):
             if f is not None:
                 f.close()  # the lock released
-        if error is None or isinstance(error, (UsageError, OSError)):  # not after a lost process or a signal
-            end_processes(self.own_group)
+        if self.own_group and (error is None or isinstance(error, (UsageError, OSError))):  # not after a signal or
+            dist.destroy_process_group()  # a lost process; leaving it is needed: not leaving it aborts on exit
         if error is not None and not self.nested:
             stop(error, self)  # exits on every error a user can cause; any other keeps its traceback
 
@@ -745,8 +746,8 @@ class RunFolder:
             raise UsageError(f"{path} was written by '{ckpt.get('method')}', not '{self.name}'{hint}")
         refuse_other_flags(path, before, vars(self.args))
         if before.get("data") not in (None, self.saved["data"]):
-            raise UsageError(f"--resume: the data is not what {path} was trained on ({describe(self.saved['data'])}; "
-                             f"the run's: {describe(before['data'])}); pass the run's --data-dir "
+            raise UsageError(f"--resume: the data is not what {path} was trained on ({described(self.saved['data'])}; "
+                             f"the run's: {described(before['data'])}); pass the run's --data-dir "
                              f"({before.get('data_dir')}) with its images as they were, or another --out-dir")
         try:
             method.load_state_dict(ckpt["model"])
@@ -792,10 +793,9 @@ class RunFolder:
         return Progress(self.settings.rank == 0 and not self.args.quiet, epoch, self.args.epochs, steps, batch)
 
     def end_epoch(self, epoch, losses, scores, seconds, record, method, optimizers, gen):
-        """After an epoch, on every process: the loss sums averaged over the processes; then rank 0 appends the
-        epoch's line to metrics.jsonl (read_metrics keeps an epoch's last line: a resumed run trains again what
-        its checkpoint lacks) and to TensorBoard, writes last.pt, makes best.pt a second name of it when the
-        primary head is at its best, and prints the epoch's line."""
+        """After an epoch: the loss sums averaged over the processes; rank 0 appends the epoch to metrics.jsonl (a
+        resumed run appends again what its checkpoint lacks: read_metrics keeps an epoch's last line) and
+        TensorBoard, writes last.pt, makes best.pt a second name of it at the primary head's best, prints a line."""
         names, sums = losses.names, losses.totals()
         record["epoch"], record["elapsed"] = epoch + 1, record["elapsed"] + seconds
         if self.out is None:
@@ -858,7 +858,6 @@ class RunFolder:
     def tidy(self):
         """A run that stops before it keeps a checkpoint leaves no folder of its own behind."""
         if self.out is not None and self.created and not checkpoints(self.out):
-            import shutil
             shutil.rmtree(self.out, ignore_errors=True)
 
 
@@ -953,7 +952,7 @@ def shown_flags(values, keys):
     return ", ".join(f"--{k.replace('_', '-')} {shown(values[k])}" for k in keys)
 
 
-def describe(identity):
+def described(identity):
     return (f"{identity.get('classes')} classes, {identity.get('train_images')} train / "
             f"{identity.get('test_images')} test images, fingerprint {str(identity.get('fingerprint'))[:12]}")
 
@@ -1016,7 +1015,6 @@ def same_file(src, dst):
     try:
         os.link(src, dst + ".tmp")
     except OSError:
-        import shutil
         shutil.copyfile(src, dst + ".tmp")
     os.replace(dst + ".tmp", dst)
 
@@ -1230,10 +1228,9 @@ def peek_checkpoint(path):
 # ==================================================================================================
 
 class Progress:
-    """Where the epoch stands (rank 0, not --quiet): on a terminal one line rewritten in place at most every
-    second, with other news (show(): the evaluation); elsewhere (a log) a line at most every 10 % of the epoch and
-    every minute. The host's clock decides; the loss is read from the device (a wait) only then. Cleared on leaving
-    it as a context."""
+    """Where the epoch stands (rank 0, not --quiet): on a terminal one line rewritten in place at most every second
+    (show(): other news, such as the evaluation); in a log a line at most every 10 % of the epoch and every minute.
+    The host's clock decides; the loss is read from the device (a wait) only then. A context: cleared on leaving."""
     TERMINAL_EVERY_S, PLAIN_EVERY_S = 1.0, 60.0
 
     def __init__(self, on, epoch, epochs, steps, batch):
@@ -1329,12 +1326,6 @@ def start_processes(settings):
     if settings.rank != 0:
         sys.stdout = open(os.devnull, "w")
     return True
-
-
-def end_processes(own_group):
-    """Leave the process group this run made (not leaving it aborts the process on exit)."""
-    if own_group and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def agree(settings, work):
@@ -1509,7 +1500,8 @@ def make_parser(doc=None):
     a("--data-dir", default="./data", help="the data set's folder (cifar10/100, mnist, stl10: downloaded there); "
       "folder, cinic10, imagenet: the folder or a .tar(.gz) of it")
     a("--stream", action="store_true", help="folder, cinic10: stream the images from disk, as imagenet")
-    a("--image-size", type=int, default=None, help="streamed data: the crop the networks see, in pixels (default: 224)%(default).0s")
+    a("--image-size", type=int, default=None,
+      help="streamed data: the crop the networks see, in pixels (default: 224)%(default).0s")
     a("--augment", default="crop+flip", choices=["none", "crop", "crop+flip"], help="training augmentation: a random "
       "crop (in memory: of the image padded by 1/8 of its size; streamed: RandomResizedCrop), a horizontal flip "
       "(never on MNIST)")
@@ -1715,12 +1707,12 @@ def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backb
     `preprocess` (how its run prepared an image: preprocess_image) and `classes` (their names) where it has them."""
     payload = load_checkpoint(path)
     kind = payload.get("kind") if isinstance(payload, dict) else None
+    what = f"a {payload['method']} run's checkpoint" if kind is None and "method" in payload else "no exported network"
     if kind != "backbone":
         raise UsageError(f"{path} holds the weights of a {payload.get('module')}, not of a zoo backbone; load them "
                          f"into that model with model.load_state_dict(torch.load(path, weights_only=True)"
-                         f"['state_dict'])" if kind == "student" else f"{path} is not an exported network "
-                         f"({'a ' + payload['method'] + ' run' + chr(39) + 's checkpoint' if 'method' in payload else 'no kind: backbone entry'}); "
-                         f"pass one a run exported, such as OUT/s0.pt")
+                         f"['state_dict'])" if kind == "student" else f"{path} is {what} (it has no 'kind: backbone' "
+                         f"entry); pass a network a run exported, such as OUT/s0.pt")
     if arch is not None and payload["arch"] != arch:
         raise UsageError(f"{path} holds a {payload['arch']}, but {arch} was asked for")
     if num_classes is not None and payload["num_classes"] != num_classes:
@@ -1834,7 +1826,6 @@ def image_folder(path):
                           file_sha256(path)[:16])
     if not os.path.isdir(folder):
         print(f"extracting {path} into {folder} (once)", flush=True)
-        import shutil
         shutil.rmtree(folder + ".tmp", ignore_errors=True)
         with tarfile.open(path) as tar:
             tar.extractall(folder + ".tmp", filter="data")

@@ -42,7 +42,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import METHODS, collapsed_heads  # noqa: E402  (the one list of method scripts; the collapse check)
+from common import METHODS, collapsed_heads, read_metrics  # noqa: E402  (the methods; the collapse check)
 TIMING_KEYS = ("seconds", "images_per_s")  # left out of a run's summary curve (they vary between machines)
 
 
@@ -353,8 +353,7 @@ def run_summary(opts, method, seed):
     out = run_dir(opts, method, seed)
     with open(os.path.join(out, "results.json")) as f:
         summary = json.load(f)
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = read_metrics(os.path.join(out, "metrics.jsonl"))  # an epoch's last line; a cut one skipped
     summary["seed"] = seed
     summary["curve"] = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
     return summary

@@ -52,7 +52,7 @@ import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import METHODS  # noqa: E402  (the one list of methods; common imports only torch and numpy)
+from common import METHODS, read_metrics as common_read_metrics  # noqa: E402  (common imports torch, numpy)
 SCRIPT = {m: "common.py" if m == "vanilla" else f"{m}.py" for m in METHODS}
 EXTRA = {"ffcl": ["--pretrain-epochs", "1"], "ffsd": ["--students", "3"]}  # FFCL's peers, FFSD's third network
 ORDER = ["a", "b", "c", "e", "f", "d"]
@@ -268,9 +268,8 @@ def read_json(path):
 
 def read_metrics(out_dir):
     try:
-        with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError):
+        return common_read_metrics(os.path.join(out_dir, "metrics.jsonl"))
+    except OSError:
         return []
 
 

@@ -27,6 +27,9 @@ import re
 import subprocess
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import read_metrics  # noqa: E402  (metrics.jsonl as one record per epoch)
+
 ORDER = ("vanilla", "dml", "kdcl", "ffl", "ffcl", "fefr", "ffsd", "mkb_cl")  # the README table's; others after
 NOT_PARTS = ("epoch", "lr", "seconds", "images_per_s")
 NOT_PART_PREFIXES = ("top1_", "top5_", "top_share_")
@@ -62,11 +65,9 @@ def read_json(path):
 def run_folder(folder):
     """A run folder as {method, seed, curve}: metrics.jsonl, the method from results.json (else from the folder's
     name: <method>_<arch>_..., or <method>/seed<S> as compare.py lays its runs out)."""
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        try:
-            curve = [json.loads(line) for line in f if line.strip()]
-        except ValueError:
-            die(f"{folder}/metrics.jsonl is not one JSON record per line")
+    curve = read_metrics(os.path.join(folder, "metrics.jsonl"))  # an epoch's last line; a line a kill cut skipped
+    if not curve:
+        die(f"{folder}/metrics.jsonl holds no epoch's record")
     results = read_json(os.path.join(folder, "results.json")) if os.path.isfile(os.path.join(folder, "results.json")) \
         else {}
     args = results.get("args") or (read_json(os.path.join(folder, "args.json"))
