@@ -1707,7 +1707,8 @@ def load_backbone(path: str, arch: str = None, num_classes: int = None) -> Backb
     `preprocess` (how its run prepared an image: preprocess_image) and `classes` (their names) where it has them."""
     payload = load_checkpoint(path)
     kind = payload.get("kind") if isinstance(payload, dict) else None
-    what = f"a {payload['method']} run's checkpoint" if kind is None and "method" in payload else "no exported network"
+    what = f"a {payload['method']} run's checkpoint" if isinstance(payload, dict) and "method" in payload else \
+        "no exported network"
     if kind != "backbone":
         raise UsageError(f"{path} holds the weights of a {payload.get('module')}, not of a zoo backbone; load them "
                          f"into that model with model.load_state_dict(torch.load(path, weights_only=True)"

@@ -1537,6 +1537,41 @@ def test_common_a_torchvision_built_for_another_torch_ends_in_one_sentence(tmp_p
            f"matching pair" in err, err
 
 
+def test_common_a_tarball_of_an_image_folder_is_a_data_dir_in_every_script(tmp_path, capsys, monkeypatch):
+    """#36 item 3: wherever --data-dir takes a folder of images it takes the tarball of that folder (extracted once
+    into ~/.cache/okd, named by its bytes); any other file is refused in one sentence."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = write_image_folder(tmp_path / "images", splits=(("train", 4), ("test", 2)))
+    with tarfile.open(tmp_path / "images.tar.gz", "w:gz") as tar:
+        tar.add(root, arcname="images")
+    argv = ["--dataset", "folder", "--arch", "resnet20", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
+            "--workers", "0"]
+    from_tarball = run_main(dml.main, argv + ["--data-dir", str(tmp_path / "images.tar.gz")], tmp_path / "a")
+    assert "extracting" in capsys.readouterr().out and from_tarball["args"]["data"]["train_images"] == 12
+    from_folder = run_main(dml.main, argv + ["--data-dir", str(root)], tmp_path / "b")
+    assert from_folder["args"]["data"] == from_tarball["args"]["data"] and from_folder["final"] == from_tarball["final"]
+    found = script_module("evaluate").main([str(tmp_path / "a" / "s0.pt"), "--data-dir",
+                                            str(tmp_path / "images.tar.gz")])
+    assert found[str(tmp_path / "a" / "s0.pt")]["s0"][0] == pytest.approx(from_tarball["final"]["s0"])
+    (tmp_path / "notes.txt").write_text("not a tarball")
+    err = one_line_error(capsys, lambda: dml.main(argv + ["--data-dir", str(tmp_path / "notes.txt"), "--out-dir",
+                                                          str(tmp_path / "c")]))
+    assert f"--data-dir {tmp_path / 'notes.txt'} is a file but not a .tar(.gz) of an image folder" in err, err
+
+
+def test_common_sentences_name_the_real_cause(tmp_path, capsys):
+    """#36 item 4: a folder holding another method's run names that method; a file that is not a network or a
+    checkpoint (a run's results.json) is named for what it is."""
+    run_main(ffsd.main, SMOKE, tmp_path / "run")
+    err = one_line_error(capsys, lambda: dml.main(SMOKE + ["--out-dir", str(tmp_path / "run")]))
+    assert f"{tmp_path / 'run'} already holds a ffsd run, not a dml one" in err, err
+    evaluate = script_module("evaluate")
+    err = usage_error(capsys, lambda: evaluate.main([str(tmp_path / "run" / "results.json")]))
+    assert "is a JSON file (a run's record, such as results.json), not a saved network or checkpoint" in err, err
+    with pytest.raises(common.UsageError, match="is a ffsd run's checkpoint"):
+        common.load_backbone(str(tmp_path / "run" / "last.pt"))
+
+
 class DeletesItsFolder(common.Vanilla):
     """Vanilla whose folder is deleted after its first checkpoint (by a user, a clean-up job)."""
 

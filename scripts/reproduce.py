@@ -277,8 +277,9 @@ def missing_data(opts, row):
     if row["dataset"] == "imagenet":
         if opts.imagenet_dir is None:
             return "ImageNet rows need --imagenet-dir DIR (DIR/train/<class>/*, DIR/val/<class>/*)"
-        if not all(os.path.isdir(os.path.join(opts.imagenet_dir, d)) for d in ("train", "val")):
-            return f"--imagenet-dir {opts.imagenet_dir} does not hold train/ and val/"
+        if not (os.path.isfile(opts.imagenet_dir) or all(os.path.isdir(os.path.join(opts.imagenet_dir, d))
+                                                         for d in ("train", "val"))):  # a tarball: the runs read it
+            return f"--imagenet-dir {opts.imagenet_dir} does not hold train/ and val/ (nor is it a tarball of them)"
         return None
     name, folder = DATA_NAMES[row["dataset"]]
     if not os.path.isdir(os.path.join(opts.data_dir, folder)):
