@@ -3716,14 +3716,45 @@ def test_a_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
         cls(plain, *extra, **options)
 
 
+# each weight flag and the parts it multiplies (DML has none: every part is a term of the paper at weight 1)
+WEIGHTS = {"kdcl": {"--lambda-kd": ("kd_",)}, "ffcl": {"--lambda-feature": ("fk_",), "--lambda-response": ("rk_",)},
+           "ffsd": {"--lambda-div": ("div_", "sdt_s"), "--lambda-fusion": ("att_", "adapt_", "sdt_leader"),
+                    "--lambda-sd": ("sd_",), "--lambda-kl": ("kd_leader",)},
+           "mkb_cl": {"--alpha": ("metric_", "verif_")}}
+RAMPED = {"ffl": ("kd_",), "fefr": ("kd_",), "one": ("kd_",)}  # the parts the ramp-up w(e) multiplies
+
+
+def weighted_parts(module, tmp_path, argv=(), epoch=0):
+    """(loss, parts) of a fresh default method (seed 0) on a fixed batch, after set_epoch(epoch) (None: never)."""
+    torch.manual_seed(0)
+    method = default_method(module, tmp_path, *argv).train()
+    if epoch is not None and hasattr(method, "set_epoch"):
+        method.set_epoch(epoch)
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(4, 3, 32, 32, generator=g) for _ in range(getattr(method, "num_views", 1))]
+    return method(views, torch.arange(4) % 10)
+
+
 @pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_every_loss_part_is_weighted_and_they_sum_to_the_loss(tmp_path, module):
-    method = default_method(module, tmp_path).train()
-    if hasattr(method, "set_epoch"):
-        method.set_epoch(0)  # a ramp-up below full weight, so that an unweighted part would show
-    views = [torch.randn(4, 3, 32, 32) for _ in range(getattr(method, "num_views", 1))]
-    loss, parts = method(views, torch.arange(4) % 10)
+def test_method_files_each_weight_multiplies_its_parts_alone_and_the_parts_sum_to_the_loss(tmp_path, module):
+    """A weight flag doubled doubles exactly the parts it weighs (at a ramp-up below full weight, epoch 0); a
+    ramp-up's w(e) multiplies exactly its parts; the loss is the sum of the logged parts."""
+    loss, parts = weighted_parts(module, tmp_path)
     assert torch.allclose(loss, sum(parts.values()), rtol=1e-6)
+    cases = [(flag, prefixes) for flag, prefixes in WEIGHTS.get(module.__name__, {}).items()]
+    for flag, prefixes in cases:
+        value = getattr(method_args(module, [], tmp_path), flag[2:].replace("-", "_"))
+        _, doubled = weighted_parts(module, tmp_path, [flag, str(2 * value)])
+        for name, part in parts.items():
+            factor = 2 if name.startswith(prefixes) else 1
+            assert doubled[name].item() == pytest.approx(factor * part.item(), rel=1e-4, abs=1e-12), (flag, name)
+    if module.__name__ in RAMPED:
+        _, full = weighted_parts(module, tmp_path, epoch=None)  # never set: the full weight
+        w = module.ramp_up(0, 80)
+        for name, part in parts.items():
+            factor = w if name.startswith(RAMPED[module.__name__]) else 1
+            assert part.item() == pytest.approx(factor * full[name].item(), rel=1e-4, abs=1e-12), name
+    assert cases or module.__name__ in RAMPED or module is dml
 
 
 def test_ffcl_and_mkb_parts_carry_their_weights(tmp_path):
