@@ -201,13 +201,15 @@ def evaluate_epoch(method, data, args, settings, epoch, record):
     for head, acc in final.items():
         if acc > record["best"].get(head, -1.0):
             record["best"][head], record["best_epoch"][head] = acc, epoch + 1
+    shortened = settings.warmup_epochs < args.lr_warmup
     warmed_up = epoch >= settings.warmup_epochs  # before, a network that has barely started often predicts one
     for head in collapsed_heads(final, top_share, data.num_classes) if warmed_up else []:  # class, uncollapsed
         if head not in record["collapsed"]:
             record["collapsed"][head] = epoch + 1
             print(f"warning: epoch {epoch + 1}: head {head} gives one class to {100 * top_share[head]:.0f} % of "
                   f"the test images at {final[head]:.1f} % top-1: its predictions no longer depend on the input "
-                  f"(a collapse); try a longer --lr-warmup (now {settings.warmup_epochs:g} epochs) or a lower --lr",
+                  f"(a collapse); try a longer --lr-warmup (now {settings.warmup_epochs:g}"
+                  f"{', shortened from %g by this short run' % args.lr_warmup * shortened}) or a lower --lr",
                   flush=True)
     record["final"], record["final_top5"] = final, top5 if with_top5 else {}
     return {**logged, **{f"top1_{h}": a for h, a in final.items()},
@@ -1488,9 +1490,9 @@ def make_parser(doc=None):
     p = Parser(description=(doc or "").split("\n\n")[0], formatter_class=HelpFormatter)
     a = p.add_argument  # `%(default).0s` prints nothing: it keeps the formatter from adding "(default: None)"
     a("--recipe", default=None, metavar="NAME",
-      help="a paper's setting as the defaults shown here, each value's source listed at the end (the paper, its "
-           "code, or this project): `paper` (CIFAR), `paper-imagenet`. No lr warm-up where the paper has none "
-           "(--lr-warmup 0), though students that teach each other can collapse without one: add --lr-warmup 5")
+      help="a paper's setting (`paper`: CIFAR; `paper-imagenet`) as the defaults shown here, each value's source "
+           "listed at the end. No lr warm-up where the paper has none (--lr-warmup 0), though students that teach "
+           "each other can collapse without one: add --lr-warmup 5")
     a("--baseline", action="store_true", help="train vanilla (the students alone, on the labels) with this script's "
       "--recipe and shared flags, not this script's method")
     a("--arch", default="resnet32", help="backbone of every student, or a comma list, one per student")
