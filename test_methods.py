@@ -424,7 +424,7 @@ def copied_alone(tmp_path_factory):
 # ================================================================================================
 
 @pytest.mark.slow
-def test_seed_makes_runs_identical_and_resume_continues_exactly(tmp_path):
+def test_common_seed_makes_runs_identical_and_resume_continues_exactly(tmp_path):
     argv = SMOKE + ["--epochs", "2", "--milestones", "1"]
     run_main(vanilla, argv, tmp_path / "a")
     run_main(vanilla, argv, tmp_path / "b")
@@ -443,7 +443,7 @@ def test_seed_makes_runs_identical_and_resume_continues_exactly(tmp_path):
 
 
 @pytest.mark.slow
-def test_results_record_the_machine_and_the_code_commit(tmp_path):
+def test_common_results_record_the_machine_and_the_code_commit(tmp_path):
     results = run_main(vanilla, SMOKE, tmp_path / "run")
     machine, code = results["machine"], results["code"]
     assert machine["threads"] == torch.get_num_threads() and machine["gpu"] is None and machine["processes"] == 1
@@ -465,7 +465,7 @@ def test_results_record_the_machine_and_the_code_commit(tmp_path):
         assert proc.stdout.strip() == "{'commit': None, 'modified': None}" and proc.stderr == "", proc.stderr
 
 
-def test_plural_only_for_more_than_one():
+def test_common_plural_only_for_more_than_one():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -479,7 +479,7 @@ def test_plural_only_for_more_than_one():
 # ================================================================================================
 
 @pytest.mark.slow
-def test_lr_warmup_is_linear_per_step_for_every_optimizer(tmp_path):
+def test_common_lr_warmup_is_linear_per_step_for_every_optimizer(tmp_path):
     """Step g (from 0) of a W-step warm-up runs at (g + 1) / W of each group's base lr: SGD and FFSD's Adam."""
     args = method_args(ffsd, SMOKE + ["--limit-train", "256", "--lr-warmup", "1.5", "--milestones", "9",
                                       "--epochs", "20"], tmp_path)  # long enough to keep its 1.5 epochs of warm-up
@@ -504,7 +504,7 @@ def test_lr_warmup_is_linear_per_step_for_every_optimizer(tmp_path):
     assert all(row == pytest.approx([row[0]] * len(row)) for row in seen)  # every group of both optimizers
 
 
-def test_lr_warmup_start_is_where_the_line_begins(tmp_path):
+def test_common_lr_warmup_start_is_where_the_line_begins(tmp_path):
     """KDCL's ImageNet warm-up, 0.1 to 0.8: --lr 0.8 --lr-warmup-start 0.125; 0 and 1 are refused outside."""
     args = method_args(kdcl, ["--lr", "0.8", "--lr-warmup", "1", "--lr-warmup-start", "0.125"], tmp_path)
     settings = common.derive_settings(args)
@@ -516,7 +516,7 @@ def test_lr_warmup_start_is_where_the_line_begins(tmp_path):
 
 
 @pytest.mark.slow
-def test_lr_warmup_resumes_onto_the_same_curve(tmp_path):
+def test_common_lr_warmup_resumes_onto_the_same_curve(tmp_path):
     argv = SMOKE + ["--epochs", "6", "--lr-warmup", "2.5", "--milestones", "9"]  # 2 steps an epoch, 5 warming
     run_main(vanilla, argv, tmp_path / "a")
     run_main(vanilla, SMOKE + ["--epochs", "5", "--lr-warmup", "2.5", "--milestones", "9"], tmp_path / "b")
@@ -533,7 +533,7 @@ def old_lr_factor(args, settings, epoch, step, steps):
         if done < warmup_steps else factor
 
 
-def test_a_short_run_warms_up_over_at_most_half_the_epochs_before_its_first_decay_and_says_so(tmp_path, capsys):
+def test_common_a_short_run_warms_up_over_at_most_half_the_epochs_before_its_first_decay_and_says_so(tmp_path, capsys):
     cases = [(["--epochs", "2"], 0.5), (["--epochs", "3"], 1.0), (["--epochs", "2", "--lr-warmup", "10"], 0.5),
              (["--epochs", "7", "--milestones", "6"], 3.0), (["--epochs", "40"], 5.0),
              (["--epochs", "10", "--milestones", "30"], 5.0), (["--epochs", "4", "--schedule", "cosine"], 2.0),
@@ -570,7 +570,7 @@ def test_a_short_run_warms_up_over_at_most_half_the_epochs_before_its_first_deca
 # common.py, the loop: loss sums on the device, a non-finite loss, progress, --quiet, --tensorboard
 # ================================================================================================
 
-def test_loss_sums_stop_at_the_first_non_finite_step_when_they_check():
+def test_common_loss_sums_stop_at_the_first_non_finite_step_when_they_check():
     """A non-finite part is found at the next check (every check_every steps, and at the epoch's end), named
     with the step (from 1) where it first went bad."""
     one, inf = torch.tensor(1.0), torch.tensor(float("inf"))
@@ -602,7 +602,7 @@ class Exploding(common.Vanilla):
         return out
 
 
-def test_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+def test_common_non_finite_loss_stops_with_a_sentence_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
     def build_exploding(args, data):
         return Exploding(common.build_students(args, data))
 
@@ -636,7 +636,7 @@ def run_progress(monkeypatch, terminal, steps, seconds_per_step, quiet=False):
     return losses.reads
 
 
-def test_progress_on_a_terminal_is_one_line_rewritten_at_most_once_a_second(monkeypatch, capsys):
+def test_common_progress_on_a_terminal_is_one_line_rewritten_at_most_once_a_second(monkeypatch, capsys):
     reads = run_progress(monkeypatch, terminal=True, steps=10, seconds_per_step=0.5)
     out = capsys.readouterr().out
     assert "\n" not in out and reads == 4  # steps 2, 4, 6, 8: the last step leaves the line to the epoch's
@@ -646,7 +646,7 @@ def test_progress_on_a_terminal_is_one_line_rewritten_at_most_once_a_second(monk
     assert out.endswith("\r" + " " * len(shown[0]) + "\r")  # cleared for the epoch's line
 
 
-def test_progress_in_a_log_prints_every_10_percent_or_minute_whichever_is_rarer(monkeypatch, capsys):
+def test_common_progress_in_a_log_prints_every_10_percent_or_minute_whichever_is_rarer(monkeypatch, capsys):
     assert run_progress(monkeypatch, terminal=False, steps=100, seconds_per_step=1.0) == 1  # a minute: rarer
     assert capsys.readouterr().out.splitlines() == [
         "epoch 2/3  step 60/100  64 img/s  loss 2.5000  eta 0:00:40  run eta 0:02:20"]
@@ -657,7 +657,7 @@ def test_progress_in_a_log_prints_every_10_percent_or_minute_whichever_is_rarer(
     assert capsys.readouterr().out == ""
 
 
-def test_a_run_prints_its_progress_in_a_log(tmp_path, capsys, monkeypatch):
+def test_common_a_run_prints_its_progress_in_a_log(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(common.Progress, "PLAIN_EVERY_S", 0.0)  # not a terminal: every 10 % of the epoch's steps
     vanilla(SMOKE + ["--batch-size", "32", "--out-dir", str(tmp_path)])  # 3 steps
     out = capsys.readouterr().out
@@ -665,7 +665,7 @@ def test_a_run_prints_its_progress_in_a_log(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_terminal_sees_the_run_eta_and_a_line_while_evaluating_and_recipe_help_lists_its_choices(
+def test_common_a_terminal_sees_the_run_eta_and_a_line_while_evaluating_and_recipe_help_lists_its_choices(
         tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     vanilla(SMOKE + ["--out-dir", str(tmp_path / "run")])
@@ -679,7 +679,7 @@ def test_a_terminal_sees_the_run_eta_and_a_line_while_evaluating_and_recipe_help
     assert "choices: paper, paper-imagenet" in " ".join(output.split())
 
 
-def test_quiet_and_tensorboard_without_the_package_one_sentence_at_start_up(tmp_path, capsys, monkeypatch):
+def test_common_quiet_and_tensorboard_without_the_package_one_sentence_at_start_up(tmp_path, capsys, monkeypatch):
     """--tensorboard without the package: one sentence when the flags are parsed (before any data), and the
     run goes on without it; --quiet: the epoch's line only."""
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
@@ -695,7 +695,7 @@ def test_quiet_and_tensorboard_without_the_package_one_sentence_at_start_up(tmp_
     assert " step " not in out and "\nepoch 1/1  lr " in out
 
 
-def test_tensorboard_gets_the_epoch_scalars_and_the_lr(tmp_path):
+def test_common_tensorboard_gets_the_epoch_scalars_and_the_lr(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     vanilla(SMOKE + ["--epochs", "2", "--quiet", "--tensorboard", str(tmp_path / "tb"),
@@ -714,7 +714,7 @@ def test_tensorboard_gets_the_epoch_scalars_and_the_lr(tmp_path):
 # common.py, evaluation: top-5, any-student-correct, the collapse check
 # ================================================================================================
 
-def test_top5_is_at_least_top1_and_equals_a_hand_computation():
+def test_common_top5_is_at_least_top1_and_equals_a_hand_computation():
     g = torch.Generator().manual_seed(0)
     for classes in (100, 3):  # below 5 classes top-5 is every image
         logits, y = torch.randn(250, classes, generator=g), torch.randint(0, classes, (250,), generator=g)
@@ -729,7 +729,7 @@ def test_top5_is_at_least_top1_and_equals_a_hand_computation():
         assert classes > 5 or top5["a"] == 100
 
 
-def test_top5_is_logged_for_100_classes_and_shown_by_compare(tmp_path, monkeypatch):
+def test_common_top5_is_logged_for_100_classes_and_shown_by_compare(tmp_path, monkeypatch):
     synthetic = common.synthetic
     monkeypatch.setattr(common, "synthetic", lambda: synthetic(num_classes=100))
     results = run_main(vanilla, TINY, tmp_path)
@@ -762,7 +762,7 @@ def one_batch(y):
     return SimpleNamespace(test_y=y, test_batches=lambda batch_size=None: iter([(torch.zeros(len(y), 3, 2, 2), y)]))
 
 
-def test_any_correct_head_counts_an_image_when_any_listed_head_is_right(tmp_path):
+def test_common_any_correct_head_counts_an_image_when_any_listed_head_is_right(tmp_path):
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     predicted = {"leader": [0, 0, 0, 3, 0, 0], "s1": [0, 1, 0, 0, 1, 1], "s2": [1, 1, 2, 0, 0, 0],
                  "ens": [0, 1, 2, 3, 0, 1], "fused": [0, 1, 2, 3, 0, 1]}
@@ -784,14 +784,14 @@ def test_any_correct_head_counts_an_image_when_any_listed_head_is_right(tmp_path
     assert compare.deployed({"final": {"any": 90.0, "s0": 50.0, "s1": 40.0, "ens": 60.0}}) == [50.0, 40.0]
 
 
-def test_a_run_logs_any_and_keeps_it_out_of_the_best_checkpoint(tmp_path):
+def test_common_a_run_logs_any_and_keeps_it_out_of_the_best_checkpoint(tmp_path):
     results = run_main(ffsd.main, SMOKE, tmp_path)
     record = read_metrics(tmp_path)[-1]
     assert record["top1_any"] == results["final"]["any"] >= max(results["final"]["s1"], results["final"]["s2"])
     assert "any" in results["best"] and "top_share_any" not in record and "any" not in results["collapsed"]
 
 
-def test_collapse_signal_is_one_dominant_prediction_at_near_chance_top1(tmp_path):
+def test_common_collapse_signal_is_one_dominant_prediction_at_near_chance_top1(tmp_path):
     near_chance = {"s0": 20.0, "s1": 20.0, "ens": 10.0}
     assert common.collapsed_heads(near_chance, {"s0": 0.56, "s1": 0.54, "ens": 1.0}, 10) == ["s0", "ens"]
     # a student well above chance that swings to one class for an epoch (58 % of the images) is not collapsed
@@ -830,7 +830,8 @@ def run_side_by_side(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_without_warmup_students_that_teach_each_other_collapse_and_the_warning_names_them(cifar10_real, tmp_path):
+def test_common_without_warmup_students_that_teach_each_other_collapse_and_the_warning_names_them(
+        cifar10_real, tmp_path):
     """DML from full lr at the first step: after one epoch of 62 steps its students give most test images one
     class; independent students from the same start do not. The warning names the head and the fix."""
     argv = ["--dataset", "folder", "--data-dir", str(cifar10_real), "--limit-train", "4000", "--batch-size", "64",
@@ -849,7 +850,7 @@ COLLAPSE_MARGIN = 5.0
 
 
 @pytest.mark.slow
-def test_with_default_warmup_no_method_collapses_on_real_cifar10(cifar10_real, tmp_path):
+def test_common_with_default_warmup_no_method_collapses_on_real_cifar10(cifar10_real, tmp_path):
     """DML, FFCL (response and feature terms on) and FFSD with the default warm-up on 1,000 real images (3 of
     the 5 epochs: this 7-epoch run's first decay is at epoch 6): no collapse warning, and the best deployable
     network within COLLAPSE_MARGIN points of vanilla's best."""
@@ -880,7 +881,7 @@ def end_epoch(out, record, method, name="ffsd"):
     run.end_epoch(record["epoch"] - 1, losses, {}, 1.0, record, method, optimizers, gen)
 
 
-def test_save_checkpoint_writes_best_pt_on_the_primary_heads_best_epoch(tmp_path):
+def test_common_save_checkpoint_writes_best_pt_on_the_primary_heads_best_epoch(tmp_path):
     method = nn.Linear(2, 2)
     method.primary_head = "leader"
     run = {"epoch": 2, "best": {"leader": 50.0, "ens": 60.0}, "best_epoch": {"leader": 1, "ens": 2},
@@ -898,7 +899,7 @@ def test_save_checkpoint_writes_best_pt_on_the_primary_heads_best_epoch(tmp_path
 
 
 @pytest.mark.slow
-def test_checkpoint_faults_keep_what_was_saved(tmp_path):
+def test_common_checkpoint_faults_keep_what_was_saved(tmp_path):
     out = tmp_path / "run"
     run_main(vanilla, TINY, out)
     before = (out / "last.pt").read_bytes()
@@ -918,7 +919,7 @@ def test_checkpoint_faults_keep_what_was_saved(tmp_path):
     assert status != 0 and "not a readable checkpoint" in output and "Traceback" not in output
 
 
-def test_exported_student_loads_alone_and_reproduces_its_head(tmp_path):
+def test_common_exported_student_loads_alone_and_reproduces_its_head(tmp_path):
     results = run_main(vanilla, TINY, tmp_path)
     model = common.load_backbone(str(tmp_path / "s1.pt"), "resnet20", 10)
     args = common.check_args(common.make_parser().parse_args(TINY + ["--out-dir", str(tmp_path / "x")]))
@@ -926,7 +927,7 @@ def test_exported_student_loads_alone_and_reproduces_its_head(tmp_path):
     assert common.evaluate(model, data)[0]["top1"] == pytest.approx(results["final"]["s1"])
 
 
-def test_an_export_is_the_same_plain_data_in_the_copy_and_in_common(tmp_path, capsys):
+def test_common_an_export_is_the_same_plain_data_in_the_copy_and_in_common(tmp_path, capsys):
     method = build_method(ffsd, ["--arch", "resnet20", "--students", "3"], tmp_path)
     exported, payload = method.export()["leader"], common.backbone_payload(method.students[0])
     assert exported.keys() == payload.keys() and exported["kind"] == "backbone"
@@ -942,7 +943,7 @@ def test_an_export_is_the_same_plain_data_in_the_copy_and_in_common(tmp_path, ca
     fresh.load_state_dict(torch.load(tmp_path / "own.pt", weights_only=True)["state_dict"])
 
 
-def test_an_export_copied_elsewhere_evaluates_to_the_runs_top1_and_top5_given_only_the_data(tmp_path, capsys):
+def test_common_an_export_copied_elsewhere_evaluates_to_the_runs_top1_and_top5_given_only_the_data(tmp_path, capsys):
     """A folder data set of 100 classes trained on a subset (--limit-train): s0.pt copied into another folder and
     evaluated with only --data-dir gives the run's final top-1 and top-5, normalised with the statistics of the
     run's subset that it carries (those of every training image differ); its class names are the folders'."""
@@ -977,7 +978,7 @@ def test_an_export_copied_elsewhere_evaluates_to_the_runs_top1_and_top5_given_on
 # common.py, the run folder: one run at a time, resume checks, faults and interrupts, checksums
 # ================================================================================================
 
-def test_the_default_out_dir_tells_apart_what_a_run_trains_on(tmp_path, monkeypatch):
+def test_common_the_default_out_dir_tells_apart_what_a_run_trains_on(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
     def out_dir(*argv, name="vanilla"):
@@ -996,7 +997,8 @@ def files_of(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
-def test_a_folder_in_use_is_refused_and_a_killed_runs_lock_is_released_by_the_system(tmp_path, capsys, monkeypatch):
+def test_common_a_folder_in_use_is_refused_and_a_killed_runs_lock_is_released_by_the_system(
+        tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     run_main(vanilla, SMOKE, out)
     holder = "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.truncate(0); " \
@@ -1023,7 +1025,7 @@ def test_a_folder_in_use_is_refused_and_a_killed_runs_lock_is_released_by_the_sy
     run_main(vanilla, SMOKE + ["--epochs", "3", "--resume"], out)
 
 
-def test_a_run_in_the_way_names_the_flag_that_differs(tmp_path, capsys):
+def test_common_a_run_in_the_way_names_the_flag_that_differs(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     first = common.check_args(common.make_parser().parse_args(SMOKE + ["--out-dir", str(out)]))
@@ -1036,7 +1038,7 @@ def test_a_run_in_the_way_names_the_flag_that_differs(tmp_path, capsys):
     assert (out / "last.pt").read_bytes() == b"a run"
 
 
-def test_resume_takes_the_runs_flags_refuses_others_by_name_and_says_what_more_epochs_change(tmp_path, capsys):
+def test_common_resume_takes_the_runs_flags_refuses_others_by_name_and_says_what_more_epochs_change(tmp_path, capsys):
     out = tmp_path / "run"
     run_main(vanilla, SMOKE + ["--epochs", "2", "--lr", "0.05", "--lr-warmup", "0"], out)
     before = files_of(out)
@@ -1062,7 +1064,7 @@ def test_resume_takes_the_runs_flags_refuses_others_by_name_and_says_what_more_e
     assert ckpt["optimizers"][0]["param_groups"][0]["lr"] == pytest.approx(read_metrics(out)[-1]["lr"]) == 0.0005
 
 
-def test_resume_checks_that_its_data_is_the_runs(tmp_path, capsys):
+def test_common_resume_checks_that_its_data_is_the_runs(tmp_path, capsys):
     first, other = write_image_folder(tmp_path / "a", splits=(("train", 4), ("test", 2))), tmp_path / "b"
     write_image_folder(other, splits=(("train", 4), ("test", 2)), seed=1)  # other images, the same classes
     argv = ["--dataset", "folder", "--arch", "resnet20", "--batch-size", "4", "--epochs", "1", "--device", "cpu",
@@ -1121,7 +1123,7 @@ OUT_DIR_FAULTS = {  # how an output folder fails: (make it so, returning the --o
 
 
 @pytest.mark.parametrize("fault", OUT_DIR_FAULTS)
-def test_an_out_dir_that_cannot_be_written_stops_before_data_and_networks(tmp_path, capsys, monkeypatch, fault):
+def test_common_an_out_dir_that_cannot_be_written_stops_before_data_and_networks(tmp_path, capsys, monkeypatch, fault):
     make, reason = OUT_DIR_FAULTS[fault]
     out = make(tmp_path, monkeypatch)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -1170,7 +1172,7 @@ def full_disk(after, room=1000):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["checkpoint", "results.json"])
-def test_a_write_that_fails_mid_run_ends_in_one_sentence_and_keeps_the_last_checkpoint(tmp_path, capsys,
+def test_common_a_write_that_fails_mid_run_ends_in_one_sentence_and_keeps_the_last_checkpoint(tmp_path, capsys,
                                                                                         monkeypatch, where):
     out = tmp_path / "run"
     # the second epoch's last.pt (its temporary file), or results.json after the epoch
@@ -1191,7 +1193,8 @@ def test_a_write_that_fails_mid_run_ends_in_one_sentence_and_keeps_the_last_chec
         assert [r["epoch"] for r in common.read_metrics(out / "metrics.jsonl")] == [1, 2]
 
 
-def test_a_finished_run_missing_an_export_is_completed_by_the_command_its_advice_gives(tmp_path, capsys, monkeypatch):
+def test_common_a_finished_run_missing_an_export_is_completed_by_the_command_its_advice_gives(
+        tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     monkeypatch.setattr(common, "open", full_disk(("s1.pt.tmp", 1)), raising=False)  # the disk fills during s1.pt
     err = one_line_error(capsys, lambda: vanilla(SMOKE + ["--out-dir", str(out)]), code=1)
@@ -1249,7 +1252,7 @@ common.main(argv={argv!r} + ["--epochs", "2", "--out-dir", out])
 
 
 @pytest.mark.slow
-def test_sigterm_and_sigint_mid_save_end_in_one_sentence_with_the_checkpoint_whole(tmp_path, capsys):
+def test_common_sigterm_and_sigint_mid_save_end_in_one_sentence_with_the_checkpoint_whole(tmp_path, capsys):
     script = tmp_path / "interrupted_save.py"
     script.write_text(INTERRUPTED_SAVE.format(here=HERE, argv=SMOKE))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -1273,7 +1276,7 @@ def test_sigterm_and_sigint_mid_save_end_in_one_sentence_with_the_checkpoint_who
     assert without_timing(common.read_metrics(out / "metrics.jsonl")) == interrupted
 
 
-def test_leftovers_of_killed_writes_and_a_cut_metrics_line_are_cleared_when_the_run_resumes(tmp_path, capsys):
+def test_common_leftovers_of_killed_writes_and_a_cut_metrics_line_are_cleared_when_the_run_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     run_main(vanilla, SMOKE, out)
     (out / "last.pt.tmp").write_bytes(b"half a checkpoint")  # a save killed by SIGKILL
@@ -1297,7 +1300,7 @@ def damage(path, at=None):
     return record.filename
 
 
-def test_a_damaged_checkpoint_or_export_is_refused_in_one_sentence_naming_it(tmp_path, capsys):
+def test_common_a_damaged_checkpoint_or_export_is_refused_in_one_sentence_naming_it(tmp_path, capsys):
     out = tmp_path / "run"
     run_main(vanilla, SMOKE, out)
     part = damage(out / "last.pt")
@@ -1581,7 +1584,7 @@ class DeletesItsFolder(common.Vanilla):
 
 
 @pytest.mark.slow
-def test_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_path, capsys, monkeypatch):
+def test_common_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     run_main(vanilla, SMOKE, run)
     (tmp_path / "a-file").write_text("not a folder")
@@ -1638,7 +1641,7 @@ def test_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_path, cap
     ("wrn_40_2", 2.25e6, [(32, 32, 32), (64, 16, 16), (128, 8, 8)]),
     ("resnet18", 11.2e6, [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4)]),
 ])
-def test_backbone_shapes_and_parameter_counts(arch, params, shapes):
+def test_common_backbone_shapes_and_parameter_counts(arch, params, shapes):
     model = common.build_model(arch, 100)
     logits, features = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 100)
@@ -1647,7 +1650,7 @@ def test_backbone_shapes_and_parameter_counts(arch, params, shapes):
 
 
 @pytest.mark.parametrize("arch", ["mobilenetv2", "shufflenetv2", "vgg16", "resnet34", "resnet56", "wrn_28_10"])
-def test_every_zoo_name_runs_at_cifar_size(arch):
+def test_common_every_zoo_name_runs_at_cifar_size(arch):
     logits, features = common.build_model(arch, 10)(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10) and len(features) >= 3
     # stages run one by one give the same result as forward
@@ -1665,7 +1668,7 @@ def test_every_zoo_name_runs_at_cifar_size(arch):
     ("mobilenetv2", "mobilenetv2", [(24, 56, 56), (32, 28, 28), (96, 14, 14), (1280, 7, 7)]),
     ("densenet121", "densenet121", [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (1024, 7, 7)]),
 ])
-def test_torchvision_backbones_at_imagenet_shape_expose_their_stages(name, arch, stages):
+def test_common_torchvision_backbones_at_imagenet_shape_expose_their_stages(name, arch, stages):
     import torchvision
     model = common.build_model(arch, 1000, 224).eval()
     logits, features = model(torch.randn(1, 3, 224, 224))
@@ -1675,7 +1678,7 @@ def test_torchvision_backbones_at_imagenet_shape_expose_their_stages(name, arch,
     assert common.build_model(arch, 10, 32)(torch.randn(2, 3, 32, 32))[0].shape == (2, 10)  # CIFAR names work
 
 
-def test_as_student_finds_the_stage_outputs_of_torchvision_classifiers():
+def test_common_as_student_finds_the_stage_outputs_of_torchvision_classifiers():
     import torchvision
     net = common.as_student(torchvision.models.resnet18(num_classes=5))
     assert net.stage_nodes == ["relu", "layer1", "layer2", "layer3", "layer4"]
@@ -1689,7 +1692,7 @@ def test_as_student_finds_the_stage_outputs_of_torchvision_classifiers():
 # common.py, data: in memory
 # ================================================================================================
 
-def test_balanced_subsets_and_hold_out():
+def test_common_balanced_subsets_and_hold_out():
     xtr, ytr, xte, yte, nc = common.synthetic(n_train=500, n_test=100)
     data = common.Data(xtr, ytr, xte, yte, nc, torch.device("cpu"))
     hx, hy = data.hold_out(5)
@@ -1700,7 +1703,7 @@ def test_balanced_subsets_and_hold_out():
     assert not any(bytes(t.numpy()) in train_set for t in hx)
 
 
-def test_a_constant_colour_channel_is_named_as_the_cause_and_normalises_to_finite_values(capsys):
+def test_common_a_constant_colour_channel_is_named_as_the_cause_and_normalises_to_finite_values(capsys):
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     x[:, 2] = 0  # no blue anywhere
     data = common.Data(x, torch.arange(8) % 2, x[:2], torch.arange(2), 2, torch.device("cpu"))
@@ -1710,7 +1713,7 @@ def test_a_constant_colour_channel_is_named_as_the_cause_and_normalises_to_finit
 
 
 @pytest.mark.slow
-def test_synthetic_data_is_learnable(tmp_path):
+def test_common_synthetic_data_is_learnable(tmp_path):
     results = run_main(vanilla, ["--dataset", "synthetic", "--limit-train", "1000", "--limit-test", "500",
                                  "--epochs", "2", "--batch-size", "50", "--arch", "resnet20", "--students", "1",
                                  "--device", "cpu"], tmp_path)
@@ -1731,7 +1734,7 @@ def streamed(root, **kwargs):
     return common.StreamedData(*common.split_folders(str(root), ("val",)), torch.device("cpu"), **kwargs)
 
 
-def test_streamed_data_yields_independent_views_and_seeded_batches(tiny_imagenet):
+def test_common_streamed_data_yields_independent_views_and_seeded_batches(tiny_imagenet):
     data = streamed(tiny_imagenet, image_size=64, workers=0)
     assert data.num_classes == 3 and len(data.train_y) == 24 and len(data.test_y) == 6
     g = torch.Generator().manual_seed(0)
@@ -1749,7 +1752,7 @@ def test_streamed_data_yields_independent_views_and_seeded_batches(tiny_imagenet
 
 
 @pytest.mark.slow
-def test_streamed_imagefolder_trains_and_a_resumed_run_continues_exactly(tiny_imagenet, tmp_path):
+def test_common_streamed_imagefolder_trains_and_a_resumed_run_continues_exactly(tiny_imagenet, tmp_path):
     argv = STREAMED + ["--data-dir", str(tiny_imagenet), "--arch", "resnet18", "--image-size", "64",
                        "--limit-train", "12", "--milestones", "1"]
     run_main(vanilla, argv + ["--epochs", "2"], tmp_path / "a")
@@ -1768,7 +1771,7 @@ STREAMED_FLAGS = {"kdcl": ["--holdout-per-class", "1"], "ffcl": ["--pretrain-epo
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", common.METHODS)
-def test_every_method_trains_streamed_resnet18_at_224(tiny_imagenet, tmp_path, name):
+def test_common_every_method_trains_streamed_resnet18_at_224(tiny_imagenet, tmp_path, name):
     main = vanilla if name == "vanilla" else importlib.import_module(name).main
     argv = STREAMED + ["--data-dir", str(tiny_imagenet), "--arch", "resnet18"] + STREAMED_FLAGS.get(name, [])
     results = run_main(main, argv, tmp_path)
@@ -1783,7 +1786,7 @@ def test_every_method_trains_streamed_resnet18_at_224(tiny_imagenet, tmp_path, n
     (lambda d: None, ["--stream", "--dataset", "cifar10"], "--stream is for folder data sets"),
     (lambda d: None, ["--dataset", "synthetic", "--image-size", "64"], "--image-size is for streamed data"),
 ])
-def test_bad_streamed_input_ends_in_one_sentence(tmp_path, capsys, make, argv, expected):
+def test_common_bad_streamed_input_ends_in_one_sentence(tmp_path, capsys, make, argv, expected):
     root = write_image_folder(tmp_path / "d", splits=(("train", 2), ("val", 1)))
     make(root)
     err = usage_error(capsys, lambda: vanilla(["--dataset", "imagenet", "--data-dir", str(root), "--arch", "resnet20",
@@ -1803,7 +1806,7 @@ def cifar10_subset(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_folder_dataset_on_real_cifar10_trains_and_caches(cifar10_subset, tmp_path):
+def test_common_folder_dataset_on_real_cifar10_trains_and_caches(cifar10_subset, tmp_path):
     results = run_main(vanilla, ["--dataset", "folder", "--data-dir", str(cifar10_subset), "--epochs", "1",
                                  "--batch-size", "50", "--arch", "resnet20", "--device", "cpu"], tmp_path / "a")
     assert set(results["final"]) == {"s0", "s1", "ens", "any"}
@@ -1837,7 +1840,7 @@ FOLDER_FAULTS = {  # a malformed folder data set: (make it so, the sentence's wo
 
 @pytest.mark.parametrize("stream", [False, True], ids=["in_memory", "streamed"])
 @pytest.mark.parametrize("fault", FOLDER_FAULTS)
-def test_a_malformed_folder_data_set_ends_in_one_sentence_on_either_path(tmp_path, capsys, fault, stream):
+def test_common_a_malformed_folder_data_set_ends_in_one_sentence_on_either_path(tmp_path, capsys, fault, stream):
     root = write_image_folder(tmp_path / "d", splits=(("train", 2), ("test", 1)))
     make, expected = FOLDER_FAULTS[fault]
     make(root)
@@ -1865,7 +1868,7 @@ def write_png_folder(root, seed=0):
     return root
 
 
-def test_a_folder_data_set_edited_in_place_is_decoded_again(tmp_path, capsys):
+def test_common_a_folder_data_set_edited_in_place_is_decoded_again(tmp_path, capsys):
     import numpy as np
     from PIL import Image
     root = write_png_folder(tmp_path / "d")
@@ -1898,7 +1901,7 @@ def test_a_folder_data_set_edited_in_place_is_decoded_again(tmp_path, capsys):
 # common.py, data: the papers' other data sets (CINIC-10, MNIST, STL-10, CIFAR offline)
 # ================================================================================================
 
-def test_cinic10_is_a_folder_in_memory_or_streamed(tmp_path):
+def test_common_cinic10_is_a_folder_in_memory_or_streamed(tmp_path):
     root = write_image_folder(tmp_path / "cinic", splits=(("train", 4), ("valid", 2), ("test", 2)), classes=10)
     for stream in ([], ["--stream", "--image-size", "32"]):
         args = common.check_args(common.make_parser().parse_args(
@@ -1909,7 +1912,7 @@ def test_cinic10_is_a_folder_in_memory_or_streamed(tmp_path):
         assert type(data) is (common.StreamedData if stream else common.Data) and data.image_size == (32, 32)
 
 
-def test_mnist_from_torchvision_files_is_grey_in_three_channels_at_32px(tmp_path):
+def test_common_mnist_from_torchvision_files_is_grey_in_three_channels_at_32px(tmp_path):
     """MNIST in torchvision's own on-disk format (idx files, written here: no download)."""
     import numpy as np
     raw = tmp_path / "MNIST" / "raw"
@@ -1928,7 +1931,7 @@ def test_mnist_from_torchvision_files_is_grey_in_three_channels_at_32px(tmp_path
     assert x.shape == (50, 3, 32, 32) and torch.equal(x[:, 0], x[:, 2]) and x[:, :, :2].sum() == 0
 
 
-def test_stl10_through_torchvision_at_96px(tmp_path, monkeypatch):
+def test_common_stl10_through_torchvision_at_96px(tmp_path, monkeypatch):
     """STL-10 in torchvision's binary layout (written here); its md5 check is patched out (the files differ)."""
     import numpy as np
     import torchvision
@@ -1949,7 +1952,7 @@ def test_stl10_through_torchvision_at_96px(tmp_path, monkeypatch):
         train_x[:2]))[1]] == [24, 12, 6, 3]
 
 
-def test_offline_cifar_without_a_local_copy_says_what_to_pass(tmp_path, capsys, monkeypatch):
+def test_common_offline_cifar_without_a_local_copy_says_what_to_pass(tmp_path, capsys, monkeypatch):
     import urllib.error
     import torchvision
 
@@ -1966,7 +1969,7 @@ def test_offline_cifar_without_a_local_copy_says_what_to_pass(tmp_path, capsys, 
 # common.py, data: augmentation
 # ================================================================================================
 
-def test_augment_is_a_shifted_window_of_the_padded_image_or_its_mirror():
+def test_common_augment_is_a_shifted_window_of_the_padded_image_or_its_mirror():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
     out = common.augment(x, g)
@@ -2002,7 +2005,7 @@ def windows(padded, size):
             for dx in range(padded.shape[2] - size + 1)]
 
 
-def test_default_augmentation_draws_as_before_and_the_new_modes_do_what_they_say():
+def test_common_default_augmentation_draws_as_before_and_the_new_modes_do_what_they_say():
     x = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
     for rank, world, flip in ((0, 1, True), (1, 2, True), (0, 1, False)):
         g_new, g_old = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
@@ -2040,7 +2043,7 @@ def test_default_augmentation_draws_as_before_and_the_new_modes_do_what_they_say
         assert mirrored == 0 if augment == "crop" else mirrored > 0
 
 
-def test_augment_flag_reaches_the_streamed_path(tiny_imagenet):
+def test_common_augment_flag_reaches_the_streamed_path(tiny_imagenet):
     kinds = {a: streamed(tiny_imagenet, image_size=32, workers=0, augment=a).train_set.transform
              for a in ("none", "crop", "crop+flip")}
     assert "RandomResizedCrop" not in repr(kinds["none"]) and "CenterCrop" in repr(kinds["none"])
@@ -2052,7 +2055,7 @@ def test_augment_flag_reaches_the_streamed_path(tiny_imagenet):
 # common.py: torchrun, several processes on CPU (gloo), the same scripts and flags
 # ================================================================================================
 
-def test_process_shares_of_a_batch_make_up_the_single_process_batch(tiny_imagenet):
+def test_common_process_shares_of_a_batch_make_up_the_single_process_batch(tiny_imagenet):
     """Process r of N gets images r, r + N, ... of every global batch, augmented exactly as one process
     would augment them, and every process's generator ends where one process's does."""
     cpu = torch.device("cpu")
@@ -2078,7 +2081,8 @@ def test_process_shares_of_a_batch_make_up_the_single_process_batch(tiny_imagene
     (["--sync-bn"], "--sync-bn needs GPUs"),
     (["--batch-size", "63"], "--batch-size 63 is the global batch: it must split into equal shares"),
 ])
-def test_flags_torchrun_cannot_honour_end_in_one_sentence_said_by_rank_0(tmp_path, capsys, monkeypatch, argv, expected):
+def test_common_flags_torchrun_cannot_honour_end_in_one_sentence_said_by_rank_0(
+        tmp_path, capsys, monkeypatch, argv, expected):
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank in ("1", "0"):  # the same mistake on every process: only rank 0 says it
         monkeypatch.setenv("RANK", rank)
@@ -2089,7 +2093,7 @@ def test_flags_torchrun_cannot_honour_end_in_one_sentence_said_by_rank_0(tmp_pat
         assert (expected in err and len(err.strip().splitlines()) == 1) if rank == "0" else err == "", err
 
 
-def test_a_lost_process_points_to_where_its_cause_is_said(tmp_path, capsys, monkeypatch):
+def test_common_a_lost_process_points_to_where_its_cause_is_said(tmp_path, capsys, monkeypatch):
     """Under torchrun, a process that finds another gone (its own error line, or torchrun's report when it was
     killed and printed nothing) says where the cause is, without claiming a message that may not exist."""
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -2170,7 +2174,7 @@ def torchrun_driver(mode, out):
 
 
 @pytest.mark.slow
-def test_torchrun_with_one_process_takes_the_distributed_path(tmp_path):
+def test_common_torchrun_with_one_process_takes_the_distributed_path(tmp_path):
     """`torchrun --nproc_per_node=1` (one GPU) runs the process group and DistributedDataParallel, as N do."""
     status, output = torchrun("common.py", *DDP, "--out-dir", str(tmp_path), nproc=1)
     assert status == 0, output[-3000:]
@@ -2201,7 +2205,7 @@ def test_common_a_second_torchrun_launch_into_a_folder_in_use_stops_every_rank_a
 
 
 @pytest.mark.slow
-def test_torchrun_trains_every_method_on_two_processes_and_resumes_across_process_counts(tmp_path):
+def test_common_torchrun_trains_every_method_on_two_processes_and_resumes_across_process_counts(tmp_path):
     run_main(vanilla, DDP, tmp_path / "resumed")  # 1 process, 1 epoch: continued to 2 on 2 processes
     status, output = torchrun(__file__, "every", str(tmp_path))
     assert status == 0, output[-3000:]
@@ -2227,7 +2231,7 @@ def test_torchrun_trains_every_method_on_two_processes_and_resumes_across_proces
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["nan", "crash", "kill"])
-def test_a_failure_on_one_process_ends_every_process_and_keeps_the_checkpoint(tmp_path, how):
+def test_common_a_failure_on_one_process_ends_every_process_and_keeps_the_checkpoint(tmp_path, how):
     status, output = torchrun(__file__, how, str(tmp_path), timeout=300)
     assert status != 0
     if how == "nan":  # found by both processes together: one sentence, from rank 0
@@ -2261,14 +2265,14 @@ def test_a_failure_on_one_process_ends_every_process_and_keeps_the_checkpoint(tm
     (["--momentum", "1"], "--momentum must be in [0, 1), got 1"),
     (["--image-size", "8"], "--image-size must be at least 16 (pixels), got 8"),
 ])
-def test_a_bad_flag_value_is_named_alone(tmp_path, capsys, argv, expected):
+def test_common_a_bad_flag_value_is_named_alone(tmp_path, capsys, argv, expected):
     err = one_line_error(capsys, lambda: vanilla(SMOKE + argv + ["--out-dir", str(tmp_path / "run")]))
     assert expected in err
     named = {f for f in ("--workers", "--lr", "--gamma", "--wd", "--momentum", "--image-size") if f in err}
     assert named == {argv[0]}, err  # no flag the user did not give
 
 
-def test_help_gives_each_default_once():
+def test_common_help_gives_each_default_once():
     text = " ".join(common.make_parser().format_help().split())
     for flag in ("--image-size", "--workers", "--out-dir"):
         help_line = text.split(f" {flag} ", 1)[1].split(" --", 1)[0]
@@ -2280,18 +2284,18 @@ def test_help_gives_each_default_once():
                                           (["--lr", "nan"], "--lr"),
                                           (["--wd", "inf"], "--wd"),
                                           (["--T", "nan"], "--T")])
-def test_optimizer_refusals_end_in_one_sentence(tmp_path, capsys, argv, message):
+def test_common_optimizer_refusals_end_in_one_sentence(tmp_path, capsys, argv, message):
     assert message in usage_error(capsys, lambda: dml.main(TINY + argv + ["--out-dir", str(tmp_path)]))
 
 
-def test_plain_sgd_with_momentum_0_trains(tmp_path):
+def test_common_plain_sgd_with_momentum_0_trains(tmp_path):
     args = method_args(dml, ["--momentum", "0", "--no-nesterov"], tmp_path)
     sgd, = common.make_optimizers(build_method(dml, ["--arch", "resnet20"], tmp_path), args)
     assert sgd.defaults["momentum"] == 0 and not sgd.defaults["nesterov"]
 
 
 @pytest.mark.slow
-def test_a_recipe_sets_defaults_an_explicit_flag_beats_it_and_both_are_recorded(tmp_path):
+def test_common_a_recipe_sets_defaults_an_explicit_flag_beats_it_and_both_are_recorded(tmp_path):
     saved = run_main(dml.main, ["--recipe", "paper", *TINY, "--milestones", "0.5"], tmp_path)
     args = json.loads((tmp_path / "args.json").read_text())
     recipe = common.recipe_values(dml.RECIPES["paper"])
@@ -2302,7 +2306,7 @@ def test_a_recipe_sets_defaults_an_explicit_flag_beats_it_and_both_are_recorded(
     assert saved["args"]["recipe_flags"] == args["recipe_flags"]  # results.json carries them too
 
 
-def test_help_shows_the_recipes_values_as_defaults_and_lists_every_recipe(capsys):
+def test_common_help_shows_the_recipes_values_as_defaults_and_lists_every_recipe(capsys):
     with pytest.raises(SystemExit):
         ffsd.main(["--recipe", "paper", "--help"])
     text = capsys.readouterr().out
@@ -2314,7 +2318,7 @@ def test_help_shows_the_recipes_values_as_defaults_and_lists_every_recipe(capsys
     assert "training epochs (default: 200)" in capsys.readouterr().out  # without --recipe: the project's defaults
 
 
-def test_an_unknown_recipe_ends_in_one_sentence(capsys):
+def test_common_an_unknown_recipe_ends_in_one_sentence(capsys):
     with pytest.raises(SystemExit) as e:
         ffsd.main(["--recipe", "imagenet"])
     err = capsys.readouterr().err.strip()
@@ -2326,7 +2330,7 @@ def recipe_by_source(values):
 
 
 @pytest.mark.slow
-def test_baseline_trains_vanilla_with_the_scripts_recipe_and_its_shared_flags_only(tmp_path, capsys):
+def test_common_baseline_trains_vanilla_with_the_scripts_recipe_and_its_shared_flags_only(tmp_path, capsys):
     """`<method>.py --recipe R --baseline` is the paper's baseline: vanilla's independent students, recorded as
     vanilla, with the recipe's shared flags; --T and the method's own flags (from the recipe or given) are ignored."""
     dests = set(vars(script_parser().parse_args([])))
@@ -2365,7 +2369,7 @@ def test_baseline_trains_vanilla_with_the_scripts_recipe_and_its_shared_flags_on
     (["--device", "cuda:0"], "no CUDA device"),
     (["--dataset", "imagenet21k"], "invalid choice"),
 ])
-def test_bad_input_ends_in_one_sentence(tmp_path, argv, expected):
+def test_common_bad_input_ends_in_one_sentence(tmp_path, argv, expected):
     if "cuda" in argv and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     status, output = run_cli("common.py", *TINY, "--out-dir", str(tmp_path / "run"), *argv)
@@ -2374,7 +2378,7 @@ def test_bad_input_ends_in_one_sentence(tmp_path, argv, expected):
     assert "Traceback" not in output and len(output.strip().splitlines()) == 1
 
 
-def test_an_optimizer_refusal_the_checks_miss_still_ends_in_one_sentence(tmp_path):
+def test_common_an_optimizer_refusal_the_checks_miss_still_ends_in_one_sentence(tmp_path):
     args = method_args(ffsd, ["--arch", "resnet20"], tmp_path)
     method = build_method(ffsd, ["--arch", "resnet20"], tmp_path)
     method.sd_lr = -1.0  # what torch.optim.Adam refuses with a ValueError
@@ -2382,7 +2386,7 @@ def test_an_optimizer_refusal_the_checks_miss_still_ends_in_one_sentence(tmp_pat
         common.make_optimizers(method, args)
 
 
-def test_out_of_memory_ends_in_one_sentence_naming_the_batch_size(tmp_path, capsys, monkeypatch):
+def test_common_out_of_memory_ends_in_one_sentence_naming_the_batch_size(tmp_path, capsys, monkeypatch):
     """torch's OutOfMemoryError is a RuntimeError: it is told apart before the other RuntimeErrors, so a full GPU
     ends the run in its sentence, not a traceback."""
     monkeypatch.setattr(common, "train_epoch", refuse(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")))
@@ -2458,7 +2462,7 @@ def test_dml_one_student_is_a_usage_error(tmp_path, capsys):
 # ================================================================================================
 
 @pytest.mark.parametrize("K", [2, 3])
-def test_min_logit_matches_eq_6_7(K):
+def test_kdcl_min_logit_matches_eq_6_7(K):
     z, y = random_logits(K, 16, 7, seed=K)
     z = z.round()  # small integers: many exact ties between students
     z[1, :4] = z[0, :4]  # identical students on some samples
@@ -2471,7 +2475,7 @@ def test_min_logit_matches_eq_6_7(K):
 
 
 @pytest.mark.parametrize("K", [2, 3])
-def test_naive_matches_eq_4_per_sample(K):
+def test_kdcl_naive_matches_eq_4_per_sample(K):
     z, y = random_logits(K, 32, 6, seed=10 + K)
     z[1, :5] = z[0, :5]  # exact ties: identical logits
     z[K - 1, 5:10] = z[0, 5:10] + 2.5  # CE ties with different logits (a constant shift)
@@ -2519,7 +2523,7 @@ def linear_problems(K):
 
 
 @pytest.mark.parametrize("K,steps", [(2, 10000), (3, 300)])
-def test_linear_reaches_brute_force_optimum(K, steps):
+def test_kdcl_linear_reaches_brute_force_optimum(K, steps):
     for z, y in linear_problems(K):
         a = kdcl.linear_weights(z, y)
         assert a.min() >= 0 and a.sum().item() == pytest.approx(1, abs=1e-5)
@@ -2531,7 +2535,7 @@ def test_linear_reaches_brute_force_optimum(K, steps):
         assert torch.allclose(z_t, sum(a[i] * z[i] for i in range(K)), atol=1e-5)
 
 
-def test_linear_interior_optimum_is_not_a_vertex():
+def test_kdcl_linear_interior_optimum_is_not_a_vertex():
     z, y = list(linear_problems(2))[-1]
     a = kdcl.linear_weights(z, y)
     assert 0.05 < a[0].item() < 0.95  # each student is best on half the samples: a true mixture
@@ -2547,7 +2551,7 @@ def general_weights_loop(p):
 
 
 @pytest.mark.parametrize("K", [2, 3])
-def test_general_weights_match_eq_11(K):
+def test_kdcl_general_weights_match_eq_11(K):
     g = torch.Generator().manual_seed(K)
     # students of different quality, errors partly independent: Eq. 11's optimum lies inside the simplex
     p = torch.rand(K, 200, generator=g) ** torch.tensor([0.25, 0.35, 0.3][:K]).view(K, 1)
@@ -2559,7 +2563,7 @@ def test_general_weights_match_eq_11(K):
     assert w[0] > w[1]  # the student with the smaller error gets the larger weight
 
 
-def test_general_weights_stay_on_the_simplex():
+def test_kdcl_general_weights_stay_on_the_simplex():
     # student 1 is student 0 slightly worse: Eq. 11 alone gives student 1 a negative weight
     g = torch.Generator().manual_seed(0)
     p0 = torch.rand(300, generator=g) * 0.5 + 0.5
@@ -2578,14 +2582,14 @@ def test_general_weights_stay_on_the_simplex():
 
 
 @pytest.mark.parametrize("p", [torch.full((1, 50), 0.7), torch.ones(1, 50), torch.rand(1, 50)])
-def test_general_weights_survive_singular_covariance(p):
+def test_kdcl_general_weights_survive_singular_covariance(p):
     w = kdcl.general_weights(p.repeat(3, 1))  # identical students: C has rank <= 1
     assert torch.isfinite(w).all()
     assert w.tolist() == pytest.approx([1 / 3] * 3, abs=1e-6)
 
 
 @pytest.mark.parametrize("K", [2, 3])
-def test_general_teacher_is_weighted_average_of_distributions(K):
+def test_kdcl_general_teacher_is_weighted_average_of_distributions(K):
     z, y = random_logits(K, 8, 5, seed=7)
     w = torch.softmax(torch.randn(K), 0)
     w_zero = w.clone()
@@ -2713,14 +2717,14 @@ def fusion_run(module, out, argv, *flags):
     return results
 
 
-def test_fusion_module_params_2x64_channels_100_classes():
+def test_ffl_ffcl_fefr_fusion_module_params_2x64_channels_100_classes():
     module = ffl.FusionModule([64, 64], 100)
     assert common.count_params(module) == 16228
     logits, fused_map = module(([torch.randn(2, 64, 8, 8)] * 2))
     assert logits.shape == (2, 100) and fused_map.shape == (2, 64, 8, 8)
 
 
-def test_fusion_module_pools_mixed_sizes_to_the_smallest():
+def test_ffl_ffcl_fefr_fusion_module_pools_mixed_sizes_to_the_smallest():
     module = ffl.FusionModule([64, 128], 10)
     seen = []
     module.depthwise.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
@@ -2731,7 +2735,7 @@ def test_fusion_module_pools_mixed_sizes_to_the_smallest():
 
 @pytest.mark.parametrize("arch", FUSION_ARCHS)
 @pytest.mark.parametrize("name", ["ffl", "ffcl", "fefr"])
-def test_shapes_through_every_fusion_method(tmp_path, arch, name):
+def test_ffl_ffcl_fefr_shapes_through_every_fusion_method(tmp_path, arch, name):
     module, argv = fusion_method_argvs(tmp_path, arch)[name]
     method = build_method(module, argv, tmp_path)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
@@ -2750,12 +2754,12 @@ def test_shapes_through_every_fusion_method(tmp_path, arch, name):
 
 
 @pytest.mark.parametrize("module", [ffl, fefr])
-def test_fused_classifier_gradient_reaches_students_by_default(tmp_path, module):
+def test_ffl_ffcl_fefr_fused_classifier_gradient_reaches_students_by_default(tmp_path, module):
     assert fused_grads_reach(build_method(module, ["--arch", "resnet20"], tmp_path)) == [True, True]
 
 
 @pytest.mark.parametrize("module", [ffl, fefr])
-def test_detach_fusion_input_stops_the_fused_gradient(tmp_path, module):
+def test_ffl_ffcl_fefr_detach_fusion_input_stops_the_fused_gradient(tmp_path, module):
     method = build_method(module, ["--arch", "resnet20", "--detach-fusion-input"], tmp_path)
     assert fused_grads_reach(method) == [False, False]
     if module is fefr:  # the refiners still learn
@@ -2943,14 +2947,14 @@ def test_ffcl_end_to_end(tmp_path, pretrained_by_ffcl, flags):
 # fefr.py: FEFR
 # ================================================================================================
 
-def test_reconstruction_averages_each_group_with_the_next_cyclically():
+def test_fefr_reconstruction_averages_each_group_with_the_next_cyclically():
     x = torch.arange(4.0).repeat_interleave(3).view(1, 12, 1, 1).expand(2, 12, 2, 2)
     out = fefr.Reconstruction(4)(x)
     assert out.shape == x.shape
     assert out[0, ::3, 0, 0].tolist() == [0.5, 1.5, 2.5, 1.5]
 
 
-def test_dual_attention_is_cbam():
+def test_fefr_dual_attention_is_cbam():
     att = fefr.DualAttention(64)
     assert att.mlp[0].out_features == 4  # reduction 16
     assert att.spatial[0].kernel_size == (7, 7)
@@ -2969,7 +2973,7 @@ def test_fefr_refiner_shapes(arch, channels):
     assert fefr.Refiner(shapes, early_fusion=False)(features).shape == features[-1].shape
 
 
-def test_fusion_branch_gets_its_own_weight_decay(tmp_path):
+def test_fefr_fusion_branch_gets_its_own_weight_decay(tmp_path):
     args = method_args(fefr, ["--arch", "resnet20", "--fusion-wd", "1e-5", "--wd", "1e-4"], tmp_path)
     method = fefr.build(args, fake_data())
     sgd = common.make_optimizers(method, args)[0]
@@ -3163,7 +3167,7 @@ def mkb_method(archs, num_classes=10, **kw):
     return mkb_cl.MKBCL([common.build_model(a, num_classes) for a in archs], num_classes, **kw)
 
 
-def test_mkb_shapes_resnet32_wrn_16_2():
+def test_mkb_cl_shapes_resnet32_wrn_16_2():
     m = mkb_method(["resnet32", "wrn_16_2"], num_classes=100)
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
     for net, channels in zip(m.students, (32, 64)):  # the default MKB reads stage 1: 32 (64) x 16 x 16
@@ -3180,7 +3184,7 @@ def test_mkb_shapes_resnet32_wrn_16_2():
     assert torch.allclose(heads["ens"].exp().sum(1), torch.ones(4), atol=1e-5)
 
 
-def test_mkb_three_networks_mixed_sizes():
+def test_mkb_cl_three_networks_mixed_sizes():
     # 16x16 input keeps it cheap: stage 1 is 8x8 (resnet20, wrn_16_2) and 4x4 (shufflenetv2)
     m = mkb_method(["resnet20", "shufflenetv2", "wrn_16_2"], mkb_at=[0, 1], image_size=(16, 16))
     strides = [tuple(net.halves["1"].encoder[0].stride) for net in m.students]
@@ -3201,7 +3205,7 @@ def test_mkb_three_networks_mixed_sizes():
 @pytest.mark.parametrize("route", ["sum", "mul"])
 @pytest.mark.parametrize("channels,size,unified", [(32, (16, 16), (16, 16)), (32, (16, 16), (8, 8)),
                                                    (16, (32, 32), (8, 8)), (64, (8, 8), (4, 4))])
-def test_mkb_routed_feature_has_stage_shape(route, channels, size, unified):
+def test_mkb_cl_routed_feature_has_stage_shape(route, channels, size, unified):
     half = mkb_cl.MKBHalf(channels, size, unified, embed_dim=1024, route=route)
     x = torch.randn(3, channels, *size)
     routed, e = half(x)
@@ -3211,7 +3215,7 @@ def test_mkb_routed_feature_has_stage_shape(route, channels, size, unified):
     assert (gate > 0).all()
 
 
-def test_mkb_metric_loss():
+def test_mkb_cl_metric_loss():
     e = torch.randn(8, 1024)
     assert mkb_cl.metric_loss(e, e).abs() < 1e-6
     assert mkb_cl.metric_loss(e, 3 * e).abs() < 1e-6     # cosine: scale does not count
@@ -3224,7 +3228,7 @@ def test_mkb_metric_loss():
     assert all(d.abs() < 1e-6 for d in mkb_cl.metric_losses([es[0]] * 3))
 
 
-def test_mkb_metric_detach():
+def test_mkb_cl_metric_detach():
     a, b = torch.randn(4, 8, requires_grad=True), torch.randn(4, 8, requires_grad=True)
     ga, gb = torch.autograd.grad(mkb_cl.metric_losses([a, b])[0], [a, b], allow_unused=True)
     assert ga.abs().sum() > 0 and (gb is None or gb.abs().sum() == 0)
@@ -3232,7 +3236,7 @@ def test_mkb_metric_detach():
     assert gb.abs().sum() > 0
 
 
-def test_mkb_verification_head_trains():
+def test_mkb_cl_verification_head_trains():
     m = mkb_method(["resnet20", "resnet20"], embed_dim=256, image_size=(8, 8))  # small images: fast
     g = torch.Generator().manual_seed(0)
     y = torch.arange(32) % 4
@@ -3249,7 +3253,7 @@ def test_mkb_verification_head_trains():
 
 
 @pytest.mark.slow
-def test_mkb_end_to_end_sum_route_and_standalone_networks(tmp_path):
+def test_mkb_cl_end_to_end_sum_route_and_standalone_networks(tmp_path):
     results = run_main(mkb_cl.main, TINY, tmp_path)
     assert set(results["final"]) == {"s0", "s1", "ens", "any"}
     data = common.load_data(common.make_parser().parse_args(TINY), torch.device("cpu"))
@@ -3263,7 +3267,7 @@ def test_mkb_end_to_end_sum_route_and_standalone_networks(tmp_path):
 
 
 @pytest.mark.slow
-def test_mkb_end_to_end_mul_route_two_mkbs(tmp_path):
+def test_mkb_cl_end_to_end_mul_route_two_mkbs(tmp_path):
     results = run_main(mkb_cl.main, SMOKE + ["--route", "mul", "--mkb-at", "1,2"], tmp_path)
     assert set(results["final"]) == {"s0", "s1", "ens", "any"}
     record = read_metrics(tmp_path)[-1]
@@ -3273,7 +3277,7 @@ def test_mkb_end_to_end_mul_route_two_mkbs(tmp_path):
     assert all(h.route == "mul" for h in net.halves.values())
 
 
-def test_mkb_impossible_sizes_raise_usage_error(tmp_path):
+def test_mkb_cl_impossible_sizes_raise_usage_error(tmp_path):
     # input 20x20 at stage 2: resnet20 gives 5x5, shufflenetv2 3x3 -> no integer stride
     args = method_args(mkb_cl, ["--arch", "resnet20,shufflenetv2", "--mkb-at", "2"], tmp_path)
     with pytest.raises(ValueError, match="integer encoder strides"):
@@ -3285,18 +3289,18 @@ def test_mkb_impossible_sizes_raise_usage_error(tmp_path):
                                            (["--embed-dim", "1000"], "not a multiple"),
                                            (["--students", "1"], "at least two"),
                                            (["--T", "3"], "no temperature")])
-def test_mkb_bad_flags_raise_usage_error(tmp_path, flags, message):
+def test_mkb_cl_bad_flags_raise_usage_error(tmp_path, flags, message):
     args = method_args(mkb_cl, TINY + flags, tmp_path)
     with pytest.raises((common.UsageError, ValueError), match=message):  # common.main: one sentence for both
         mkb_cl.build(args, fake_data(n=2))
 
 
-def test_mkb_bad_flag_exits_with_one_sentence(tmp_path, capsys):
+def test_mkb_cl_bad_flag_exits_with_one_sentence(tmp_path, capsys):
     message = usage_error(capsys, lambda: mkb_cl.main(TINY + ["--mkb-at", "3", "--out-dir", str(tmp_path)]))
     assert message.startswith("error: --mkb-at 3 is not a stage of resnet20")
 
 
-def test_mkb_load_network_rejects_other_files(tmp_path):
+def test_mkb_cl_load_network_rejects_other_files(tmp_path):
     path = str(tmp_path / "backbone.pt")
     torch.save(common.backbone_payload(common.build_model("resnet20", 10)), path)
     with pytest.raises(common.UsageError, match="not a network saved by MKB-CL"):
@@ -3593,14 +3597,14 @@ SHARED = {name: [m for m in METHOD_MODULES if name in SHARED_IN_EVERY_FILE or to
 
 
 @pytest.mark.parametrize("name", sorted(SHARED))
-def test_shared_definitions_are_the_same_text_in_every_file(name):
+def test_method_files_shared_definitions_are_the_same_text_in_every_file(name):
     texts = {m.__name__: top_level_source(m, name) for m in SHARED[name]}
     assert all(texts.values()), f"{name} missing in {[n for n, t in texts.items() if not t]}"
     assert len(texts) >= 2, f"{name} is defined in {sorted(texts)} alone: nothing is shared"
     assert len(set(texts.values())) == 1, f"{name} differs between {sorted(texts)}"
 
 
-def test_kd_matches_definition():
+def test_method_files_kd_matches_definition():
     z_s, _ = random_logits(1, 6, 5, seed=1)
     z_t, _ = random_logits(1, 6, 5, seed=2)
     z_s, z_t, T = z_s[0], z_t[0], 3.0
@@ -3616,7 +3620,7 @@ def test_kd_matches_definition():
 
 
 @pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_method_file_imports_nothing_of_this_project_at_module_level(module):
+def test_method_files_imports_nothing_of_this_project_at_module_level(module):
     import ast
     tree = ast.parse(open(os.path.join(HERE, module.__name__ + ".py")).read())
     for node in tree.body:  # only module-level statements: `import common` inside build/main is the rule
@@ -3626,7 +3630,7 @@ def test_method_file_imports_nothing_of_this_project_at_module_level(module):
 
 
 @pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_docstring_teaches_and_is_shorter_than_the_code(module):
+def test_method_files_docstring_teaches_and_is_shorter_than_the_code(module):
     doc_lines = len(module.__doc__.strip().splitlines())
     text = open(os.path.join(HERE, module.__name__ + ".py")).read()
     code = text.split('"""', 2)[2].splitlines()
@@ -3660,7 +3664,7 @@ def default_method(module, tmp_path, *argv):
     return build_method(module, ["--arch", "resnet20", *BUILD_FLAGS.get(module.__name__, []), *argv], tmp_path)
 
 
-def test_a_new_method_is_everywhere_the_checklist_says(tmp_path):
+def test_method_files_new_method_is_everywhere_the_checklist_says(tmp_path):
     """README's "Adding a method", place by place, for every name in common.METHODS: fails naming each place a
     method is missing from (the tables the tests derive from common.METHODS need nothing)."""
     published, bench, evaluate = (script_module(s) for s in ("published", "bench_speed", "evaluate"))
@@ -3678,8 +3682,8 @@ def test_a_new_method_is_everywhere_the_checklist_says(tmp_path):
         check(f"{name}.py: RECIPES['paper'], each value under its source",
               "paper" in recipes and all(isinstance(v, dict) for r in recipes.values() for v in r.values()))
         check("test_methods.py: import " + name, globals().get(name) is module)
-        check(f"test_methods.py: its section (tests named test_{name.split('_')[0]}_...)",
-              any(test.startswith(f"test_{name.split('_')[0]}_") for test in globals()))
+        check(f"test_methods.py: its section (tests named test_{name}_...)",
+              any(test.startswith(f"test_{name}_") for test in globals()))
         check("test_methods.py: its constructor in COPY_ALONE's build()", f'"{name}": lambda' in COPY_ALONE)
         check("README.md: its row in the methods table", f"| `{name}.py` |" in readme)
         check("scripts/published.py: its paper in PAPERS or rows of its method",
@@ -3700,7 +3704,7 @@ def test_a_new_method_is_everywhere_the_checklist_says(tmp_path):
 
 
 @pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_a_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
+def test_method_files_student_that_breaks_the_contract_is_refused_in_one_sentence(module):
     import torchvision
     plain = [torchvision.models.resnet18(num_classes=5) for _ in range(3)]
     with pytest.raises(TypeError, match=r"must return \(logits, \[stage outputs\]\).*create_feature_extractor") as info:
@@ -3756,7 +3760,7 @@ def test_method_files_each_weight_multiplies_its_parts_alone_and_the_parts_sum_t
     assert cases or module.__name__ in RAMPED or module is dml
 
 
-def test_ffcl_and_mkb_parts_carry_their_weights(tmp_path):
+def test_ffcl_mkb_cl_parts_carry_their_weights(tmp_path):
     method = build_method(ffcl, ["--arch", "resnet20", "--no-regularization", "--lambda-feature", "0.5",
                                  "--lambda-response", "2"], tmp_path).train()
     x, y = torch.randn(4, 3, 32, 32), torch.arange(4)
@@ -3774,7 +3778,7 @@ def test_ffcl_and_mkb_parts_carry_their_weights(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_method_file_copied_alone_trains_a_torchvision_student_in_a_plain_loop(copied_alone, module):
+def test_method_files_copied_alone_trains_a_torchvision_student_in_a_plain_loop(copied_alone, module):
     reports, stderr = copied_alone
     report = reports.get(module.__name__, stderr)
     assert report.startswith("trained "), report.replace("\\n", "\n")
@@ -3782,7 +3786,7 @@ def test_method_file_copied_alone_trains_a_torchvision_student_in_a_plain_loop(c
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_exports_of_a_file_copied_alone_reload_into_the_users_own_students(copied_alone, module, tmp_path):
+def test_method_files_exports_of_a_file_copied_alone_reload_into_the_users_own_students(copied_alone, module, tmp_path):
     reports, stderr = copied_alone
     report = reports.get(module.__name__, stderr)
     exported = re.search(r"exported:(\S+)", report)
@@ -3795,7 +3799,7 @@ def test_exports_of_a_file_copied_alone_reload_into_the_users_own_students(copie
 
 @pytest.mark.slow
 @pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_a_method_file_alone_says_in_one_sentence_what_its_script_needs(tmp_path, module):
+def test_method_files_method_file_alone_says_in_one_sentence_what_its_script_needs(tmp_path, module):
     shutil.copy(os.path.join(HERE, module.__name__ + ".py"), tmp_path)
     proc = subprocess.run([sys.executable, module.__name__ + ".py", "--help"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
@@ -3880,7 +3884,7 @@ for name in NAMES:
 
 
 @pytest.mark.slow
-def test_every_methods_export_reloads_into_the_users_own_class_with_identical_logits(tmp_path):
+def test_method_files_methods_export_reloads_into_the_users_own_class_with_identical_logits(tmp_path):
     """Each method file alone in a folder, the user's own plain model as its students (FFSD: 3, ONE: 3 branches):
     after a step, every payload of export() saved, read back as plain data and loaded into a fresh instance of the
     user's class (MKB-CL: by its export() docstring's recipe, run as written) gives the method's logits exactly."""
@@ -3900,7 +3904,7 @@ def test_every_methods_export_reloads_into_the_users_own_class_with_identical_lo
 
 
 @pytest.mark.parametrize("module", METHOD_MODULES, ids=lambda m: m.__name__)
-def test_every_recipe_sets_flags_its_script_has(module):
+def test_method_files_recipe_sets_flags_its_script_has(module):
     parser = script_parser(module)
     dests = set(vars(parser.parse_args([])))
     assert "paper" in module.RECIPES and set(module.RECIPES) <= {"paper", "paper-imagenet"}
@@ -3913,7 +3917,7 @@ def test_every_recipe_sets_flags_its_script_has(module):
             assert type(value) is type(getattr(args, dest)) or {type(value), type(getattr(args, dest))} <= {int, float}
 
 
-def test_every_recipe_value_has_one_source_shown_by_help_and_kept_in_results(tmp_path, capsys):
+def test_method_files_recipe_value_has_one_source_shown_by_help_and_kept_in_results(tmp_path, capsys):
     for module in METHOD_MODULES:
         for name, recipe in module.RECIPES.items():
             listed = [d for values in recipe.values() for d in values]
@@ -4167,7 +4171,7 @@ def git_status():
 
 
 @pytest.mark.slow
-def test_render_prints_or_writes_a_path_given_and_leaves_git_status_clean(tmp_path):
+def test_compare_render_prints_or_writes_a_path_given_and_leaves_git_status_clean(tmp_path):
     """--render prints the committed table (no file written), --output writes another path, never a tracked one;
     the collapse column re-applies the current check (FFL's seed-2 swing at epoch 16 is none), so it agrees with
     the README."""
@@ -4779,7 +4783,7 @@ def readme_snippet():
 
 
 @pytest.mark.slow
-def test_the_readme_snippet_runs_in_a_folder_holding_only_the_method_file(tmp_path):
+def test_readme_snippet_runs_in_a_folder_holding_only_the_method_file(tmp_path):
     """The snippet as printed, with only ffl.py beside it (no common.py, nothing of the project on the path): it
     trains the user's own plain model, exports s0 and reloads it into that class, with the method's logits."""
     shutil.copy(os.path.join(HERE, "ffl.py"), tmp_path)
@@ -4839,7 +4843,17 @@ def test_readme_methods_table_cites_each_paper_as_its_method_files_docstring():
         assert words and all(any(c.lower().startswith(w.lower()) for c in cited_words) for w in words), \
             (module.__name__, venue, after_title)
 
-def test_the_repository_names_no_sibling_folder_or_machine_path():
+def test_repository_every_test_is_named_for_the_file_it_tests():
+    """`pytest -k kdcl` finds every KDCL test: a test's name starts with the file it tests (tests of every method
+    file: test_method_files_, their ids naming each; of the tree as a whole: test_repository_)."""
+    files = ["common", *common.METHODS[1:], "ffl_ffcl_fefr", "method_files", "readme", "license", "citation",
+             "repository", *(f[:-3] for f in os.listdir(os.path.join(HERE, "scripts")) if f.endswith(".py"))]
+    unnamed = [name for name in globals() if name.startswith("test_") and callable(globals()[name])
+               and not name.startswith(tuple(f"test_{f}_" for f in files))]
+    assert not unnamed, unnamed
+
+
+def test_repository_names_no_sibling_folder_or_machine_path():
     """git grep finds none of FORBIDDEN in the tracked files but .ci/run (which points CIFAR10_JPEG at its machine's
     copy)."""
     if shutil.which("git") is None or subprocess.run(["git", "-C", HERE, "rev-parse"], capture_output=True).returncode:
