@@ -1607,6 +1607,7 @@ def test_common_each_wrong_place_or_closed_output_is_named_for_what_it_is(tmp_pa
     assert f"{run} holds a vanilla run, not a ffcl one" in err and not (run / "pretrain").exists()
     monkeypatch.undo()
     # the folder deleted during the run, after its first checkpoint
+
     def build(args, data):
         method = DeletesItsFolder(common.build_students(args, data))
         method.out_dir = args.out_dir
@@ -3332,6 +3333,7 @@ class StagedNet(nn.Module):
     def __init__(self, seed=0, width=4, num_classes=5):
         super().__init__()
         torch.manual_seed(seed)
+
         def block(cin, cout, s):
             return nn.Sequential(nn.Conv2d(cin, cout, 3, s, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
 
@@ -3515,6 +3517,7 @@ def test_one_copied_alone_explains_in_one_sentence_a_classifier_whose_pooling_is
     assert "ONE runs Net's `stages` in order and then `classifier` on the last stage's output (16x4x4 per " \
         "image)" in sentence, sentence
     assert "make `classifier` do all forward does after the last stage" in sentence and "AdaptiveAvgPool2d" in sentence
+
 
 @pytest.mark.slow
 def test_one_copied_alone_trains_a_users_own_stage_structured_network(copied_alone):
@@ -4818,6 +4821,7 @@ def test_readme_own_loop_student_fits_every_method():
         loss.backward()
         assert torch.isfinite(loss) and parts, name
 
+
 def test_readme_methods_table_cites_each_paper_as_its_method_files_docstring():
     """Each method's row in the README's table cites the paper of the file's `Paper:` paragraph: its first author
     ("Zhang et al., ") or, where the docstring names no authors, its DOI; a venue whose every word begins a word of
@@ -4843,6 +4847,7 @@ def test_readme_methods_table_cites_each_paper_as_its_method_files_docstring():
         assert words and all(any(c.lower().startswith(w.lower()) for c in cited_words) for w in words), \
             (module.__name__, venue, after_title)
 
+
 def test_repository_every_test_is_named_for_the_file_it_tests():
     """`pytest -k kdcl` finds every KDCL test: a test's name starts with the file it tests (tests of every method
     file: test_method_files_, their ids naming each; of the tree as a whole: test_repository_)."""
@@ -4862,7 +4867,6 @@ def test_repository_names_no_sibling_folder_or_machine_path():
                            capture_output=True, text=True).stdout.splitlines()
     assert found == [], found
     assert "CIFAR10_JPEG=" in open(os.path.join(HERE, ".ci", "run")).read()
-
 
 
 @pytest.mark.parametrize("name", ["common", *(m.__name__ for m in METHOD_MODULES)])
@@ -4897,6 +4901,7 @@ def test_citation_cff_holds_the_required_keys_and_agrees_with_the_readme_and_lic
         return
     parsed = yaml.safe_load(open(os.path.join(HERE, "CITATION.cff")))
     assert parsed["title"] == top["title"] and parsed["authors"] == [{"name": holder}] and parsed["license"] == "MIT"
+
 
 if __name__ == "__main__":  # the torchrun tests' driver: python test_methods.py MODE OUT
     torchrun_driver(*sys.argv[1:])
