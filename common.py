@@ -739,18 +739,18 @@ class RunFolder:
         return record
 
     def restore(self, path, method, optimizers, gen, record):
-        """last.pt's record, weights, optimizer states and generators, once its method, flags and data are this
-        run's; what the resumed run changes (RECORDED) is said and recorded with its epoch; best.pt mended."""
+        """last.pt's record, weights, optimizer states and generators, once its flags (its method: resume_flags) and
+        its data are this run's; what the resumed run changes (RECORDED) is said and recorded with its epoch; best.pt
+        mended."""
         ckpt = load_checkpoint(path)
-        before = ckpt.get("args", {})
-        if ckpt.get("method") != self.name:
-            hint = " (a --baseline run: add --baseline)" if before.get("baseline") else ""
-            raise UsageError(f"{path} was written by '{ckpt.get('method')}', not '{self.name}'{hint}")
+        before, now = ckpt.get("args", {}), self.saved.get("data")
         refuse_other_flags(path, before, vars(self.args))
-        if before.get("data") not in (None, self.saved["data"]):
-            raise UsageError(f"--resume: the data is not what {path} was trained on ({described(self.saved['data'])}; "
-                             f"the run's: {described(before['data'])}); pass the run's --data-dir "
-                             f"({before.get('data_dir')}) with its images as they were, or another --out-dir")
+        if before.get("data") not in (None, now):
+            shown = [f"{d['classes']} classes, {d['train_images']} train / {d['test_images']} test images, fingerprint "
+                     f"{d['fingerprint'][:12]}" for d in (now, before["data"])]
+            raise UsageError(f"--resume: the data is not what {path} was trained on ({shown[0]}; the run's: "
+                             f"{shown[1]}); pass the run's --data-dir ({before.get('data_dir')}) with its images as "
+                             f"they were, or another --out-dir")
         try:
             method.load_state_dict(ckpt["model"])
             for opt, state in zip(optimizers, ckpt["optimizers"], strict=True):
@@ -952,11 +952,6 @@ def shown_flags(values, keys):
     def shown(v):
         return "on" if v is True else "off" if v is False else "not given" if v is None else v
     return ", ".join(f"--{k.replace('_', '-')} {shown(values[k])}" for k in keys)
-
-
-def described(identity):
-    return (f"{identity.get('classes')} classes, {identity.get('train_images')} train / "
-            f"{identity.get('test_images')} test images, fingerprint {str(identity.get('fingerprint'))[:12]}")
 
 
 def schedule(args, done):

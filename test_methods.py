@@ -4848,6 +4848,27 @@ def test_readme_methods_table_cites_each_paper_as_its_method_files_docstring():
             (module.__name__, venue, after_title)
 
 
+COMMON_LINES = 2200  # common.py's budget: over the issue's 1,500 by what its promises cost (README, Outputs)
+PART_ONE = ("main", "Settings", "fit", "make_optimizers", "train_epoch", "lr_factor", "evaluate", "set_up", "Vanilla",
+            "build_model", "BasicBlock", "load_data", "Data", "augment")  # what a method runs in, read top-down
+
+
+def test_repository_keeps_its_budgets_and_common_py_reads_part_i_first():
+    """common.py within its lines, its Part I (what a method runs in) first and at most 750 lines, then one banner
+    `# Part II`; no method file over 400 lines."""
+    import ast
+    text = open(os.path.join(HERE, "common.py")).read()
+    lines = text.splitlines()
+    banner = [i for i, line in enumerate(lines, 1) if line.startswith("# Part II")]
+    assert len(lines) <= COMMON_LINES and len(banner) == 1 and banner[0] <= 750, (len(lines), banner)
+    defined = {getattr(n, "name", None): n.lineno for n in ast.parse(text).body}
+    assert all(defined[name] < banner[0] for name in PART_ONE), [n for n in PART_ONE if defined[n] > banner[0]]
+    assert [defined[n] for n in ("main", "fit", "train_epoch", "evaluate", "set_up", "Vanilla")] == sorted(
+        defined[n] for n in ("main", "fit", "train_epoch", "evaluate", "set_up", "Vanilla"))  # in the order a run goes
+    for name in METHOD_FILES:
+        assert len(open(os.path.join(HERE, name)).read().splitlines()) <= 400, name
+
+
 def test_repository_every_test_is_named_for_the_file_it_tests():
     """`pytest -k kdcl` finds every KDCL test: a test's name starts with the file it tests (tests of every method
     file: test_method_files_, their ids naming each; of the tree as a whole: test_repository_)."""
