@@ -6,129 +6,70 @@ Paper: Shaojie Li, Mingbao Lin, Yan Wang, Yongjian Wu, Yonghong Tian, Ling Shao,
 Powerful Student Model via Online Knowledge Distillation", IEEE Transactions on Neural Networks and Learning
 Systems (TNNLS), 2022 (arXiv:2103.14473). Official code (PyTorch): https://github.com/SJLeo/FFSD
 
-    python ffsd.py --arch resnet32 --students 3                  # leader + 2 common students (the default)
-    python ffsd.py --dataset synthetic --epochs 2 --arch resnet20 --students 3            # CPU demo
+    python ffsd.py --dataset synthetic --epochs 2 --arch resnet20 --students 3  # CPU demo (default: leader + 2 common)
 
-Idea. The students are split into a *leader* (student 0, the only network deployed) and N-1 *common*
-students s1..s(N-1) of the same architecture. The common students learn from each other (DML) and are pushed
-apart: each one's attention map is shifted away from its predecessor's strongest regions (a one-way
-diversity chain). A fusion module fuses their last feature maps into one map and a fused classifier; the
-leader learns from that classifier's logits and from the fused map, both at its last layer and, through a
-small *self-distillation* (SD) module that learns to turn a last-layer map back into the shallower stage
-outputs, at its shallower layers too. The same SD trick carries the diversity target down the common
-students. After training only the leader is kept (OUT/leader.pt, a plain backbone).
+Idea. A *leader* (student 0, the one network kept: OUT/leader.pt, a plain backbone) learns from the classifier and map
+that a fusion module makes of the last feature maps of N-1 *common* students of its architecture. These learn from each
+other (DML) and are pushed apart: a one-way chain shifts each one's attention off its predecessor's strongest regions.
+*Self-distillation* (SD) modules (last-layer map -> shallower stage outputs) carry the fused map and the shift down.
 
-Loss (one backward; att(F) = mean_c F^2 flattened, Eq. 7; d(a, b) = mean((a/|a| - b/|b|)^2);
-kd(z_s, z_t) = T^2 KL(softmax(z_t/T) || softmax(z_s/T)), teacher detached; F_l^k = stage l output of
-student k, F3 the last; w(.) = the lambdas' ramp-up; each line is one logged part, the loss is their sum):
-  common student k:
-    ce_s<k>      = CE(z_k, y)                                                              Eq. 2-3
-    kd_s<k>      = 1/(N-2) sum_{j common, j != k} kd(z_k, z_j)                   (N >= 3)
-    div_s<k>     = w(lambda_div) mean((att~(F3_k) - y')^2)                       (k >= 2)  Eq. 8-9
-    sdt_s<k>     = w(lambda_div) sum_l d(att(F_l^k), att(SD_k(F3'_{k-1})))       (k >= 2)  Eq. 11
-       where y = att~(F3_{k-1}) (normalised, detached), n = |att(F3_{k-1})|, thr = the floor(HW/3)-th
-       smallest value of y, y' = (n/2 - y) sign(y - thr) + n/2 (`diversity_target`), and the SD input is
-       F3'_{k-1} = F3_{k-1} + (y' - y) n / C broadcast over channels (`shifted_features`).
-  fused classifier, (z_f, H_f) = fusion_module(concat_k F3_k.detach()), H_f = the fused map:
-    ce_fused     = CE(z_f, y)                                                              Eq. 4
-    kd_fused     = kd(z_f, mean_k z_k)
-  leader:
-    ce_leader    = CE(z_L, y)                                                              Eq. 14
-    kd_leader    = lambda_kl kd(z_L, z_f)
-    att_leader   = w(lambda_fusion) d(att(F3_L), att(H_f))                                 Eq. 5
-    adapt_leader = w(lambda_fusion) d(att(adapter(F3_L)), att(concat_k F3_k))              Eq. 5
-    sdt_leader   = w(lambda_fusion) sum_l d(att(F_l^L), att(SD_L(H_f)))                    Eq. 13
-  SD module of o in {leader, s2, ...}, G = SD_o(F3_o.detach()), targets detached:
-    sd_<o>       = w(lambda_sd) sum_l [ d(G_l, F_l^o) + d(att(G_l), att(F_l^o)) ]          Eq. 10
-  Flags: --lambda-div 1e-5, --lambda-fusion 10, --lambda-sd 1000, --lambda-kl 1, --T 2, --rampup 5.
-  w(lambda) = lambda * exp(-5 (1 - e/W)^2) for epochs e = 1..W (W = --rampup), lambda afterwards.
+Loss, one logged part a line of the picture: att(F) = mean_c F^2 flattened (Eq. 7), att~ = att normalised; d(a, b) =
+mean((a/|a| - b/|b|)^2); kd(z_s, z_t, T) = T^2 KL(softmax(z_t/T) || softmax(z_s/T)), T = --T; F3 = a network's last
+stage output, F_l the shallower ones. Diversity target of s_k: y = att~(F3_(k-1)), n = |att(F3_(k-1))|, thr = the
+floor(HW/3)-th smallest y, y' = (n/2 - y) sign(y - thr) + n/2 (Eq. 8); SD input F3' = F3_(k-1) + (y' - y) n / C,
+broadcast over channels. w_div, w_fus, w_sd = the ramped (w: Decisions) --lambda-div, --lambda-fusion, --lambda-sd.
 
-Picture (--students 3: leader L = students[0], common students s1, s2; F3 = a network's last stage output,
-F_l = the shallower ones; [v] = v detached; SD_o(...) inside a term = a target, made in eval mode under
-no_grad; w_div, w_fus, w_sd = the ramped lambdas):
+Picture (s_k = students[k], k = 1..N-1, leader L = students[0]; [v] = v detached; SD_o(...) in a term: a target):
 
-    x --+--> s1 --> z_1 ---+--> CE(z_1, y) ................................................. ce_s1
-        |                  '--> kd(z_1, [z_2], T) .......................................... kd_s1
-        +--> s2 --> z_2 ---+--> CE(z_2, y) ................................................. ce_s2
-        |    |             '--> kd(z_2, [z_1], T) .......................................... kd_s2
-        |    +----> F3_2 -----> w_div mean((att~(F3_2) - y'([F3_1]))^2) .................... div_s2
-        |    '----> F_l^2 ----> w_div sum_l d(att(F_l^2), att(SD_s2(F3'([F3_1])))) ......... sdt_s2
-        |   fusion_module([F3_1], [F3_2]) -> z_f, H_f --+--> CE(z_f, y) .................... ce_fused
-        |                                               '--> kd(z_f, [mean_k z_k], T) ...... kd_fused
-        '--> L ---> z_L ---+--> CE(z_L, y) ................................................. ce_leader
-             |             '--> lambda_kl kd(z_L, [z_f], T) ................................ kd_leader
-             +----> F3_L --+--> w_fus d(att(F3_L), att([H_f])) ............................. att_leader
-             |             '--> w_fus d(att(adapter(F3_L)), att([F3_1, F3_2])) ............. adapt_leader
-             '----> F_l^L ----> w_fus sum_l d(att(F_l^L), att(SD_L([H_f]))) ................ sdt_leader
-    SD modules (o = L, s2; their own Adam), G = SD_o([F3_o]) in train mode:
-        w_sd sum_l [ d(G_l, [F_l^o]) + d(att(G_l), att([F_l^o])) ] ......................... sd_leader, sd_s2
+    x --+--> s_k --> z_k --+--> CE(z_k, y) ......................................................... Eq. 2-3 ce_s<k>
+        |    |             '--> 1/(N-2) sum_{common j != k} kd(z_k, [z_j], T)   (N >= 3) .................. kd_s<k>
+        |    +----> F3_k -----> w_div mean((att~(F3_k) - y'([F3_(k-1)]))^2)   (k >= 2) ......... Eq. 8-9 div_s<k>
+        |    '----> F_l^k ----> w_div sum_l d(att(F_l^k), att(SD_sk(F3'([F3_(k-1)]))))   (k >= 2) . Eq. 11 sdt_s<k>
+        |   fusion_module([F3_1], ..., [F3_(N-1)]) -> z_f, fused map H_f --+--> CE(z_f, y) ...... Eq. 4 ce_fused
+        |                                                                   '--> kd(z_f, [mean_k z_k], T) kd_fused
+        '--> L ---> z_L ---+--> CE(z_L, y) ......................................................... Eq. 14 ce_leader
+             |             '--> lambda_kl kd(z_L, [z_f], T) ............................................ kd_leader
+             +----> F3_L --+--> w_fus d(att(F3_L), att([H_f])) .................................. Eq. 5 att_leader
+             |             '--> w_fus d(att(adapter(F3_L)), att([F3_1, ..., F3_(N-1)])) ........ Eq. 5 adapt_leader
+             '----> F_l^L ----> w_fus sum_l d(att(F_l^L), att(SD_L([H_f]))) ..................... Eq. 13 sdt_leader
+    SD_o, o = L, s2, ...: w_sd sum_l [d(G_l, [F_l^o]) + d(att(G_l), att([F_l^o]))], G = SD_o([F3_o]) Eq. 10 sd_<o>
 
-Gradient flow. The fusion module sees the common students' maps detached, so the fused classifier never
-trains them; every cross-network target (peers' logits, z_f, H_f, the predecessor's map) is detached. The SD
-modules are applied in eval mode under no_grad (targets only) and trained by Eq. 10 alone, on detached
-inputs and targets, with their own Adam (--sd-lr 1e-3, --sd-wd 1e-4, the same lr schedule as SGD). Hence
-one joint backward gives each parameter exactly the gradient of the official code's sequential updates.
+Recipes: RECIPES below, each value under its source (Sec. IV-A; the official code where the paper is silent); no
+lr warm-up on CIFAR (--lr-warmup 0: the common students can then collapse in their first steps and drag the leader
+with them, README 'Learning-rate warm-up'; the project's default is 5). The official code differs: fusion module wd
+1e-5 (our --fusion-wd default; the paper's: 1e-4), epochs 1 to 299 (ImageNet: 1 to 89), and in ImageNetTrainer.py
+lr 0.1 (its options' default; its README's command sets none) warmed up over the first epochs, /10 at 30, 60 and 80:
 
-Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source (the paper first, the official code
-where the paper is silent): Sec. IV-A's 300 epochs, batch 128, SGD Nesterov 0.9, lr 0.1 /10 at 150 and 225, wd
-1e-4 for the students and the fusion module, SD modules Adam 1e-3 with the same wd and schedule, 2 common
-students, T = 2, the grid-searched lambdas, no warm-up (--lr-warmup 0); the code's crop of the reflection-padded
-image + flip (data/cifar100.py) and its 5-epoch ramp of the lambdas (CIFARTrainer.py). Where the code differs:
-fusion module wd 1e-5, and its loop runs epochs 1 to 299:
-
-    python ffsd.py --recipe paper                      # resnet32, leader + 2 common students
+    python ffsd.py --recipe paper                        # resnet32, leader + 2 common students, T = 2
     python scripts/reproduce.py --paper ffsd --table I   # 3 seeds, best epoch: Table I's statistic, Ens included
-
-(without a warm-up the common students can collapse in their first steps and drag the leader with them, README
-'Learning-rate warm-up'; add --lr-warmup 5 for the project's default)
-
-ImageNet (ResNet-18; ResNet-34 likewise), RECIPES["paper-imagenet"], Sec. IV-A: 90 epochs, batch 256, Nesterov,
-wd 1e-4, lr warmed up linearly to 0.8 over 5 epochs, /10 at 30 and 60, SD modules Adam 1e-3 on the same schedule,
-2 common students, T = 2. The official ImageNetTrainer.py differs: lr 0.1 (its options' default; its README's
-command sets none) warmed up over the first epochs, /10 at 30, 60 and 80, fusion module wd 1e-5, epochs 1 to 89:
-
-    python ffsd.py --recipe paper-imagenet --data-dir DIR            # --arch resnet34 for the other row
-
-Heads: `leader`; `s1`..`s{N-1}` the common students (s_k = students[k], so s0 would be the leader);
-`ens` = log mean softmax of the common students only, the leader excluded (the ensemble the fused classifier
-distils from); `fused` = the fused classifier; `any` = an image counted when any common student is right. The
-paper's "Ens" (Table I) is our head `any`, not `ens`: the official code's ensemble_accuracy adds the students'
-boolean "correct" tensors, an oracle's bound rather than an ensemble. best.pt follows the `leader` head
-(primary_head).
+    python ffsd.py --recipe paper-imagenet --data-dir DIR       # ResNet-18; --arch resnet34 for the other row
 
 Decisions where the paper is silent or the official code departs from it (we follow the code):
 - Eq. 5: the paper writes feature-map distances; the code compares normalised attention maps, for both the
-  fused-map term and the adapter (DW3x3-BN-ReLU-PW1x1 C->(N-1)C-BN-ReLU) term. Attention maps here.
-- The SD modules are applied with BatchNorm in eval mode (running statistics) and their outputs detached;
-  they are trained after the networks' update on that step's (detached) features, in train mode.
-- The SD target loss of the leader is weighted by lambda_fusion, that of a common student by lambda_div.
-- The first common student (s1) has no diversity term and no SD module; s_k (k >= 2) diversifies from s_(k-1).
-- The paper's "warm-up" of the lambdas is --rampup here (the learning rate has its own, --lr-warmup). It
-  counts epochs from 1 as the official loop does (start_epoch = 1): the first epoch trains at exp(-3.2) = 0.04
-  of each lambda, epoch W and later at full weight; the KL terms are not ramped. --rampup 0 turns it off.
-  The SD training loss (lambda_sd) is ramped too, as in the code.
-- lambda_kl (= 1) is listed by the paper without naming its term and absent from the code; Eq. 14 has two
-  weights, so it weights the leader's kd to the fused classifier.
-- SD blocks: ConvTranspose2d(k3, stride s, p1, output_padding s-1, no bias)-BN-ReLU from each stage to the
-  one before, s = the ratio of their sizes (2 for the CIFAR nets: 64x8x8 -> 32x16x16 -> 16x32x32); the
-  code assumes halving channels, we read the channels off the backbone. The threshold index is
-  max(floor(HW/3), 1) so 1-2 pixel maps work. kd_fused distils from the mean of the common students'
-  logits, as in the code. The paper's SD optimizer uses the students' weight decay (1e-4): --sd-wd.
-- The official code runs each network's optimizer in turn; all cross terms being detached, one joint
-  backward is equivalent. With --students 2 there is one common student: no DML, no diversity.
-- Common students, the adapter and the leader share one SGD (--wd); the adapter is training-only.
+  fused-map term and the adapter (DW3x3-BN-ReLU-PW1x1 C->(N-1)C-BN-ReLU, training-only) term. Attention maps here.
+- One backward (the code steps each network's optimizer in turn): all cross-network targets are detached, so each
+  parameter gets exactly the code's gradient, and the fused classifier never trains the common students. SD modules are
+  applied with BatchNorm in eval mode (running statistics) under no_grad, and trained after the networks' update, on
+  that step's features in train mode, by Eq. 10 alone, with their own Adam (--sd-lr, --sd-wd) on the SGD's lr schedule.
+- Weights the paper leaves open: the SD target losses' (the picture's); lambda_kl (= 1, --lambda-kl), listed without
+  naming its term and absent from the code, weights the leader's kd to z_f (Eq. 14 has two weights).
+- --rampup W is the paper's "warm-up" of the lambdas (the lr has its own, --lr-warmup): w(lambda) = lambda *
+  exp(-5 (1 - e/W)^2) for epochs e = 1..W, counted from 1 as the official loop does (start_epoch = 1, so epoch 1
+  trains at exp(-3.2) = 0.04), lambda afterwards; lambda_sd too, as in the code, the KL terms not; 0 turns it off.
+- SD blocks: ConvTranspose2d(k3, stride s = the size ratio, p1, output_padding s-1, no bias)-BN-ReLU per stage
+  step (CIFAR: 64x8x8 -> 32x16x16 -> 16x32x32), channels read off the backbone (the code assumes halving). thr's
+  index: max(floor(HW/3), 1), for 1-2 pixel maps. kd_fused's teacher: the common students' mean logits (the code's).
+- The paper's "Ens" (Table I) is head `any` (common.py: right when any common student is), not `ens`: the
+  official ensemble_accuracy adds the students' boolean "correct" tensors, an oracle's bound, not an ensemble.
 
 Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
 be copied alone):
     student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
               (common.as_student(model) makes one of any torchvision classifier); students[0] is the leader
-    training  loss, parts = method([x], y): parts, each weighted, loss = their sum: ce_s<k>, kd_s<k> (DML among
-              the common students), div_s<k>, sdt_s<k>, ce_fused, kd_fused, ce_leader, kd_leader, att_leader,
-              adapt_leader, sdt_leader, sd_leader, sd_s<k> (the lines of "Loss" above)
-    eval      method(x) -> {leader, s1, ..., ens, fused}: ens = log of the common students' mean softmax
-    weights   method.set_epoch(e) before epoch e (from 0) sets the lambdas' ramp-up; never called: the full lambdas.
-              Optimizers: SGD over method.param_groups() and method.extra_optimizer() (Adam, the SD modules),
-              both stepped after one backward. Exports OUT/leader.pt.
+    training  loss, parts = method([x], y): parts {the picture's}, each weighted, loss = their sum
+    eval      method(x) -> {leader, s1, ..., ens, fused}: ens = log mean softmax of the common students; best.pt: leader
+    weights   method.set_epoch(e) before epoch e (from 0) ramps the lambdas (never called: the full lambdas). SGD
+              over method.param_groups(), Adam over method.extra_optimizer() (SD modules). Exports OUT/leader.pt.
 
 Results: the README's table 'Results measured with this code' (same recipe for every method, vanilla beside it).
 """
@@ -143,17 +84,13 @@ import torch.nn.functional as F
 # Modules
 # ==================================================================================================
 
-def dw_pw(cin, cout):
-    """Depthwise 3x3 -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU (FFL's fusion block)."""
-    return nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
-                         nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
-
-
-def he_init(module):
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return module
+def adapter_block(cin, cout):
+    """Eq. 5's adapter: depthwise 3x3 -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU (FFL's fusion block), He init."""
+    block = nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU(),
+                          nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+    for conv in (block[0], block[3]):
+        nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return block
 
 
 # the same text in ffl.py, ffcl.py, fefr.py and ffsd.py: test_methods.py keeps the copies identical
@@ -184,19 +121,15 @@ class SelfDistillation(nn.Module):
 
     def __init__(self, channels, sizes):
         super().__init__()
-        blocks = []
+        self.blocks = nn.ModuleList()
         for i in reversed(range(len(channels) - 1)):  # from stage i + 1 back to stage i
             s = sizes[i] // sizes[i + 1]
-            blocks.append(nn.Sequential(
+            self.blocks.append(nn.Sequential(
                 nn.ConvTranspose2d(channels[i + 1], channels[i], 3, s, 1, output_padding=s - 1, bias=False),
                 nn.BatchNorm2d(channels[i]), nn.ReLU()))
-        self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x):
-        outs = []
-        for block in self.blocks:
-            x = block(x)
-            outs.append(x)
+        outs = [x := block(x) for block in self.blocks]  # each block takes the one before's output
         return outs[::-1]
 
 
@@ -215,8 +148,7 @@ def norm_mse(a, b):
 
 
 def diversity_target(att_prev):
-    """Eq. 8: y' = (n/2 - y) sign(y - thr) + n/2, y = att_prev normalised, n = |att_prev|, thr = the
-    floor(HW/3)-th smallest y. Regions above thr (task-relevant) get n - y, weak regions keep y."""
+    """Eq. 8's y' (the module docstring's Loss): regions above thr (task-relevant) get n - y, weak regions keep y."""
     att_prev = att_prev.float().flatten(1)
     n = att_prev.norm(dim=1, keepdim=True)
     y = F.normalize(att_prev, dim=1)
@@ -240,21 +172,15 @@ def shifted_features(f_prev):
 @torch.no_grad()
 def sd_targets(sd_module, x):
     """Apply an SD module as a fixed teacher: BN in eval mode, no gradient (official code)."""
-    was_training = sd_module.training
-    sd_module.eval()
-    outs = sd_module(x)
-    sd_module.train(was_training)
+    mode = sd_module.training
+    outs = sd_module.eval()(x)
+    sd_module.train(mode)
     return outs
 
 
 def attention_transfer(feats, targets):
     """Eq. 11 / 13: sum over the shallower stages of d(att(F_l), att(target_l))."""
     return sum(norm_mse(attention(f), attention(t)) for f, t in zip(feats, targets))
-
-
-def sd_reconstruction(rebuilt, feats):
-    """Eq. 10 (without lambda_sd): raw-feature and attention distances to the network's own detached maps."""
-    return sum(norm_mse(g, f.detach()) + norm_mse(attention(g), attention(f.detach())) for g, f in zip(rebuilt, feats))
 
 
 # ==================================================================================================
@@ -274,8 +200,7 @@ class FFSD(nn.Module):
         if any(s != shapes[0] for s in shapes):
             raise ValueError("FFSD's leader and common students must have the same stage shapes (one architecture)")
         self.students = nn.ModuleList(students)  # students[0] = leader, students[1:] = common students
-        # head `any` (common.py): the paper's "Ens", the official utils/util.py ensemble_accuracy, counts an image
-        # when any common student is right; the leader is not among them (CIFARTrainer.py: self.models only)
+        # head `any` (common.py): the paper's "Ens" (utils/util.py), the leader not in it (CIFARTrainer.py: self.models)
         self.any_correct_heads = [f"s{k}" for k in range(1, len(students))]
         self.T, self.lambda_kl, self.rampup = T, lambda_kl, rampup
         self.lambda_div, self.lambda_fusion, self.lambda_sd = lambda_div, lambda_fusion, lambda_sd
@@ -285,9 +210,8 @@ class FFSD(nn.Module):
         channels, sizes = [c for c, _, _ in shapes[0]], [h for _, h, _ in shapes[0]]
         c, num_common = channels[-1], len(students) - 1
         self.fusion_module = FusionModule([c] * num_common, num_classes)
-        self.adapter = he_init(dw_pw(c, c * num_common))  # Eq. 5: leader F3 -> the students' concatenated F3
-        # one SD module for the leader and for each diversified common student s2, s3, ...
-        self.sd_modules = nn.ModuleDict({name: SelfDistillation(channels, sizes)
+        self.adapter = adapter_block(c, c * num_common)  # Eq. 5: leader F3 -> the students' concatenated F3
+        self.sd_modules = nn.ModuleDict({name: SelfDistillation(channels, sizes)  # leader, s2, s3, ... (diversified)
                                          for name in ["leader"] + [f"s{k}" for k in range(2, len(students))]})
         rebuilt = sd_targets(self.sd_modules["leader"], torch.zeros(1, *shapes[0][-1]))
         if [tuple(r.shape[1:]) for r in rebuilt] != shapes[0][:-1]:
@@ -337,8 +261,9 @@ class FFSD(nn.Module):
         # SD modules learn to rebuild their own network's shallower maps (Eq. 10); nothing else trains them
         for name in self.sd_modules:
             k = 0 if name == "leader" else int(name[1:])
-            rebuilt = self.sd_modules[name](feats[k][-1].detach())
-            parts[f"sd_{name}"] = w_sd * sd_reconstruction(rebuilt, feats[k][:-1])
+            rebuilt, own = self.sd_modules[name](feats[k][-1].detach()), [f.detach() for f in feats[k][:-1]]
+            parts[f"sd_{name}"] = w_sd * sum(norm_mse(g, f) + norm_mse(attention(g), attention(f))  # Eq. 10
+                                             for g, f in zip(rebuilt, own))
         return sum(parts.values()), parts
 
     def param_groups(self):
@@ -350,8 +275,7 @@ class FFSD(nn.Module):
         return torch.optim.Adam(self.sd_modules.parameters(), lr=self.sd_lr, weight_decay=self.sd_wd)
 
     def export(self):
-        """{"leader": the leader as plain data (student_payload)}, what a run saves as OUT/leader.pt; the common
-        students only teach it. Needs only torch."""
+        """{"leader": the leader as plain data (student_payload)}: a run's OUT/leader.pt; needs only torch."""
         return {"leader": student_payload(self.students[0])}
 
 

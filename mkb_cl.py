@@ -19,12 +19,9 @@ embeddings are pulled together (metric learning) and each one is classified by i
 network is its backbone plus its half, runnable alone (`load_network`). Training is simultaneous with
 siamese input, the paper's best setting (Fig. 4): one forward of every network, one backward.
 
-Loss for network i (Eq. 1-2, 6): L_i = CE(z_i, y) + alpha * (L_metric_i + L_verification_i), alpha = --alpha
-(0.2); one logged part a line, the last two summed over the MKBs; the loss is the sum of every part:
-    ce_s<i>     = CE(z_i, y)
-    metric_s<i> = alpha * L_metric_i,       L_metric_i = 1 - cos(e_i, mean_{j != i} e_j) (Eq. 4 line 1, Eq. 6)
-    verif_s<i>  = alpha * L_verification_i, L_verification_i = CE(W_i e_i + b_i, y), a linear layer a half
-    routed feature H = (1 + elu(M_i)) + X_i    (Eq. 3, --route sum)  or  (1 + elu(M_i)) * X_i  (--route mul)
+Loss for network i (Eq. 1-2, 6): L_i = CE(z_i, y) + alpha * (L_metric_i + L_verification_i), alpha = --alpha (0.2);
+L_metric_i = 1 - cos(e_i, mean_{j != i} e_j) (Eq. 4 line 1, Eq. 6), L_verification_i = CE(W_i e_i + b_i, y) (a linear
+layer a half). One logged part a line of the picture, the last two summed over the MKBs; the loss is their sum.
 
 Picture (two networks, one MKB after stage i; s0[..i] = stages 0 to i, s0[i+1..] the rest; [v] = v detached):
 
@@ -34,58 +31,50 @@ Picture (two networks, one MKB after stage i; s0[..i] = stages 0 to i, s0[i+1..]
         '--> s1[..i] --> X_1 --> half_1 --> H_1 --> s1[i+1..] --> z_1 --> CE(z_1, y) ....... ce_s1
                                   '-----> e_1 --+--> alpha (1 - cos(e_1, [e_0])) ........... metric_s1
                                                 '--> alpha CE(W_1 e_1 + b_1, y) ............ verif_s1
-    half_k: X_k -> encoder -> space transfer -> e_k -> decoder -> M_k, H_k = (1 + elu(M_k)) + X_k (Eq. 3).
-    K > 2: cos to [the mean of the others' e_j]; --no-metric-detach: the others' side is not detached.
+    half_k: X_k -> encoder -> space transfer -> e_k -> decoder -> M_k; the routed feature H_k = (1 + elu(M_k)) + X_k
+    (Eq. 3, --route sum) or (1 + elu(M_k)) * X_k (--route mul). K > 2 and --no-metric-detach: Decisions, Metric.
 
 Architecture of one half (Table 1), for a stage output X of shape C x h x w and the mutual size u:
     encoder         3x3 conv, 64 ch (--mkb-width), stride h/u, BN-ReLU
     space transfer  3x3 conv 64 ch BN-ReLU, 3x3 conv embed_dim/u^2 ch BN, flatten -> e (--embed-dim 1024)
     decoder         transposed 3x3 conv, stride h/u, back to C x h x w, BN -> M
-Heads: s0, s1, ... (each network with its half), ens (log of the mean softmax). Exports: net0.pt, net1.pt...
 
-Recipe (CIFAR-100), RECIPES["paper"] below, each value with its source: Sec. IV-A's SGD momentum 0.9, weight
-decay 1e-4, batch 128, 200 epochs, lr 0.1 divided by 10 when the error plateaus (at 100 and 150 here), alpha 0.2,
-no augmentation on CIFAR-100 (--augment none; CIFAR-10: random crop only, --augment crop), no lr warm-up
-(--lr-warmup 0). Table 2's pair: its caption says ResNet-34, but Table 1's column is the CIFAR ResNet-32 (3x3
-16/32/64 x 5 blocks) and its IL baseline 68.99 is DML's ResNet-32 figure: resnet32 here; MobileNet (v1, not in
-the zoo): mobilenetv2 stands in:
+Recipes: RECIPES below, each value under its source: Sec. IV-A, and the project's lr steps at 100 and 150 (ImageNet:
+100 and 200) for the paper's "divided by 10 when the error plateaus"; no lr warm-up (--lr-warmup 0). CIFAR-100 without
+augmentation (--augment none; CIFAR-10: random crop only, --augment crop). Table 2's pair: its caption says ResNet-34,
+but Table 1's column is the CIFAR ResNet-32 (3x3 16/32/64 x 5 blocks) and its IL baseline 68.99 is DML's ResNet-32
+figure: resnet32 here; MobileNet (v1, not in the zoo): mobilenetv2 stands in. ImageNet (ResNet-34 + DenseNet-121,
+Table 7): at 224 px stage 1 is 28 x 28, so --embed-dim 3136 (4 channels, as 1024 is at CIFAR's 16 x 16):
 
     python mkb_cl.py --recipe paper
     python scripts/reproduce.py --paper mkb_cl     # Table 2 (CIFAR-100, CIFAR-10) and Table 7 (ImageNet)
-
-ImageNet (ResNet-34 + DenseNet-121, Table 7), RECIPES["paper-imagenet"]: batch 256, 300 epochs, lr 0.1 /10 on
-plateaus (at 100 and 200 here), wd 1e-4; at 224 px stage 1 is 28 x 28, so --embed-dim 3136 (4 channels, as
-1024 is at CIFAR's 16 x 16):
-
     python mkb_cl.py --recipe paper-imagenet --data-dir DIR
 
 Decisions where the paper is silent or unclear:
-- Position. `--mkb-at i` puts an MKB on stage output i (0-based, the student's list); its routed output is
-  what the next stage (or the classifier after the last stage) consumes. The paper's best position
-  (Table 5) is conv2_x of Table 1, the second of three stages: ResNet-32's 32 x 16 x 16 output, which is
-  `--mkb-at 1` (the default). Table 5 also tries conv1_x and conv3_x (`--mkb-at 0`, `2`; on CIFAR-100 the
-  first network of that table does better at conv3_x); Fig. 6 uses several MKBs (`--mkb-at 1,2`). The index
-  must exist in every network.
-- Mutual size u = the smallest stage output among the networks at that position; each encoder's stride is
-  its own size / u (Table 1: ResNet-32's encoder has stride 2 to meet SmallNet's 8 x 8). Sizes that are not
-  integer multiples of u are refused. Strides above 2 widen the 3x3 kernels to stride + 1 (no skipped pixel).
-- Embedding. The paper flattens the space transfer's output into a 1,024-d embedding, while Table 1 lists
-  64 channels at 8 x 8 (4,096 values). We keep the flatten literal and no fully connected layer: the second
-  space-transfer conv has embed_dim / u^2 channels (4 for u = 16), so the half stays small (about 60 K
-  parameters for ResNet-32 at stage 1) and the embedding is exactly what the decoder decodes ("three branches
-  using the same value", Fig. 2). --embed-dim must be a multiple of u^2.
-- BN after every convolution (Sec. IV-A); no ReLU on the embedding (a cosine target must be able to change
-  sign) and none on M (elu follows).
-- Route. Eq. 3 defines its ⊕ as element-wise sum (the default); `--route mul` is the residual-attention
-  reading (1 + elu(M)) * X that Sec. III-B cites.
-- Metric. The paper found a dot-product distance best; we use 1 - cosine similarity (a bounded dot
-  product). For K > 2 the distance is to the mean of the others' embeddings (Eq. 6, better than Eq. 5 in
-  Fig. 7). The others' side is detached: Eq. 1 is each network's own objective, and Eq. 6 treats the others
-  as one teacher; for K = 2 the sum of the two detached terms has exactly the gradient of one shared
-  D(e_1, e_2). `--no-metric-detach` lets each term pull the others too.
+- Position. `--mkb-at i` puts an MKB on stage output i (0-based, the student's list); its routed output is what the
+  next stage (or the classifier after the last stage) consumes. The paper's best position (Table 5) is conv2_x of
+  Table 1, the second of three stages: ResNet-32's 32 x 16 x 16 output, which is `--mkb-at 1` (the default). Table 5
+  also tries conv1_x and conv3_x (`--mkb-at 0`, `2`; on CIFAR-100 the first network of that table does better at
+  conv3_x); Fig. 6 uses several MKBs (`--mkb-at 1,2`). The index must exist in every network.
+- Mutual size u = the smallest stage output among the networks at that position; each encoder's stride is its own
+  size / u (Table 1: ResNet-32's encoder has stride 2 to meet SmallNet's 8 x 8). Sizes that are not integer multiples
+  of u are refused. Strides above 2 widen the 3x3 kernels to stride + 1 (no skipped pixel).
+- Embedding. The paper flattens the space transfer's output into a 1,024-d embedding; Table 1 lists 64 channels at
+  8 x 8 (4,096 values). We keep the flatten literal and no fully connected layer: the second space-transfer conv has
+  embed_dim / u^2 channels (4 for u = 16), so the half stays small (about 60 K parameters for ResNet-32 at stage 1) and
+  the decoder decodes exactly the embedding ("three branches using the same value", Fig. 2). --embed-dim must be a
+  multiple of u^2.
+- BN after every convolution (Sec. IV-A); no ReLU on the embedding (a cosine target must be able to change sign) and
+  none on M (elu follows).
+- Route. Eq. 3's ⊕ is element-wise sum (the default); `--route mul` is the residual-attention reading Sec. III-B cites.
+- Metric. The paper found a dot-product distance best; we use 1 - cosine similarity (a bounded dot product). For K > 2
+  the distance is to the mean of the others' embeddings (Eq. 6, better than Eq. 5 in Fig. 7). The others' side is
+  detached: Eq. 1 is each network's own objective, and Eq. 6 treats the others as one teacher; for K = 2 the sum of
+  the two detached terms has exactly the gradient of one shared D(e_1, e_2). `--no-metric-detach` lets each term pull
+  the others too.
 - The verification classifiers are training-only and are not exported (the half's forward does not use them).
-- Not implemented: iterative training and the different-input (Wasserstein) metric of Eq. 4, both worse in
-  Fig. 4. `--alpha 0` is the paper's "MKB (w/o CL)" ablation (halves trained without metric/verification).
+- Not implemented: iterative training and the different-input (Wasserstein) metric of Eq. 4, both worse in Fig. 4.
+  `--alpha 0` is the paper's "MKB (w/o CL)" ablation (halves trained without metric/verification).
 - MKB-CL has no temperature; --T is refused.
 
 Contract (in short; the full statement is common.py's module docstring; this file needs only torch, so it can
@@ -93,8 +82,7 @@ be copied alone):
     student   nn.Module with forward(x) -> (logits, [stage outputs, shallow to deep]), checked when built
               (common.as_student(model) makes one of any torchvision classifier); a stage that gets an MKB must
               be some submodule's output (the half is hooked onto that module)
-    training  loss, parts = method([x], y): parts {ce_s<i>, metric_s<i>, verif_s<i>}, each weighted (alpha on the
-              last two), loss = their sum
+    training  loss, parts = method([x], y): parts {ce_s<i>, metric_s<i>, verif_s<i>} (the picture's), loss = their sum
     eval      method(x) -> {s0, s1, ..., ens}: each network with its half, ens = log of their mean softmax
     weights   none depends on the epoch (no set_epoch). Exports OUT/net<i>.pt (load_network rebuilds one).
 
