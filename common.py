@@ -723,9 +723,14 @@ class RunFolder:
         self.saved = saved_args(self.args, self.settings, self.name, data)
         record = {"epoch": 0, "best": {}, "best_epoch": {}, "elapsed": 0.0, "final": {}, "final_top5": {},
                   "collapsed": {}, "changes": []}
-        if self.settings.rank == 0:
-            print(headline(self.name, self.args, self.settings, data, method), flush=True)
-            warn_if_lr_unreached(self.args, self.settings)
+        if self.settings.rank == 0:  # what trains on what, where, and where its files go
+            args, settings = self.args, self.settings
+            processes = f"{settings.world_size} processes, each " if settings.world_size > 1 else ""
+            print(f"{self.name}: {args.arch} x{args.students} on {args.dataset} ({len(data.train_y)} train / "
+                  f"{len(data.test_y)} test images, {data.num_classes} classes), {processes}"
+                  f"{device_name(settings.device)}, {count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}",
+                  flush=True)
+            warn_if_lr_unreached(args, settings)
         last = os.path.join(self.args.out_dir, "last.pt")
         if self.args.resume and os.path.exists(last):
             record = self.restore(last, method, optimizers, gen, record)
@@ -1016,14 +1021,6 @@ def same_file(src, dst):
     os.replace(dst + ".tmp", dst)
 
 
-def headline(name, args, settings, data, method):
-    """The run's first line: what trains on what, where, and where its files go."""
-    processes = f"{settings.world_size} processes, each " if settings.world_size > 1 else ""
-    return (f"{name}: {args.arch} x{args.students} on {args.dataset} ({len(data.train_y)} train / "
-            f"{len(data.test_y)} test images, {data.num_classes} classes), {processes}{device_name(settings.device)}, "
-            f"{count_params(method) / 1e6:.2f} M parameters -> {args.out_dir}")
-
-
 def warn_if_lr_unreached(args, settings):
     """A line when the run will not train as its flags say: a warm-up shortened for a short run
     (effective_warmup), or a schedule whose highest lr stays below 90 % of --lr (a cosine decayed by then)."""
@@ -1100,19 +1097,15 @@ def results_record(method, data, record, args, settings, name, saved, images_per
 
 
 def code_version():
-    """The git commit of the code that ran and whether its tracked files differed from it (None for both where
-    git or the repository is not there)."""
+    """The git commit of the code that ran and whether its tracked files differed from it (None for both where git
+    or the repository is not there)."""
     import subprocess
-
-    def git(*argv):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), *argv],
-                                  capture_output=True, text=True, timeout=20, check=False)
-            return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    changes = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "modified": None if changes is None else bool(changes)}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        said = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), "describe", "--always",
+                               "--dirty", "--abbrev=40", "--exclude=*"], capture_output=True, text=True, timeout=20)
+        if said.returncode == 0:  # the commit, "-dirty" after it where tracked files differ from it
+            return {"commit": said.stdout.strip().removesuffix("-dirty"), "modified": "-dirty" in said.stdout}
+    return {"commit": None, "modified": None}
 
 
 def device_name(device):
