@@ -1862,15 +1862,27 @@ def split_folders(data_dir, tests=("test", "val")):
 
 def files_identity(root, train_files, test_files, classes, workers=4):
     """An image folder data set's identity: class and image counts, and a fingerprint of every file's name, label
-    and bytes (an image edited in place, whatever its size or modification time, changes it)."""
+    and bytes (an image edited in place, whatever its size or modification time, changes it). A file's bytes are
+    read once: ~/.cache/okd keeps its hash beside what stat() says of it (a write changes its change time)."""
     from concurrent.futures import ThreadPoolExecutor
+    memo_path = os.path.join(os.path.expanduser("~/.cache/okd"), hashlib.sha256(os.path.abspath(root).encode())
+                             .hexdigest()[:16] + ".files.json")
+    memo, files = read_json(memo_path) or {}, train_files + test_files
+    names = [os.path.relpath(path, root) for path, _ in files]
+    keys = [[st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] for st in (os.stat(p) for p, _ in files)]
+    stale = [i for i, (name, key) in enumerate(zip(names, keys)) if memo.get(name, [None])[0] != key]
 
-    def digest(item):
-        with open(item[0], "rb") as f:
-            return f"{os.path.relpath(item[0], root)}\t{item[1]}\t{hashlib.sha256(f.read()).hexdigest()}\n"
+    def sha256(i):
+        with open(files[i][0], "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
 
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        lines = "".join(pool.map(digest, train_files + test_files, chunksize=256))
+        memo.update({names[i]: [keys[i], digest] for i, digest in zip(stale, pool.map(sha256, stale))})
+    if stale:
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(memo_path), exist_ok=True)
+            atomic_write(memo_path, lambda f: json.dump(memo, f))
+    lines = "".join(f"{name}\t{label}\t{memo[name][1]}\n" for name, (_, label) in zip(names, files))
     return {"classes": len(classes), "train_images": len(train_files), "test_images": len(test_files),
             "fingerprint": hashlib.sha256(lines.encode()).hexdigest()[:16]}
 
