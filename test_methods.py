@@ -1433,7 +1433,7 @@ def test_common_a_folder_edited_keeping_sizes_and_times_is_decoded_again_and_ref
     capsys.readouterr()
     x = common.load_folder(str(root), 0)[0]
     assert f"the images in {root} changed since" in capsys.readouterr().out  # decoded again, not read stale
-    assert torch.equal(x[0], torch.from_numpy(np.asarray(Image.open(image).convert("RGB"))).permute(2, 0, 1))
+    assert torch.equal(x[0], torch.from_numpy(np.array(Image.open(image).convert("RGB"))).permute(2, 0, 1))
     err = one_line_error(capsys, lambda: vanilla(["--resume", "--epochs", "2", "--out-dir", str(tmp_path / "run")]))
     assert "--resume: the data is not what" in err, err
 
