@@ -64,6 +64,8 @@ def main(name="vanilla", add_arguments=None, build=None, argv=None, doc=None):
     them, the run folder, the data and the method, then fit(). A mistake ends in one sentence and an exit status."""
     catch_interrupts()  # Ctrl-C and SIGTERM alike end the run in one sentence (stop(), Part II)
     args, recipe = parse_flags(name, add_arguments, argv, doc)  # as given; --recipe's values as their defaults
+    if args.nproc_per_node > 1 and "RANK" not in os.environ:  # this command again in N processes (Part II)
+        return launch(args.nproc_per_node, sys.argv[1:] if argv is None else argv)
     name, build = ("vanilla", None) if args.baseline else (name, build)  # --baseline: the students alone
     settings = derive_settings(args, recipe)
     with RunFolder(args, settings, name) as run:  # torchrun joined, --out-dir locked; an error: one sentence
@@ -908,7 +910,7 @@ def saved_args(args, settings, name, data=None):
 # A resumed run may change these flags (taken from the run where not given): its length (the new schedule is
 # said), where its data and files are (the same bytes: their identity is checked), its output, this machine's.
 MAY_CHANGE = ("epochs", "data_dir", "quiet", "tensorboard", "out_dir", "resume", "recipe", "baseline")
-THIS_MACHINE = ("device", "amp", "compile", "workers")  # never taken from the run
+THIS_MACHINE = ("device", "amp", "compile", "workers", "nproc_per_node")  # never taken from the run
 RECORDED = ("epochs", "device", "bf16", "compile", "world_size", "torch", "torchvision")  # a change is recorded
 
 
@@ -934,8 +936,8 @@ def refuse_other_flags(where, saved, now):
         raise UsageError(f"--resume: {where} holds a run trained with {shown_flags(saved, differ)} but this command "
                          f"gives {shown_flags(now, differ)}; a resumed run keeps its flags (leave them out to take "
                          f"the run's) but for --epochs, --data-dir and files of the same bytes elsewhere, --quiet, "
-                         f"--tensorboard, --device, --amp, --compile and --workers; pass another --out-dir to start a "
-                         f"new run")
+                         f"--tensorboard and this machine's (--device, --amp, --compile, --workers, --nproc-per-node); "
+                         f"pass another --out-dir to start a new run")
 
 
 def existing_run(out, args, name):
@@ -1305,6 +1307,25 @@ class LossSums:
 # changes: batch-norm statistics come from each share (--sync-bn: the global batch, on GPUs), and so does what a
 # method computes per batch (KDCL linear's weights). Rank 0 evaluates and writes; the others then take its state.
 
+def launch(nproc, argv):
+    """--nproc-per-node N: this command in N processes on this machine, started by torchrun's own launcher; the
+    processes say how the run ended (rank 0, one sentence), so an interrupt or a failure ends them all without
+    torchrun's report, with the exit status of the first that ended so."""
+    import logging
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    logging.disable(logging.CRITICAL)  # this process's (the launcher's) log lines: the processes say what matters
+    try:
+        torchrun.run(torchrun.get_args_parser().parse_args(["--standalone", f"--nproc-per-node={nproc}",
+                                                             sys.argv[0], *argv]))
+    except SignalException as e:
+        sys.exit(128 + int(e.sigval))
+    except ChildFailedError as e:
+        code = e.get_first_failure()[1].exitcode
+        sys.exit(code if code > 0 else 128 - code)
+
+
 def start_processes(settings):
     """Join torchrun's process group (NCCL on GPUs, gloo on CPU), unless the caller already has; from here only
     rank 0 prints. True when this call made the group (and its caller ends it)."""
@@ -1333,9 +1354,9 @@ def agree(settings, work):
             if f is not None:
                 said.setdefault(f, []).append(rank)
         if said:
-            everyone = len(said) == 1 and len(next(iter(said.values()))) == settings.world_size
-            raise SharedError("; ".join(f if everyone else f"{f} (rank {', '.join(map(str, ranks))})"
-                                        for f, ranks in said.items()))
+            plain = len(said) == 1 and next(iter(said.values())) in ([0], list(range(settings.world_size)))
+            raise SharedError("; ".join(f if plain else f"{f} (rank {', '.join(map(str, ranks))})"
+                                        for f, ranks in said.items()))  # rank 0's alone, or every one's: no ranks
     if failure is not None:
         raise UsageError(failure)
     return result
@@ -1517,6 +1538,8 @@ def make_parser(doc=None):
     a("--quiet", action="store_true", help="only the per-epoch line: no progress line inside an epoch")
     a("--tensorboard", type=tensorboard_dir, default=None, metavar="DIR",
       help="also write metrics.jsonl's scalars for TensorBoard into DIR (needs the tensorboard package)")
+    a("--nproc-per-node", type=int, default=1, metavar="N", help="train in N processes on this machine (N GPUs; "
+      "torchrun's launcher, its interrupts and failures said in one sentence); several machines: torchrun")
     a("--sync-bn", action="store_true", help="under torchrun on GPUs: batch norm over the global batch")
     a("--workers", type=int, default=max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))),
       help="threads decoding a folder once (in memory), DataLoader processes (streamed), per torchrun process")
@@ -1524,7 +1547,8 @@ def make_parser(doc=None):
       "_limit<N>, _stream, _<S>px where given; folder data: folder-<its name>)%(default).0s")
     a("--resume", action="store_true", help="continue the run in --out-dir with its value of every flag not given "
       "(only --epochs, --data-dir and files of the same bytes moved, --quiet, --tensorboard and this machine's "
-      "--device, --amp, --compile, --workers may differ; a change is recorded); a finished run gets what it lacks")
+      "--device, --amp, --compile, --workers, --nproc-per-node may differ; a change is recorded); a finished run "
+      "gets what it lacks")
     a("--limit-train", type=int, default=0, help="class-balanced subset of N training images (0: all)")
     a("--limit-test", type=int, default=0, help="class-balanced subset of N test images (0: all)")
     return p

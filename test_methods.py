@@ -2206,6 +2206,33 @@ def test_common_a_second_torchrun_launch_into_a_folder_in_use_stops_every_rank_a
 
 
 @pytest.mark.slow
+def test_common_nproc_per_node_launches_the_processes_and_ends_them_in_one_sentence(tmp_path):
+    """#34 class 12: `--nproc-per-node N` starts the command in N processes with torchrun's launcher; Ctrl-C (the
+    terminal's SIGINT to the whole group) ends them all in rank 0's one sentence, exit status 130, without torchrun's
+    SignalException traceback; a refusal ends in one sentence, exit status 2; the same run continues on 1."""
+    out = tmp_path / "run"
+    argv = [sys.executable, os.path.join(HERE, "common.py"), "--nproc-per-node", "2", *DDP, "--epochs", "300",
+            "--quiet", "--out-dir", str(out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=HERE,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
+    for line in proc.stdout:
+        if line.startswith("epoch 1/300"):
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=120) == 130, rest
+    assert rest.strip().splitlines()[-1].startswith("interrupted (Ctrl-C): the last good checkpoint") and \
+        "Traceback" not in rest and rest.count("interrupted") == 1, rest
+    refused = subprocess.run(argv[:-2] + ["--lr", "0.5", "--out-dir", str(out)], capture_output=True, text=True,
+                             cwd=HERE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    said = (refused.stdout + refused.stderr).strip().splitlines()
+    assert refused.returncode == 2 and len(said) == 1 and "already holds a run with --lr 0.1" in said[0], said
+    results = run_main(vanilla, ["--resume", "--epochs", "2", "--nproc-per-node", "1"], out)
+    assert results["epochs"] == 2
+
+
+@pytest.mark.slow
 def test_common_torchrun_trains_every_method_on_two_processes_and_resumes_across_process_counts(tmp_path):
     run_main(vanilla, DDP, tmp_path / "resumed")  # 1 process, 1 epoch: continued to 2 on 2 processes
     status, output = torchrun(__file__, "every", str(tmp_path))
