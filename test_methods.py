@@ -4875,7 +4875,7 @@ def test_readme_methods_table_cites_each_paper_as_its_method_files_docstring():
             (module.__name__, venue, after_title)
 
 
-COMMON_LINES = 2200  # common.py's budget: over the issue's 1,500 by what its promises cost (README, Outputs)
+COMMON_LINES = 2250  # common.py's budget: 1,500 and what its promises cost above that (#33's closing note)
 PART_ONE = ("main", "Settings", "fit", "make_optimizers", "train_epoch", "lr_factor", "evaluate", "set_up", "Vanilla",
             "build_model", "BasicBlock", "load_data", "Data", "augment")  # what a method runs in, read top-down
 
