@@ -52,7 +52,7 @@ import traceback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from common import METHODS, read_metrics as common_read_metrics  # noqa: E402  (common imports torch, numpy)
+from common import METHODS, read_json, read_metrics as common_read_metrics  # noqa: E402  (torch, numpy)
 SCRIPT = {m: "common.py" if m == "vanilla" else f"{m}.py" for m in METHODS}
 EXTRA = {"ffcl": ["--pretrain-epochs", "1"], "ffsd": ["--students", "3"]}  # FFCL's peers, FFSD's third network
 ORDER = ["a", "b", "c", "e", "f", "d"]
@@ -256,14 +256,6 @@ def wait_all(jobs, deadline, on_poll=None, limit=None):
 
 def python(*argv):
     return [sys.executable, *argv]
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def read_metrics(out_dir):
