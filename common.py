@@ -790,8 +790,10 @@ class RunFolder:
         best, epoch = os.path.join(self.args.out_dir, "best.pt"), record["best_epoch"].get(best_head(method, record))
         held = (peek_checkpoint(best) or {}).get("epoch") if os.path.exists(best) else None
         if self.out is not None and epoch not in (None, held) and (epoch == done or held is not None):
-            # a kill between last.pt and best.pt leaves an older best.pt: that epoch is last.pt's
-            same_file(path, best) if epoch == done else os.remove(best)
+            if epoch == done:  # a kill between last.pt and best.pt leaves an older best.pt: that epoch is last.pt's
+                same_file(path, best)
+            else:
+                os.remove(best)
             print(f"{best} held epoch {held}, not the run's best epoch {epoch}: "
                   + ("written again from last.pt" if epoch == done else "removed (that epoch's weights are gone)"))
         return record
@@ -859,7 +861,8 @@ class RunFolder:
         if not os.path.isdir(out):
             return f"the folder {out} was removed during the run, its checkpoints with it; start the run again"
         found = [(c["epoch"], p) for p in checkpoints(out) if "epoch" in (c := peek_checkpoint(p) or {})]
-        if found and (read_json(os.path.join(out, "results.json")) or {}).get("epochs") == found[0][0]:
+        if found and (read_json(os.path.join(out, "results.json")) or {}).get("epochs") == found[0][0] == \
+                self.args.epochs:
             return f"the run had finished: its files in {out} are written"
         return f"the last good checkpoint {found[0][1]} (epoch {found[0][0]}) is untouched; continue with --resume " \
                f"--out-dir {out}" if found else "no epoch had finished; start the run again"
