@@ -9,10 +9,12 @@
   method", the contract, copied alone, exports, recipes);
 - the scripts: bench_speed, cifar10_jpeg, compare, evaluate, gpu_check, plot, published and reproduce;
 - the repository's own checks, then the torchrun driver (`python test_methods.py MODE OUT`).
+Every test is named for the file it tests (test_common_, test_kdcl_, test_compare_, ...; of every method file:
+test_method_files_, its ids naming each): `pytest -k kdcl` finds every KDCL test.
 
-Run: python -m pytest -q test_methods.py -m "not slow"   (the fast subset: 85 seconds on 2 quiet CPU cores)
-     python -m pytest -q test_methods.py                  (the whole suite: 14 minutes on 2 quiet CPU cores)
-     measured 2026-12-02 on a 2-core AMD EPYC (the whole suite with CIFAR10_JPEG set, as .ci/run runs it)
+Run: python -m pytest -q test_methods.py -m "not slow"   (the fast subset: 81 seconds on 2 quiet CPU cores)
+     python -m pytest -q test_methods.py                  (the whole suite: 12 min 49 s on 2 quiet CPU cores)
+     measured 2026-12-07 on a 2-core x86-64 CPU (the whole suite with CIFAR10_JPEG set, as .ci/run runs it)
 Marked `slow` (pyproject.toml): end-to-end runs, real-data tests, torchrun, the scripts' --quick runs, each test
 of more than about 5 seconds.
 """
