@@ -3728,7 +3728,7 @@ def test_method_files_new_method_is_everywhere_the_checklist_says(tmp_path):
             check(f"scripts/bench_speed.py: STUDENTS (it does not build {bench.STUDENTS.get(name, 2)} students: {e})",
                   False)
             continue
-        check("method.students, the deployable networks (common.write_results reads it)",
+        check("method.students, the deployable networks (common.exports and results.json read it)",
               len(getattr(method, "students", [])) > 0)
         check("scripts/evaluate.py: trained_classes() (a checkpoint's class count)",
               evaluate.trained_classes(method.state_dict()) == 10)
